@@ -1,0 +1,216 @@
+"""Atomic file writing and safe reading of JSON and safetensors files.
+
+Every file the toolkit writes goes through :func:`atomic_write`: the data is
+written to a temporary file in the same folder, flushed to disk, then renamed
+over the target. A run killed at any point leaves either the old file or the
+new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator, Sequence
+
+import torch
+
+from .errors import UserError
+
+__all__ = [
+    "atomic_write",
+    "write_json",
+    "read_json",
+    "save_tensors",
+    "load_tensors",
+]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file next to ``path``; rename it over ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, raising :class:`UserError` if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Save tensors as safetensors, atomically; ``metadata`` is stored as JSON in the header."""
+    from safetensors.torch import save
+
+    meta = {"nonrobust": json.dumps(metadata or {}, default=_json_default)}
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+    with atomic_write(path, "wb") as fh:
+        fh.write(blob)
+
+
+def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu",
+                 keys: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a safetensors file written by :func:`save_tensors` (or ``keys`` of it only).
+
+    Returns ``(tensors, metadata)``. Raises :class:`UserError` for a missing,
+    truncated or foreign file. Never unpickles anything.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            raw = (fh.metadata() or {}).get("nonrobust")
+            names = list(fh.keys()) if keys is None else list(keys)
+            missing = sorted(set(names) - set(fh.keys()))
+            if missing:
+                raise UserError(f"{path}: lacks tensor(s) {', '.join(missing)}")
+            tensors = {k: fh.get_tensor(k) for k in names}
+    except UserError:
+        raise
+    except Exception as exc:  # safetensors raises several types for bad headers
+        raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if raw is None:
+        raise UserError(f"{path}: a safetensors file, but not one written by nonrobust (no 'nonrobust' metadata)")
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: corrupt nonrobust metadata") from None
+    return tensors, metadata
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if isinstance(obj, (torch.device, torch.dtype)):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8", torch.float16: "F16", torch.bool: "BOOL", torch.int32: "I32"}
+
+
+class StreamingTensorFile:
+    """Write a safetensors file block of rows by block of rows, so a long run can stream and resume.
+
+    ``specs`` maps each tensor name to ``(dtype, shape)``; every tensor has the same
+    number of rows ``shape[0]``. The file is laid out up front as ``PATH.partial``
+    (header first, then each tensor's bytes at fixed offsets); :meth:`write` puts
+    rows ``[start, start+k)`` of every tensor in place, syncs them, then records
+    the number of finished rows in ``PATH.progress.json`` (atomically). A new
+    writer with the same ``fingerprint`` continues from there; :meth:`finish`
+    renames the completed file to ``PATH``. Memory use does not grow with the
+    number of rows. ``PATH`` itself is never half-written.
+    """
+
+    def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                 metadata: dict[str, Any], fingerprint: str) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.progress_path = self.path.with_name(self.path.name + ".progress.json")
+        self.fingerprint = fingerprint
+        rows = {shape[0] for _, shape in specs.values()}
+        if len(rows) != 1:
+            raise ValueError("all tensors need the same number of rows")
+        self.n_rows = rows.pop()
+        header: dict[str, Any] = {"__metadata__": {"nonrobust": json.dumps(metadata, default=_json_default)}}
+        self._layout: dict[str, tuple[int, int, torch.dtype]] = {}
+        offset = 0
+        for name, (dtype, shape) in specs.items():
+            row_bytes = int(torch.tensor([], dtype=dtype).element_size() * max(1, int(torch.Size(shape[1:]).numel())))
+            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + row_bytes * shape[0]]}
+            self._layout[name] = (offset, row_bytes, dtype)
+            offset += row_bytes * shape[0]
+        blob = json.dumps(header).encode()
+        blob += b" " * (-len(blob) % 8)
+        self._data_start = 8 + len(blob)
+        self.rows_done = 0
+        state = self._read_progress()
+        if state is not None and self.partial.is_file():
+            if state.get("fingerprint") != fingerprint:
+                raise UserError(f"{self.partial} is left from a run with other settings: delete it (and {self.progress_path.name}) or rerun with the same settings")
+            self.rows_done = int(state["rows"])
+        else:
+            with atomic_write(self.partial, "wb") as fh:
+                fh.write(len(blob).to_bytes(8, "little") + blob)
+                fh.truncate(self._data_start + offset)
+            self._write_progress()
+
+    def _read_progress(self) -> dict | None:
+        if not self.progress_path.is_file():
+            return None
+        try:
+            return json.loads(self.progress_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            return None
+
+    def _write_progress(self) -> None:
+        write_json(self.progress_path, {"fingerprint": self.fingerprint, "rows": self.rows_done, "total": self.n_rows})
+
+    def write(self, start: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Store rows ``start … start+k`` of every tensor; blocks must arrive in order."""
+        if start != self.rows_done:
+            raise ValueError(f"expected rows from {self.rows_done}, got {start}")
+        k = None
+        with open(self.partial, "r+b") as fh:
+            for name, (offset, row_bytes, dtype) in self._layout.items():
+                t = tensors[name].detach().to("cpu", dtype).contiguous()
+                k = t.shape[0] if k is None else k
+                if t.shape[0] != k:
+                    raise ValueError("every tensor needs the same number of rows in one block")
+                fh.seek(self._data_start + offset + start * row_bytes)
+                fh.write(t.numpy().tobytes() if dtype != torch.bool else t.to(torch.uint8).numpy().tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.rows_done = start + (k or 0)
+        self._write_progress()
+
+    @property
+    def complete(self) -> bool:
+        return self.rows_done >= self.n_rows
+
+    def finish(self) -> Path:
+        """Rename the complete file into place and drop the progress record."""
+        if not self.complete:
+            raise ValueError(f"only {self.rows_done} of {self.n_rows} rows written")
+        os.replace(self.partial, self.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.progress_path)
+        return self.path
