@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
+from typing import Iterator
 
 import torch
+from torch import nn
 
 from .errors import UserError
 
-__all__ = ["resolve_device", "make_generator", "environment", "setup_logging"]
+__all__ = ["resolve_device", "make_generator", "frozen", "environment", "setup_logging"]
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -65,3 +68,20 @@ def setup_logging(verbose: int = 0) -> None:
     level = logging.DEBUG if verbose > 0 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nonrobust").setLevel(level)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode with parameter gradients off; restore both on exit (also on error)."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in grads:
+            p.requires_grad_(flag)
