@@ -1,0 +1,122 @@
+"""Attack speed and memory, measured in one run (results go to BENCHMARKS.md).
+
+1. PGD-k throughput against its bound: k forward+backward passes (gradient with
+   respect to the input, parameters frozen, as in any attack) of the model itself.
+2. NRF step cost (surrogate, exact, linf) against a PGD step.
+3. Peak memory of `attack_to_file` on 1,000 and 10,000 images (does it grow?).
+
+Usage: python benchmarks/bench_attacks.py [--quick] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from nonrobust import models
+from nonrobust.attacks import NRF, PGD
+from nonrobust.runtime import environment, frozen
+from nonrobust.split import split_model
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def fwd_bwd(model, x, y):
+    x = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
+    torch.autograd.grad(loss, x)
+
+
+def bench_pgd(arch: str, batch: int, steps: int, repeats: int) -> dict:
+    model = models.build(arch).eval()
+    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    with frozen(model):
+        bound = best_time(lambda: [fwd_bwd(model, x, y) for _ in range(steps)], repeats)
+    attack = PGD(eps=8 / 255, steps=steps)
+    pgd = best_time(lambda: attack(model, x, y, generator=torch.Generator().manual_seed(0)), repeats)
+    return {"arch": arch, "batch": batch, "steps": steps, "bound_s": bound, "pgd_s": pgd,
+            "pgd_img_per_s": batch / pgd, "bound_img_per_s": batch / bound, "ratio_throughput": bound / pgd}
+
+
+def bench_nrf(arch: str, batch: int, steps: int, repeats: int) -> dict:
+    model = models.build(arch).eval()
+    split = split_model(model, models.ARCHITECTURES[arch].default_layer)
+    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    channels = split.features(x[:1]).shape[1]
+    mask = (torch.arange(channels) % 2).bool()
+    pgd = best_time(lambda: PGD(steps=steps)(model, x, y), repeats) / steps
+    out = {"arch": arch, "batch": batch, "pgd_step_s": pgd}
+    for form in ("surrogate", "exact", "linf"):
+        # early stopping off (steps < 3 checks) so every form runs exactly `steps` steps
+        attack = NRF(split=split, mask=mask, form=form, steps=steps, eps=8 / 255 if form == "linf" else None)
+        t = best_time(lambda: attack(model, x, y), repeats) / steps
+        out[f"{form}_step_s"] = t
+        out[f"{form}_ratio"] = t / pgd
+    return out
+
+
+def peak_rss_attack(n: int) -> float:
+    """Peak RSS (MiB) of a child process that attacks n images into a file."""
+    code = f"""
+import resource, tempfile, os, torch
+import numpy as np
+from nonrobust import models
+from nonrobust.attacks import PGD
+from nonrobust.data import ImageDataset
+from nonrobust.evaluation import attack_to_file
+g = np.random.default_rng(0)
+ds = ImageDataset("bench", "test", torch.from_numpy(g.integers(0, 256, ({n}, 3, 32, 32), dtype=np.uint8)),
+                  torch.from_numpy(g.integers(0, 10, {n})).long(), [str(i) for i in range(10)])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = models.build("tiny_cnn").eval()
+with tempfile.TemporaryDirectory() as d:
+    attack_to_file(model, ds, PGD(steps=1), os.path.join(d, "adv.safetensors"), batch_size=256, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, ds.images.numel() / 2**20)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    batch = 16 if args.quick else 128
+    repeats = 1 if args.quick else 3
+    result = {"environment": environment(torch.device("cpu")), "pgd": [], "nrf": [], "memory": []}
+    for arch in ("small_cnn", "vgg16"):
+        r = bench_pgd(arch, batch, 10, repeats)
+        print(f"PGD-10 {arch}: {r['pgd_img_per_s']:.1f} img/s, bound {r['bound_img_per_s']:.1f} img/s, ratio {r['ratio_throughput']:.3f}", flush=True)
+        result["pgd"].append(r)
+    for arch in ("small_cnn", "vgg16"):
+        r = bench_nrf(arch, batch, 2 if args.quick else 5, repeats)
+        print(f"NRF step / PGD step {arch}: surrogate {r['surrogate_ratio']:.2f}, exact {r['exact_ratio']:.2f}, linf {r['linf_ratio']:.2f}", flush=True)
+        result["nrf"].append(r)
+    for n in ((500, 2000) if args.quick else (1000, 10000)):
+        rss, data_mib = peak_rss_attack(n)
+        print(f"attack_to_file on {n} images: peak RSS {rss:.0f} MiB (the uint8 data set itself: {data_mib:.1f} MiB)", flush=True)
+        result["memory"].append({"n": n, "peak_rss_mib": rss, "dataset_mib": data_mib})
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,608 @@
+"""Adversarial attacks on one shared projected-optimisation loop.
+
+Every attack here is a *loss* plus a *threat model* (projection and step rule)
+plus a *schedule*, run by :func:`optimise`. FGSM, BIM, PGD and CW∞ are
+configurations of :class:`PGD`; CW-L2 and the three NRF forms plug other
+variables (tanh space), step rules (Adam) and selection rules (smallest
+successful L2) into the same loop. AutoAttack and its components come from the
+reference implementation (``pyautoattack``) unchanged.
+
+Call shape, for every attack::
+
+    x_adv = attack(model, x, y, generator=None)
+
+``model`` maps images in [0,1] to logits; ``x`` is ``[B, C, H, W]`` in [0,1];
+``y`` is ``int64 [B]`` (the target class when ``targeted=True``). The result
+has ``x``'s shape, lies in [0,1] and is detached. Attacks run the model in eval
+mode with its parameters' ``requires_grad`` switched off, and restore both
+afterwards, also when they raise. Randomness comes only from ``generator``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Callable, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UserError, check
+from .runtime import frozen
+
+__all__ = [
+    "Attack",
+    "PGD",
+    "CWL2",
+    "NRF",
+    "AutoAttackRunner",
+    "ATTACKS",
+    "AttackSpec",
+    "make_attack",
+    "optimise",
+    "frozen",
+    "perturbation_norms",
+    "ce_loss",
+    "margin_loss",
+]
+
+Norm = Literal["linf", "l2"]
+
+
+def _validate(x: Tensor, y: Tensor) -> None:
+    check(x.dim() == 4, f"attack input must be a batch of images [B, C, H, W], got shape {list(x.shape)}")
+    check(y.dim() == 1 and y.shape[0] == x.shape[0], f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
+    check(bool(torch.isfinite(x).all()), "attack input contains NaN or inf pixels")
+    check(float(x.min()) >= 0.0 and float(x.max()) <= 1.0, f"attack input must lie in [0,1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]: pass images, not normalised tensors")
+
+
+# --------------------------------------------------------------------------- losses (maximised)
+def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample cross-entropy ``[B]``."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample CW margin ``max_{i≠y} z_i − z_y`` ``[B]`` (positive once misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - true
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": ce_loss, "margin": margin_loss}
+
+
+# --------------------------------------------------------------------------- threat models
+def _flat_norm(t: Tensor, norm: str) -> Tensor:
+    flat = t.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class Ball:
+    """An Lp ball of radius ``eps`` around the clean input, intersected with the [0,1] box."""
+
+    norm: Norm
+    eps: float
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            scale = (self.eps / _flat_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+            delta = delta * _view(scale, delta)
+        return (x + delta).clamp(0.0, 1.0)
+
+    def ascent(self, grad: Tensor, alpha: float) -> Tensor:
+        """Steepest-ascent step of size ``alpha`` in this norm."""
+        if self.norm == "linf":
+            return alpha * grad.sign()
+        return alpha * grad / _view(_flat_norm(grad, "l2").clamp_min(1e-12), grad)
+
+    def random_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A point drawn uniformly from the ball (then clipped to the box)."""
+        if self.norm == "linf":
+            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return self.project(x + (2 * u - 1) * self.eps, x)
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        g = g / _view(_flat_norm(g, "l2").clamp_min(1e-12), g)
+        r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / x[0].numel())
+        return self.project(x + g * _view(r * self.eps, g), x)
+
+
+# --------------------------------------------------------------------------- the shared loop
+class Objective(Protocol):
+    def __call__(self, x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(value, logits)``: a scalar to *maximise* and the logits at ``x_adv``."""
+
+
+@dataclass
+class Variable:
+    """How the optimised variable maps to an image: the image itself (``box``) or ``w`` with x' = (tanh w + 1)/2."""
+
+    space: Literal["box", "tanh"] = "box"
+
+    def init(self, x_start: Tensor) -> Tensor:
+        if self.space == "box":
+            return x_start.clone()
+        return torch.atanh((x_start * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+
+    def image(self, v: Tensor) -> Tensor:
+        return v if self.space == "box" else (torch.tanh(v) + 1) / 2
+
+
+def optimise(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    objective: Objective,
+    *,
+    steps: int,
+    ball: Ball | None = None,
+    alpha: float | None = None,
+    adam_lr: float | None = None,
+    variable: Variable | None = None,
+    start: Tensor | None = None,
+    select: Literal["last", "min_l2_success"] = "last",
+    targeted: bool = False,
+    early_stop_every: int = 0,
+) -> Tensor:
+    """The projected optimisation loop every attack in this module runs on.
+
+    Args:
+        model: maps [0,1] images to logits; the caller has frozen it (see :func:`frozen`).
+        x, y: clean images ``[B,C,H,W]`` in [0,1] and labels (targets if ``targeted``).
+        objective: ``(x_adv, x, y) -> (scalar to maximise, logits)``.
+        steps: number of gradient steps.
+        ball, alpha: step rule *steepest ascent in the ball's norm* with step ``alpha``,
+            followed by projection onto the ball ∩ [0,1].
+        adam_lr: step rule *Adam* (minimising ``-objective``) with this learning rate; no ball.
+        variable: the optimised variable (default: the image itself).
+        start: first iterate (default ``x``).
+        select: ``last`` returns the final iterate; ``min_l2_success`` returns, per sample, the
+            successful iterate of smallest L2 distance, or ``x`` where none succeeded (CW).
+        early_stop_every: with Adam, stop when the objective has not improved over this many steps.
+
+    Returns:
+        adversarial images ``[B,C,H,W]`` in [0,1], detached.
+    """
+    check(steps >= 0, f"steps must be ≥ 0, got {steps}")
+    variable = variable or Variable()
+    v = variable.init(x if start is None else start).detach().requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=adam_lr) if adam_lr is not None else None
+    best = x.clone()
+    best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device)
+    prev = -float("inf")
+
+    def track(x_adv: Tensor, logits: Tensor) -> None:
+        pred = logits.argmax(1)
+        ok = (pred == y) if targeted else (pred != y)
+        l2 = _flat_norm(x_adv - x, "l2")
+        better = ok & (l2 < best_l2)
+        best_l2[better] = l2[better]
+        best[better] = x_adv[better].detach()
+
+    for step in range(steps):
+        x_adv = variable.image(v)
+        value, logits = objective(x_adv, x, y)
+        if select == "min_l2_success":
+            track(x_adv.detach(), logits.detach())
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+            (-value).backward()
+            opt.step()
+            if early_stop_every and (step + 1) % early_stop_every == 0:
+                if float(value.detach()) <= prev:
+                    break
+                prev = float(value.detach())
+        else:
+            (grad,) = torch.autograd.grad(value, v)
+            with torch.no_grad():
+                v = ball.project(v + ball.ascent(grad, alpha), x)
+            v.requires_grad_(True)
+    x_final = variable.image(v).detach()
+    if select == "min_l2_success":
+        with torch.no_grad():
+            track(x_final, model(x_final))
+        return best
+    return x_final
+
+
+# --------------------------------------------------------------------------- attack classes
+class Attack(Protocol):
+    name: str
+    norm: str
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+
+    def describe(self) -> dict: ...
+
+
+class _Base:
+    """Shared plumbing: validation, freezing the model, restarts and a settings record."""
+
+    name = "attack"
+
+    def describe(self) -> dict:
+        """Every setting of this attack, with its name, norm and budget (``eps`` None = unbounded)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        d["name"] = self.name
+        d.setdefault("eps", None)
+        d["norm"] = self.norm  # type: ignore[attr-defined]
+        return d
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _validate(x, y)
+        y = y.to(x.device)
+        with frozen(model):
+            return self._run(model, x.detach(), y, generator)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class PGD(_Base):
+    """Projected gradient descent (Madry et al., ICLR 2018) in the L∞ or L2 ball.
+
+    Maximises ``loss`` (``ce`` = cross-entropy; ``margin`` = CW margin, which makes
+    this "CW∞") with steepest-ascent steps of size ``alpha`` projected onto the
+    ``eps`` ball ∩ [0,1]. ``alpha=None`` means the reference code's 2.3·eps/steps
+    (``eps`` for a single step).
+    FGSM (Goodfellow et al. 2015) is ``PGD(steps=1, alpha=eps, random_start=False)``
+    and BIM (Kurakin et al. 2017) is ``PGD(alpha=1/255, steps=9, random_start=False)``.
+    With ``restarts > 1`` each point keeps the first restart that fools the model.
+    Defaults: L∞, eps 8/255, 10 steps, uniform random start, CE, 1 restart.
+    """
+
+    eps: float = 8 / 255
+    steps: int = 10
+    alpha: float | None = None
+    norm: Norm = "linf"
+    loss: Literal["ce", "margin"] = "ce"
+    random_start: bool = True
+    restarts: int = 1
+    targeted: bool = False
+    name: str = "pgd"
+
+    def __post_init__(self) -> None:
+        check(self.norm in ("linf", "l2"), f"norm must be linf or l2, got {self.norm!r}")
+        check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        check(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}")
+        check(self.restarts >= 1, f"restarts must be ≥ 1, got {self.restarts}")
+        check(self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.alpha is None:
+            self.alpha = self.eps if self.steps == 1 else 2.3 * self.eps / self.steps
+        check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+
+    def objective(self, x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self._model(x_adv)
+        loss = LOSSES[self.loss](logits, y)
+        return (-loss if self.targeted else loss).sum(), logits
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        ball = Ball(self.norm, self.eps)
+        self._model = model
+        try:
+            result = x.clone()
+            todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            for _ in range(self.restarts):
+                xs, ys = x[todo], y[todo]
+                start = ball.random_start(xs, generator) if self.random_start else xs
+                adv = optimise(model, xs, ys, self.objective, steps=self.steps, ball=ball, alpha=self.alpha, start=start, targeted=self.targeted)
+                result[todo] = adv
+                if self.restarts == 1:
+                    break
+                with torch.no_grad():
+                    pred = model(adv).argmax(1)
+                fooled = (pred == ys) if self.targeted else (pred != ys)
+                idx = todo.nonzero().squeeze(1)
+                todo[idx[fooled]] = False
+                if not todo.any():
+                    break
+            return result
+        finally:
+            del self._model
+
+
+@dataclass
+class CWL2(_Base):
+    """Carlini–Wagner L2 attack (Carlini & Wagner, S&P 2017) in tanh space with Adam.
+
+    Minimises ``‖x'−x‖₂² + c·max(z_y − max_{i≠y} z_i, −κ)`` over ``w`` with
+    ``x' = (tanh w + 1)/2``; returns per point the misclassified iterate of
+    smallest L2 norm, or the clean image where none was found. Unbounded L2
+    attack: its budget is reported as the measured norms. Defaults are the
+    reference code's: c 0.1, κ 0, Adam lr 0.1, 200 steps, early stop checked every
+    steps//3. ``binary_search_steps > 1`` searches c per point (×10 up on
+    failure, bisection down on success), as in the original paper.
+    """
+
+    c: float = 0.1
+    kappa: float = 0.0
+    steps: int = 200
+    lr: float = 0.1
+    binary_search_steps: int = 1
+    targeted: bool = False
+    name: str = "cw-l2"
+    norm: str = "l2"
+
+    def __post_init__(self) -> None:
+        check(self.c > 0, f"c must be > 0, got {self.c}")
+        check(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.binary_search_steps >= 1, "binary_search_steps must be ≥ 1")
+
+    def _objective(self, model: nn.Module, c: Tensor) -> Objective:
+        def value(x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            logits = model(x_adv)
+            m = margin_loss(logits, y)  # > 0 once fooled
+            f = (m if self.targeted else -m).clamp_min(-self.kappa)  # ≤ −κ once the goal is reached
+            l2sq = (x_adv - x).flatten(1).pow(2).sum(1)
+            return -(l2sq + c * f).sum(), logits
+
+        return value
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        c = torch.full((x.shape[0],), self.c, device=x.device)
+        lo = torch.zeros_like(c)
+        hi = torch.full_like(c, float("inf"))
+        best = x.clone()
+        best_l2 = torch.full_like(c, float("inf"))
+        for _ in range(self.binary_search_steps):
+            adv = optimise(model, x, y, self._objective(model, c), steps=self.steps, adam_lr=self.lr,
+                           variable=Variable("tanh"), select="min_l2_success", targeted=self.targeted,
+                           early_stop_every=max(self.steps // 3, 1))
+            l2 = _flat_norm(adv - x, "l2")
+            found = l2 > 0
+            better = found & (l2 < best_l2)
+            best[better], best_l2[better] = adv[better], l2[better]
+            hi = torch.where(found, torch.minimum(hi, c), hi)
+            lo = torch.where(found, lo, torch.maximum(lo, c))
+            c = torch.where(torch.isinf(hi), c * 10, (lo + hi) / 2)
+        return best
+
+
+@dataclass
+class NRF(_Base):
+    """Non-robust feature attack (Kim, Lee, Ro, NeurIPS 2021, Eq. 7–8).
+
+    Needs the model split at a layer (:class:`nonrobust.split.LayerSplit`) and a
+    channel mask ``mask`` (``[C]`` or ``[B, C]``, 1 = the channels whose gradient
+    is pushed; the non-robust mask from the bottleneck for NRF). With
+    ``f = max(z_y − max_{i≠y} z_i, 0)`` and ``G = mask · ∂(−f)/∂Z̄``, it minimises
+    ``L_base − sign·‖G‖`` where ``sign = +1`` maximises ‖G‖ (NRF, RF) and ``−1``
+    minimises it (NRF2, RF2: the Table 4 variants).
+
+    Forms (every one reports its norm):
+
+    * ``surrogate`` — the reference code: ``x' = (tanh w + 1)/2``, Adam lr 0.1,
+      200 steps, ``L_base = ‖x'−x‖₂² + c·f`` with c 0.1; ‖G‖ taken over the whole
+      batch and differentiated as ``‖Z̄ − (Z̄.detach() − G.detach())‖`` (value ‖G‖,
+      gradient G/‖G‖ w.r.t. Z̄); keeps the smallest-L2 misclassified iterate;
+      early stop every steps//3. **Unbounded L2**: compare only with CW-L2 at the
+      same c, lr and steps.
+    * ``exact`` — the same loop, with ‖G‖ per sample and differentiated through
+      (``create_graph=True``), as Eq. 8 is written. Unbounded L2.
+    * ``linf`` — ``c·f − sign·‖G‖`` (per sample, surrogate gradient) maximised by
+      projected sign steps inside the L∞ ``eps`` ball (PGD's schedule: ``steps``,
+      ``alpha`` = 2.3·eps/steps, random start), so it is comparable with PGD and
+      AutoAttack at one budget.
+    """
+
+    split: object = None
+    mask: Tensor | None = None
+    form: Literal["surrogate", "exact", "linf"] = "surrogate"
+    sign: int = 1
+    c: float = 0.1
+    steps: int = 200
+    lr: float = 0.1
+    eps: float | None = None
+    alpha: float | None = None
+    random_start: bool = True
+    name: str = "nrf"
+
+    def __post_init__(self) -> None:
+        check(self.split is not None and hasattr(self.split, "features_and_context"), "NRF needs a LayerSplit (nonrobust.split.split_model(model, layer))")
+        check(self.mask is not None, "NRF needs a channel mask (e.g. the non-robust mask of a bottleneck split)")
+        check(self.form in ("surrogate", "exact", "linf"), f"form must be surrogate, exact or linf, got {self.form!r}")
+        check(self.sign in (1, -1), "sign must be +1 (maximise ‖G‖) or -1 (minimise)")
+        check(self.c > 0 and self.steps >= 1, "c must be > 0 and steps ≥ 1")
+        if self.form == "linf":
+            check(self.eps is not None and self.eps > 0, f"the linf form needs eps > 0, got {self.eps}")
+            if self.alpha is None:
+                self.alpha = 2.3 * self.eps / self.steps
+
+    @property
+    def norm(self) -> str:  # type: ignore[override]
+        return "linf" if self.form == "linf" else "l2"
+
+    def describe(self) -> dict:
+        d = {k: getattr(self, k) for k in ("form", "sign", "c", "steps", "lr", "eps", "alpha", "random_start")}
+        d.update(name=self.name, norm=self.norm, layer=getattr(self.split, "layer", None),
+                 masked_channels=int(self._channel_mask(1).sum()) if self.mask is not None else None)
+        if self.form == "linf":
+            d.pop("lr")
+        return d
+
+    def _channel_mask(self, batch: int) -> Tensor:
+        m = self.mask.float()
+        return m if m.dim() == 2 else m.expand(batch, -1)
+
+    def _objective(self, mask: Tensor) -> Objective:
+        split = self.split
+        exact = self.form == "exact"
+        with_l2 = self.form != "linf"
+
+        def value(x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            z, ctx = split.features_and_context(x_adv)
+            logits = split.head(z, ctx)
+            f = (-margin_loss(logits, y)).clamp_min(0)  # z_y − max_{i≠y} z_i, floored at 0
+            (g,) = torch.autograd.grad(-f.sum(), z, create_graph=exact, retain_graph=True)
+            masked = mask[:, :, None, None] * g if g.dim() == 4 else mask * g
+            if exact:
+                cost = masked.flatten(1).norm(dim=1).sum()
+            elif self.form == "surrogate":
+                cost = (z - (z.detach() - masked.detach())).norm()
+            else:
+                cost = (z - (z.detach() - masked.detach())).flatten(1).norm(dim=1).sum()
+            base = self.c * f.sum()
+            if with_l2:
+                base = base + (x_adv - x).flatten(1).pow(2).sum()
+            return -(base - self.sign * cost), logits
+
+        return value
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        mask = self._channel_mask(x.shape[0]).to(x.device)
+        check(mask.shape[0] == x.shape[0], f"mask has {mask.shape[0]} rows for a batch of {x.shape[0]}")
+        objective = self._objective(mask)
+        if self.form == "linf":
+            ball = Ball("linf", self.eps)
+            start = ball.random_start(x, generator) if self.random_start else x
+            return optimise(model, x, y, objective, steps=self.steps, ball=ball, alpha=self.alpha, start=start)
+        return optimise(model, x, y, objective, steps=self.steps, adam_lr=self.lr, variable=Variable("tanh"),
+                        select="min_l2_success", early_stop_every=max(self.steps // 3, 1))
+
+
+_AA_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "fab", "apgd-dlr")
+
+
+@dataclass
+class AutoAttackRunner(_Base):
+    """AutoAttack (Croce & Hein, ICML 2020) from the reference implementation (``pyautoattack``).
+
+    ``version="standard"`` runs APGD-CE, APGD-T, FAB-T and Square in cascade
+    (each on the points still correct). ``components`` picks single components
+    (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``, ``fab``, ``apgd-dlr``) as a
+    custom run; ``apgd_restarts`` overrides APGD's restarts (the reference code's
+    "AA" is APGD-CE alone with 1 restart — not AutoAttack). The seed comes from
+    ``generator`` when one is passed, else ``seed``; the global RNG is restored
+    afterwards. Defaults: L∞, eps 8/255, standard version.
+    """
+
+    eps: float = 8 / 255
+    norm: Literal["linf", "l2"] = "linf"
+    version: Literal["standard", "custom"] = "standard"
+    components: tuple[str, ...] | None = None
+    apgd_restarts: int | None = None
+    seed: int = 0
+    batch_size: int = 500
+    name: str = "autoattack"
+
+    def __post_init__(self) -> None:
+        check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        check(self.norm in ("linf", "l2"), f"norm must be linf or l2, got {self.norm!r}")
+        if self.components is not None:
+            self.components = tuple(self.components)
+            bad = [c for c in self.components if c not in _AA_COMPONENTS]
+            check(not bad, f"unknown AutoAttack component(s) {bad}: choose from {', '.join(_AA_COMPONENTS)}")
+            self.version = "custom"
+        check(self.version in ("standard", "custom"), f"version must be standard or custom, got {self.version!r}")
+        check(self.version == "standard" or bool(self.components), "a custom AutoAttack run needs components")
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        try:
+            from pyautoattack import AutoAttack
+        except ImportError:  # pragma: no cover - declared dependency
+            raise UserError("AutoAttack needs the pyautoattack package: pip install pyautoattack") from None
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if generator is not None else self.seed
+        with torch.no_grad():
+            n_classes = model(x[:1]).shape[1]
+        check(n_classes >= 2, "AutoAttack needs at least 2 classes")
+        devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[self.norm], eps=self.eps, version=self.version,
+                            seed=seed, device=x.device, attacks=list(self.components) if self.version == "custom" else None)
+            aa.verbose = False
+            targets = min(9, n_classes - 1)
+            aa.apgd_targeted.n_target_classes = targets
+            aa.fab.n_target_classes = targets
+            if self.apgd_restarts is not None:
+                aa.apgd.n_restarts = self.apgd_restarts
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
+        return x_adv.detach()
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack: how to build it, its norm, and what it is."""
+
+    name: str
+    factory: Callable[..., Attack]
+    defaults: dict = field(default_factory=dict)
+    norm: str = "linf"
+    description: str = ""
+    needs_split: bool = False
+
+
+def _spec(name: str, factory: Callable[..., Attack], threat: str, description: str, needs_split: bool = False, **defaults) -> AttackSpec:
+    return AttackSpec(name, factory, dict(defaults, name=name), threat, description, needs_split)
+
+
+_REF = "reference code's setting, as in the paper's Table 3"
+ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
+    _spec("fgsm", PGD, "linf", "FGSM: one signed-gradient step of size eps", steps=1, random_start=False),
+    _spec("bim", PGD, "linf", f"BIM: 9 steps of 1/255 without random start ({_REF})", steps=9, alpha=1 / 255, random_start=False),
+    _spec("pgd", PGD, "linf", f"PGD-10, CE, α = 2.3·eps/steps, random start ({_REF})", steps=10),
+    _spec("pgd-20", PGD, "linf", "PGD-20, CE, α = 2/255, random start (Madry et al.)", steps=20, alpha=2 / 255),
+    _spec("pgd-l2", PGD, "l2", "PGD in the L2 ball, CE, 20 steps, α = 2.5·eps/steps, random start", norm="l2", eps=0.5, steps=20, alpha=0.0625),
+    _spec("cw-inf", PGD, "linf", "CW∞: PGD-20 on the CW margin loss, α = 2/255", loss="margin", steps=20, alpha=2 / 255),
+    _spec("cw-l2", CWL2, "l2", f"Carlini–Wagner L2, c 0.1, Adam lr 0.1, 200 steps, unbounded ({_REF})"),
+    _spec("autoattack", AutoAttackRunner, "linf", "AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)"),
+    _spec("apgd-ce", AutoAttackRunner, "linf", "APGD-CE (AutoAttack component, 1 restart)", components=("apgd-ce",)),
+    _spec("apgd-t", AutoAttackRunner, "linf", "APGD-T, 9 target classes (AutoAttack component)", components=("apgd-t",)),
+    _spec("fab-t", AutoAttackRunner, "linf", "FAB-T, 9 target classes (AutoAttack component)", components=("fab-t",)),
+    _spec("fab", AutoAttackRunner, "linf", f"FAB, untargeted, 5 restarts (AutoAttack component; {_REF})", components=("fab",)),
+    _spec("square", AutoAttackRunner, "linf", "Square, 5000 queries (AutoAttack component)", components=("square",)),
+    _spec("aa-reference", AutoAttackRunner, "linf",
+          "the reference code's 'AA': APGD-CE alone with 1 restart — NOT AutoAttack", components=("apgd-ce",), apgd_restarts=1),
+    _spec("nrf", NRF, "l2", "NRF, reference surrogate form: maximise ‖G_nr‖, unbounded L2 (compare with cw-l2)", True, form="surrogate"),
+    _spec("nrf-exact", NRF, "l2", "NRF, exact Eq. 8 (gradient-norm term differentiated through), unbounded L2", True, form="exact"),
+    _spec("nrf-linf", NRF, "linf", "NRF objective on projected sign steps in the L∞ eps ball (PGD's schedule)", True,
+          form="linf", eps=8 / 255, steps=10),
+    _spec("nrf2", NRF, "l2", "Table 4: minimise ‖G_nr‖ (surrogate form)", True, form="surrogate", sign=-1),
+    _spec("rf", NRF, "l2", "Table 4: maximise ‖G_r‖ (surrogate form; pass the robust mask)", True, form="surrogate"),
+    _spec("rf2", NRF, "l2", "Table 4: minimise ‖G_r‖ (surrogate form; pass the robust mask)", True, form="surrogate", sign=-1),
+]}
+
+
+def make_attack(name: str, **overrides) -> Attack:
+    """Build a registered attack with its defaults, overridden by ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored. NRF-family attacks need
+    ``split=`` and ``mask=``. Raises :class:`UserError` for an unknown name or setting.
+    """
+    spec = ATTACKS.get(name)
+    if spec is None:
+        raise UserError(f"unknown attack {name!r}: choose from {', '.join(ATTACKS)}")
+    settings = dict(spec.defaults)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    allowed = {f.name for f in fields(spec.factory)}
+    unknown = sorted(set(settings) - allowed)
+    check(not unknown, f"attack {name!r} has no setting(s) {', '.join(unknown)}; it takes {', '.join(sorted(allowed - {'name'}))}")
+    return spec.factory(**settings)
+
+
+def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, float]:
+    """Measured sizes of ``x_adv − x`` as AutoAttack reports them.
+
+    Returns ``linf_max``, ``l2_median``, ``l2_max`` (over the batch), ``nan`` (count of
+    non-finite values in ``x_adv``) and ``min``/``max`` (value range of ``x_adv``).
+    """
+    delta = (x_adv - x).flatten(1)
+    l2 = delta.norm(dim=1)
+    return {
+        "linf_max": float(delta.abs().amax()) if delta.numel() else 0.0,
+        "l2_median": float(l2.median()) if l2.numel() else 0.0,
+        "l2_max": float(l2.max()) if l2.numel() else 0.0,
+        "nan": int((~torch.isfinite(x_adv)).sum()),
+        "min": float(x_adv.min()) if x_adv.numel() else 0.0,
+        "max": float(x_adv.max()) if x_adv.numel() else 0.0,
+    }

@@ -1,0 +1,235 @@
+"""The ``nonrobust`` command line: parse, call the library, print.
+
+Every user mistake surfaces as a one-line ``error: ...`` on stderr with exit
+code 2 (``--debug`` shows the traceback). Library code lives elsewhere; each
+``cmd_*`` function here only wires arguments to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UserError
+
+log = logging.getLogger("nonrobust")
+
+DATA_HELP = (
+    "data set: cifar10, cifar100, svhn, tiny-imagenet, folder:PATH (class sub-folders of images) "
+    "or npz:PATH (x_train, y_train, x_test, y_test)"
+)
+
+
+# --------------------------------------------------------------------------- shared options
+def add_data_args(p: argparse.ArgumentParser, default_split: str = "test") -> None:
+    p.add_argument("--data", required=True, metavar="NAME", help=DATA_HELP)
+    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--split", choices=("train", "test"), default=default_split, help=f"which split (default {default_split})")
+    p.add_argument("--n", type=_positive_int, metavar="N", help="use only the first N images")
+    p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint path (.safetensors), a shipped pretrained name (see `nonrobust models list`), "
+                   "or path/to/file.py:function returning your own nn.Module (runs that file's code)")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps (default auto)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_run_args(p: argparse.ArgumentParser, batch_size: int = 128) -> None:
+    add_device_arg(p)
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=f"images per batch (default {batch_size})")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def load_model_and_data(args: argparse.Namespace):
+    """Resolve ``--device``, ``--model`` and the data options; check they fit together."""
+    from . import data, models
+    from .runtime import resolve_device
+
+    device = resolve_device(args.device)
+    ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size)
+    model, meta = models.resolve(args.model, device=device, input_shape=ds.input_shape)
+    models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
+    return model, meta, ds, device
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from . import data
+
+    path = data.prepare(args.name, args.data_dir, download=not args.no_download)
+    print(f"{args.name}: ready in {path}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from . import data
+
+    ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size)
+    counts = ds.labels.bincount(minlength=ds.num_classes).tolist()
+    print(f"{ds.name} [{ds.split}]: {len(ds)} images of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")
+    print("per class: " + ", ".join(f"{c}={k}" for c, k in zip(ds.classes, counts)))
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from . import attacks, evaluation
+
+    model, meta, ds, device = load_model_and_data(args)
+    spec = attacks.ATTACKS.get(args.attack)
+    if spec is not None and spec.needs_split:
+        raise UserError(f"attack {args.attack!r} needs channel masks from the bottleneck: use `nonrobust split` first (NRF from the CLI is not wired yet)")
+    overrides = {k: getattr(args, k) for k in ("eps", "steps", "alpha", "restarts", "c", "lr") if getattr(args, k) is not None}
+    attack = attacks.make_attack(args.attack, **overrides)
+    info = {"model": str(args.model), "arch": meta.arch, "data": ds.name, "split": ds.split}
+    summary = evaluation.attack_to_file(model, ds, attack, args.out, batch_size=args.batch_size, device=device,
+                                        seed=args.seed, info=info)
+    p = summary["perturbation"]
+    print(f"{summary['attack']['name']} ({summary['attack']['norm']}, eps={summary['attack'].get('eps')}) on {summary['n']} images: "
+          f"clean {summary['clean_accuracy']:.2%}, robust {summary['robust_accuracy']:.2%}, "
+          f"L∞ max {p['linf_max']:.4f}, L2 median {p['l2_median']:.4f}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from . import models
+
+    print("architectures (nonrobust train --arch NAME):")
+    for spec in models.ARCHITECTURES.values():
+        tag = " [paper]" if spec.paper else ""
+        print(f"  {spec.name:<16} split at {spec.default_layer:<12} {spec.notes}{tag}")
+    print("pretrained models (--model NAME):")
+    for name, spec in models.PRETRAINED.items():
+        print(f"  {name:<20} {spec.description}{'' if spec.available() else '  (not shipped in this build)'}")
+    return 0
+
+
+def cmd_models_layers(args: argparse.Namespace) -> int:
+    from . import models, split
+
+    model, meta = models.resolve(args.model)
+    shape = tuple(meta.input_shape)
+    for name in split.list_layers(model):
+        marker = "  <- default split layer" if name == meta.split_layer else ""
+        if args.shapes:
+            try:
+                out = split.feature_shape(split.split_model(model, name), shape)
+            except UserError as exc:
+                out = f"({exc})"
+            print(f"{name:<32} {out}{marker}")
+        else:
+            print(f"{name}{marker}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _attack_names() -> list[str]:
+    from .attacks import ATTACKS
+
+    return list(ATTACKS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nonrobust",
+        description="Find the robust and non-robust features of an image classifier with an information "
+        "bottleneck, and attack the non-robust ones (Kim, Lee, Ro, NeurIPS 2021).",
+    )
+    parser.add_argument("--version", action="version", version=f"nonrobust {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_data = sub.add_parser("data", help="prepare and inspect data sets")
+    sub_data = p_data.add_subparsers(dest="data_command", metavar="ACTION")
+    p = sub_data.add_parser("prepare", help="download (with checksums) or check a data set")
+    p.add_argument("name", help="cifar10, cifar100, svhn, tiny-imagenet, folder:PATH or npz:PATH")
+    p.add_argument("--data-dir", metavar="DIR", help="target folder (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--no-download", action="store_true", help="only check that the files are present")
+    p.set_defaults(func=cmd_data_prepare)
+    p = sub_data.add_parser("info", help="load a data set and print its size and class counts")
+    add_data_args(p)
+    p.set_defaults(func=cmd_data_info)
+
+    p = sub.add_parser("attack", help="attack a data set and write the adversarial examples (resumable)")
+    add_model_arg(p)
+    add_data_args(p)
+    p.add_argument("--attack", required=True, metavar="NAME", help="one of: " + ", ".join(_attack_names()))
+    p.add_argument("--eps", type=_positive_float, help="budget (L∞ or L2 radius, in [0,1] pixel units)")
+    p.add_argument("--steps", type=_positive_int, help="iterations")
+    p.add_argument("--alpha", type=_positive_float, help="step size (PGD family)")
+    p.add_argument("--restarts", type=_positive_int, help="random restarts (PGD family)")
+    p.add_argument("--c", type=_positive_float, help="CW / NRF constant c")
+    p.add_argument("--lr", type=_positive_float, help="Adam learning rate (CW, NRF)")
+    p.add_argument("--out", required=True, metavar="FILE", help="adversarial examples (.safetensors); a .json summary goes beside it")
+    add_run_args(p)
+    p.set_defaults(func=cmd_attack)
+
+    p_models = sub.add_parser("models", help="list architectures and pretrained models, inspect layers")
+    sub_models = p_models.add_subparsers(dest="models_command", metavar="ACTION")
+    p = sub_models.add_parser("list", help="registered architectures and shipped pretrained models")
+    p.set_defaults(func=cmd_models_list)
+    p = sub_models.add_parser("layers", help="the layers a model can be split at")
+    add_model_arg(p)
+    p.add_argument("--shapes", action="store_true", help="also print the feature shape at each layer")
+    p.set_defaults(func=cmd_models_layers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nonrobust`` command. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        # `nonrobust` or `nonrobust data` without an action: show the relevant help
+        target = {"data": "data", "models": "models"}.get(args.command or "")
+        if target:
+            parser.parse_args([target, "--help"])
+        parser.print_help()
+        return 0 if args.command is None else 2
+    from .runtime import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return int(func(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

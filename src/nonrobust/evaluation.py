@@ -1,0 +1,221 @@
+"""Robust accuracy of a model under a list of attacks, streamed over batches.
+
+:func:`evaluate_attacks` reports, per attack, the accuracy on its adversarial
+examples, the per-point worst case over all attacks, and the measured
+perturbation sizes (L∞ max, L2 median and max, NaN count, value range), as
+AutoAttack reports them. :func:`attack_to_file` writes one attack's adversarial
+examples to a safetensors file, batch by batch, and resumes a killed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .attacks import Attack, perturbation_norms
+from .errors import check
+from .io import StreamingTensorFile, load_tensors, write_json
+from .runtime import make_generator
+
+if TYPE_CHECKING:
+    from .data import ImageDataset
+
+__all__ = ["NormStats", "evaluate_attacks", "attack_to_file", "batch_generator"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_generator(seed: int, batch_index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator used for batch ``batch_index`` of a seeded run (so a resumed run draws the same numbers)."""
+    return make_generator(seed * 1_000_003 + batch_index, device)
+
+
+@dataclass
+class NormStats:
+    """Running perturbation statistics over the points an attack changed or was run on."""
+
+    l2: list[Tensor] = field(default_factory=list)
+    linf_max: float = 0.0
+    nan: int = 0
+    min: float = float("inf")
+    max: float = float("-inf")
+
+    def add(self, x: Tensor, x_adv: Tensor) -> None:
+        if x.shape[0] == 0:
+            return
+        stats = perturbation_norms(x, x_adv)
+        self.l2.append((x_adv - x).flatten(1).norm(dim=1).cpu())
+        self.linf_max = max(self.linf_max, stats["linf_max"])
+        self.nan += stats["nan"]
+        self.min, self.max = min(self.min, stats["min"]), max(self.max, stats["max"])
+
+    def summary(self) -> dict[str, float | int | None]:
+        l2 = torch.cat(self.l2) if self.l2 else torch.empty(0)
+        return {
+            "points": int(l2.numel()),
+            "linf_max": self.linf_max,
+            "l2_median": float(l2.median()) if l2.numel() else None,
+            "l2_max": float(l2.max()) if l2.numel() else None,
+            "nan": self.nan,
+            "min": self.min if l2.numel() else None,
+            "max": self.max if l2.numel() else None,
+        }
+
+
+def evaluate_attacks(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    attacks: dict[str, Attack],
+    *,
+    seed: int = 0,
+    total: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Clean and robust accuracy under each attack, plus the per-point worst case.
+
+    Each attack runs only on the points the model classifies correctly when clean
+    (the others count as errors already), each on the same points, so the
+    per-attack figures are comparable and the worst case is their intersection.
+
+    Args:
+        model: maps [0,1] images to logits.
+        batches: yields ``(x [B,C,H,W] in [0,1], y int64 [B])`` on the model's device.
+        attacks: display name -> attack.
+        seed: batch ``i`` uses :func:`batch_generator` ``(seed, i)`` for every attack.
+        total: number of images, for the progress bar.
+
+    Returns:
+        ``{"n", "clean_accuracy", "attacks": {name: {"settings", "robust_accuracy",
+        "success_rate", "perturbation", "seconds"}}, "worst_case_accuracy"}``;
+        accuracies are fractions of all ``n`` images.
+    """
+    n = clean = 0
+    correct = {name: 0 for name in attacks}
+    norms = {name: NormStats() for name in attacks}
+    seconds = {name: 0.0 for name in attacks}
+    worst = 0
+    bar = tqdm(total=total, desc="attacks", unit="img", disable=not progress, leave=False)
+    for i, (x, y) in enumerate(batches):
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        n += x.shape[0]
+        clean += int(ok.sum())
+        robust_all = ok.clone()
+        xs, ys = x[ok], y[ok]
+        for name, attack in attacks.items():
+            if xs.shape[0] == 0:
+                continue
+            t0 = time.perf_counter()
+            x_adv = attack(model, xs, ys, generator=batch_generator(seed, i, x.device))
+            seconds[name] += time.perf_counter() - t0
+            with torch.no_grad():
+                still = model(x_adv).argmax(1) == ys
+            correct[name] += int(still.sum())
+            norms[name].add(xs, x_adv)
+            robust_all[ok.nonzero().squeeze(1)[~still]] = False
+        worst += int(robust_all.sum())
+        bar.update(x.shape[0])
+    bar.close()
+    check(n > 0, "no images to evaluate")
+    clean_correct = max(clean, 1)
+    return {
+        "n": n,
+        "clean_accuracy": clean / n,
+        "attacks": {
+            name: {
+                "settings": attack.describe(),
+                "robust_accuracy": correct[name] / n,
+                "success_rate": (clean - correct[name]) / clean_correct if clean else None,
+                "perturbation": norms[name].summary(),
+                "seconds": round(seconds[name], 3),
+            }
+            for name, attack in attacks.items()
+        },
+        "worst_case_accuracy": worst / n,
+    }
+
+
+def attack_to_file(
+    model: nn.Module,
+    dataset: "ImageDataset",
+    attack: Attack,
+    out: str | Path,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    info: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Attack every image of ``dataset`` batch by batch and stream the results to ``out``.
+
+    ``out`` (safetensors) holds ``x_adv`` (float32 ``[N, C, H, W]`` in [0,1]), ``y``,
+    ``clean_pred``, ``adv_pred`` (int64 ``[N]``) and the per-point measurements
+    ``linf``, ``l2``, ``min``, ``max`` (float32 ``[N]``) and ``nan`` (int64 ``[N]``);
+    the summary goes to ``out`` with suffix ``.json`` and is returned. A killed run
+    resumes at its first unfinished batch; batch ``i`` always uses
+    :func:`batch_generator` ``(seed, i)``, so the result does not depend on where a
+    run was interrupted. Memory use does not grow with ``N``.
+    """
+    out = Path(out)
+    n = len(dataset)
+    check(n > 0, "the data set is empty")
+    settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size, "n": n, **(info or {})}
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    per_point = {k: (torch.float32, (n,)) for k in ("linf", "l2", "min", "max")}
+    specs = {"x_adv": (torch.float32, (n, *dataset.input_shape)), "y": (torch.int64, (n,)),
+             "clean_pred": (torch.int64, (n,)), "adv_pred": (torch.int64, (n,)), "nan": (torch.int64, (n,)), **per_point}
+    writer = StreamingTensorFile(out, specs, settings, fingerprint)
+    if writer.rows_done:
+        log.info("resuming %s at image %d of %d", out, writer.rows_done, n)
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, initial=writer.rows_done, desc=settings["attack"]["name"], unit="img", disable=not progress)
+    for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
+        x_adv = attack(model, x, y, generator=batch_generator(seed, writer.rows_done // batch_size, x.device))
+        with torch.no_grad():
+            clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+        delta, flat = (x_adv - x).flatten(1), x_adv.flatten(1)
+        writer.write(writer.rows_done, {
+            "x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,
+            "nan": (~torch.isfinite(flat)).sum(1), "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
+            "min": flat.amin(1), "max": flat.amax(1)})
+        bar.update(x.shape[0])
+    bar.close()
+    writer.finish()
+    summary = summarise_file(out)
+    summary["seconds_this_run"] = round(time.perf_counter() - t0, 3)
+    write_json(out.with_suffix(".json"), summary)
+    return summary
+
+
+def summarise_file(path: str | Path) -> dict:
+    """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
+
+    Reads only the per-point columns, never the images.
+    """
+    t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", "nan", "linf", "l2", "min", "max"))
+    clean_ok, adv_ok = t["clean_pred"] == t["y"], t["adv_pred"] == t["y"]
+    return {
+        **settings,
+        "clean_accuracy": float(clean_ok.float().mean()),
+        "robust_accuracy": float((clean_ok & adv_ok).float().mean()),
+        "success_rate": float((clean_ok & ~adv_ok).sum() / clean_ok.sum().clamp_min(1)),
+        "perturbation": {
+            "points": int(t["y"].numel()),
+            "linf_max": float(t["linf"].max()),
+            "l2_median": float(t["l2"].median()),
+            "l2_max": float(t["l2"].max()),
+            "nan": int(t["nan"].sum()),
+            "min": float(t["min"].min()),
+            "max": float(t["max"].max()),
+        },
+    }

@@ -1,0 +1,317 @@
+"""Attacks: budgets, hand-computable cases, monotonicity, model-state hygiene, AutoAttack agreement."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from nonrobust.attacks import ATTACKS, CWL2, NRF, PGD, AutoAttackRunner, frozen, make_attack, margin_loss
+from nonrobust.errors import UserError
+
+
+def small_model(seed: int = 0, classes: int = 4, channels: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, classes),
+    ).eval()
+
+
+class Linear(nn.Module):
+    """logits = W·flatten(x): the gradient of any loss is known in closed form."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_blobs(seed: int):
+    """A 3-class problem of noisy coloured images and a small CNN trained on it (a few seconds)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 600
+    y = torch.randint(0, 3, (n,), generator=g)
+    base = torch.tensor([[0.6, 0.4, 0.4], [0.4, 0.6, 0.4], [0.4, 0.4, 0.6]])[y]
+    x = (base[:, :, None, None] + 0.3 * torch.randn(n, 3, 8, 8, generator=g)).clamp(0, 1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x[:200], y[:200]
+
+
+def trained_blobs(seed: int = 0):
+    model, x, y = _trained_blobs(seed)
+    return copy.deepcopy(model), x.clone(), y.clone()
+
+
+LINF_ATTACKS = ["fgsm", "bim", "pgd", "pgd-20", "cw-inf"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    name=st.sampled_from(LINF_ATTACKS),
+    eps=st.floats(1e-3, 0.3),
+    batch=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_linf_attacks_stay_in_ball_and_box(name, eps, batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, 6, 6, generator=g)
+    y = torch.randint(0, 4, (batch,), generator=g)
+    x_adv = make_attack(name, eps=eps)(small_model(seed % 7), x, y, generator=g)
+    assert x_adv.shape == x.shape
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@settings(max_examples=10, deadline=None)
+@given(eps=st.floats(0.05, 2.0), seed=st.integers(0, 2**16))
+def test_l2_pgd_stays_in_ball_and_norms_are_reported(eps, seed):
+    from nonrobust.attacks import perturbation_norms
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(4, 3, 6, 6, generator=g)
+    y = torch.randint(0, 4, (4,), generator=g)
+    x_adv = make_attack("pgd-l2", eps=eps)(small_model(), x, y, generator=g)
+    l2 = (x_adv - x).flatten(1).norm(dim=1)
+    assert l2.max() <= eps * (1 + 1e-5)
+    norms = perturbation_norms(x, x_adv)
+    assert norms["l2_max"] == pytest.approx(float(l2.max()), rel=1e-6)
+    assert norms["l2_median"] == pytest.approx(float(l2.median()), rel=1e-6)
+
+
+def test_fgsm_on_a_linear_model_is_eps_times_the_sign_of_the_weight_difference():
+    # Two classes, logits = W x. CE gradient wrt x for label 0 is (p1)(w1 − w0) ∝ (w1 − w0),
+    # so FGSM moves every pixel by eps·sign(w1 − w0) (x in the interior, no clipping).
+    torch.manual_seed(0)
+    w = torch.randn(2, 3 * 4 * 4)
+    x = torch.full((1, 3, 4, 4), 0.5)
+    y = torch.tensor([0])
+    eps = 0.1
+    x_adv = make_attack("fgsm", eps=eps)(Linear(w), x, y)
+    expected = x + eps * torch.sign(w[1] - w[0]).view(1, 3, 4, 4)
+    assert torch.allclose(x_adv, expected, atol=1e-7)
+
+
+def test_pgd_on_a_linear_model_reaches_the_corner_of_the_ball():
+    # For a linear two-class model every step has the same sign direction, so PGD without
+    # random start ends at x + eps·sign(w1 − w0), like FGSM.
+    torch.manual_seed(1)
+    w = torch.randn(2, 3 * 4 * 4)
+    x = torch.full((2, 3, 4, 4), 0.5)
+    y = torch.tensor([0, 0])
+    x_adv = PGD(eps=0.05, steps=7, random_start=False)(Linear(w), x, y)
+    expected = x + 0.05 * torch.sign(w[1] - w[0]).view(1, 3, 4, 4)
+    assert torch.allclose(x_adv, expected, atol=1e-6)
+
+
+def test_l2_pgd_on_a_linear_model_moves_along_the_weight_difference():
+    torch.manual_seed(2)
+    w = torch.randn(2, 3 * 4 * 4)
+    x = torch.full((1, 3, 4, 4), 0.5)
+    eps = 0.2
+    x_adv = PGD(norm="l2", eps=eps, steps=5, alpha=0.1, random_start=False)(Linear(w), x, torch.tensor([0]))
+    d = (w[1] - w[0]) / (w[1] - w[0]).norm()
+    assert torch.allclose((x_adv - x).flatten(), eps * d, atol=1e-5)
+
+
+def test_stronger_pgd_is_never_weaker():
+    model, x, y = trained_blobs()
+    accs = []
+    for eps, steps in [(0.02, 5), (0.05, 5), (0.05, 20), (0.1, 20), (0.2, 20)]:
+        x_adv = PGD(eps=eps, steps=steps, alpha=2.5 * eps / steps, random_start=False)(model, x, y)
+        with torch.no_grad():
+            accs.append(float((model(x_adv).argmax(1) == y).float().mean()))
+    assert all(a >= b - 0.01 for a, b in zip(accs, accs[1:])), accs
+    assert accs[0] > accs[-1]
+
+
+def test_unbounded_attacks_succeed_on_nearly_every_point():
+    model, x, y = trained_blobs()
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    x, y = x[ok][:60], y[ok][:60]
+    for attack in (CWL2(c=10.0, steps=100, lr=0.05), PGD(eps=1.0, steps=20)):
+        x_adv = attack(model, x, y)
+        with torch.no_grad():
+            success = float((model(x_adv).argmax(1) != y).float().mean())
+        assert success >= 0.95, (attack.name, success)
+
+
+def test_cw_l2_returns_clean_images_where_it_fails_and_reports_true_norms():
+    model, x, y = trained_blobs()
+    x, y = x[:20], y[:20]
+    x_adv = CWL2(c=1e-4, steps=10)(model, x, y)  # c tiny: the distance term wins, nothing is found
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != model(x).argmax(1)
+    assert torch.equal(x_adv[~fooled], x[~fooled])
+
+
+def test_binary_search_finds_smaller_or_equal_perturbations():
+    model, x, y = trained_blobs()
+    x, y = x[:30], y[:30]
+    one = CWL2(c=5.0, steps=60, lr=0.05)(model, x, y)
+    searched = CWL2(c=5.0, steps=60, lr=0.05, binary_search_steps=4)(model, x, y)
+    with torch.no_grad():
+        both = (model(one).argmax(1) != y) & (model(searched).argmax(1) != y)
+    l2 = lambda a: (a - x).flatten(1).norm(dim=1)  # noqa: E731
+    assert both.sum() > 10
+    assert float(l2(searched)[both].median()) <= float(l2(one)[both].median()) + 1e-4
+
+
+def test_targeted_pgd_reaches_the_target():
+    model, x, y = trained_blobs()
+    target = (y + 1) % 3
+    x_adv = PGD(eps=0.5, steps=30, targeted=True)(model, x[:50], target[:50])
+    with torch.no_grad():
+        assert float((model(x_adv).argmax(1) == target[:50]).float().mean()) > 0.9
+
+
+def test_margin_loss_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    assert margin_loss(logits, torch.tensor([0, 2])).tolist() == [-1.0, 4.0]
+
+
+@pytest.mark.parametrize("name", ["pgd", "cw-l2", "apgd-ce"])
+def test_attacks_restore_mode_and_requires_grad(name):
+    model = small_model()
+    model.train()
+    model[0].weight.requires_grad_(False)  # a mixed state must come back exactly
+    before = [p.requires_grad for p in model.parameters()]
+    x, y = torch.rand(3, 3, 6, 6), torch.tensor([0, 1, 2])
+    attack = make_attack(name, **({"steps": 2} if name != "apgd-ce" else {}))
+    attack(model, x, y)
+    assert all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == before
+
+
+def test_frozen_restores_state_when_the_attack_raises():
+    model = small_model().train()
+
+    def boom(x):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        with frozen(model):
+            assert not model.training
+            boom(None)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_attack_does_not_touch_the_global_rng():
+    model = small_model()
+    x, y = torch.rand(2, 3, 6, 6), torch.tensor([0, 1])
+    state = torch.get_rng_state()
+    PGD(steps=2)(model, x, y, generator=torch.Generator().manual_seed(0))
+    AutoAttackRunner(components=("apgd-ce",))(model, x, y)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_seeded_attacks_are_reproducible():
+    model = small_model()
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    a = PGD(steps=3)(model, x, y, generator=torch.Generator().manual_seed(5))
+    b = PGD(steps=3)(model, x, y, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_our_pgd_agrees_with_apgd_ce():
+    model, x, y = trained_blobs()
+    eps = 0.08
+    ours = PGD(eps=eps, steps=50, alpha=eps / 10)(model, x, y, generator=torch.Generator().manual_seed(0))
+    ref = make_attack("apgd-ce", eps=eps)(model, x, y)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+        a = float((model(ours).argmax(1) == y).float().mean())
+        b = float((model(ref).argmax(1) == y).float().mean())
+    assert clean - b > 0.1, "the budget must matter for this comparison to mean anything"
+    assert abs(a - b) <= 0.05, (clean, a, b)
+
+
+class _Split:
+    """A hand-made split of ``small_model`` after its BatchNorm (no context crosses the cut)."""
+
+    def __init__(self, model):
+        self.model, self.layer = model, "1"
+
+    def features_and_context(self, x):
+        return self.model[:2](x), ()
+
+    def head(self, z, context=()):
+        return self.model[2:](z)
+
+
+@pytest.mark.parametrize("form", ["surrogate", "exact", "linf"])
+def test_nrf_forms_respect_their_threat_model(form):
+    model, x, y = trained_blobs()
+    model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()
+    x, y = x[:40], y[:40]
+    mask = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
+    attack = NRF(split=_Split(model), mask=mask, form=form, steps=30, c=1.0, eps=0.1 if form == "linf" else None)
+    x_adv = attack(model, x, y)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    info = attack.describe()
+    assert info["norm"] == ("linf" if form == "linf" else "l2")
+    assert info["masked_channels"] == 4
+    if form == "linf":
+        assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert float((model(x_adv).argmax(1) != y).float().mean()) > 0.5
+
+
+def test_nrf_surrogate_cost_has_the_value_and_gradient_the_spec_states():
+    # cost_NR = ‖Z − (Z.detach() − G.detach())‖: value ‖G‖, gradient G/‖G‖.
+    z = torch.randn(2, 3, 2, 2, requires_grad=True)
+    g = torch.randn(2, 3, 2, 2)
+    cost = (z - (z.detach() - g)).norm()
+    (grad,) = torch.autograd.grad(cost, z)
+    assert cost.item() == pytest.approx(g.norm().item(), rel=1e-6)
+    assert torch.allclose(grad, g / g.norm(), atol=1e-6)
+
+
+def test_make_attack_rejects_unknown_names_and_settings():
+    with pytest.raises(UserError, match="unknown attack"):
+        make_attack("nope")
+    with pytest.raises(UserError, match="no setting"):
+        make_attack("pgd", c=3)
+    with pytest.raises(UserError, match="eps"):
+        make_attack("pgd", eps=0)
+    with pytest.raises(UserError, match="steps"):
+        make_attack("pgd", steps=0)
+    with pytest.raises(UserError, match="LayerSplit"):
+        make_attack("nrf")
+
+
+def test_bad_inputs_are_refused():
+    model = small_model()
+    with pytest.raises(UserError, match=r"\[0,1\]"):
+        PGD()(model, torch.rand(2, 3, 6, 6) * 4, torch.tensor([0, 1]))
+    with pytest.raises(UserError, match="NaN"):
+        PGD()(model, torch.full((2, 3, 6, 6), float("nan")), torch.tensor([0, 1]))
+    with pytest.raises(UserError, match="labels"):
+        PGD()(model, torch.rand(2, 3, 6, 6), torch.tensor([0]))
+    with pytest.raises(UserError, match="batch of images"):
+        PGD()(model, torch.rand(3, 6, 6), torch.tensor([0]))
+
+
+def test_every_registered_attack_describes_its_norm_and_budget():
+    for name, spec in ATTACKS.items():
+        if spec.needs_split:
+            continue
+        info = make_attack(name).describe()
+        assert info["name"] == name
+        assert info["norm"] in ("linf", "l2")
+        assert "eps" in info

@@ -1,0 +1,109 @@
+"""Robust-accuracy evaluation and resumable attack files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from nonrobust.attacks import PGD, make_attack
+from nonrobust.data import ImageDataset
+from nonrobust.errors import UserError
+from nonrobust.evaluation import attack_to_file, evaluate_attacks, summarise_file
+from nonrobust.io import load_tensors
+
+
+def model_and_data(n: int = 40):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (n, 3, 6, 6), generator=g, dtype=torch.uint8)
+    with torch.no_grad():  # label half of the points by the model itself so some are correct
+        pred = model(images.float() / 255).argmax(1)
+    labels = torch.where(torch.arange(n) % 2 == 0, pred, (pred + 1) % 3)
+    return model, ImageDataset("synthetic", "test", images, labels, ["a", "b", "c"])
+
+
+class Interrupting:
+    """Wraps an attack and raises on its k-th call, as a kill would stop a run."""
+
+    def __init__(self, attack, k):
+        self.attack, self.k, self.calls = attack, k, 0
+
+    def describe(self):
+        return self.attack.describe()
+
+    def __call__(self, *a, **kw):
+        self.calls += 1
+        if self.calls == self.k:
+            raise KeyboardInterrupt
+        return self.attack(*a, **kw)
+
+
+def test_attack_file_resumes_to_the_same_result(tmp_path):
+    model, ds = model_and_data()
+    attack = PGD(steps=3, eps=0.05)  # random start: resuming must reuse per-batch seeds
+    full = tmp_path / "full.safetensors"
+    attack_to_file(model, ds, attack, full, batch_size=8, seed=3, progress=False)
+
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        attack_to_file(model, ds, Interrupting(attack, 3), part, batch_size=8, seed=3, progress=False)
+    assert not part.exists(), "the final file must not exist before the run completes"
+    progress = json.loads((tmp_path / "part.safetensors.progress.json").read_text())
+    assert progress["rows"] == 16
+    resumed = Interrupting(attack, 10**9)
+    attack_to_file(model, ds, resumed, part, batch_size=8, seed=3, progress=False)
+    assert resumed.calls == 3, "only the unfinished batches are attacked again"
+    a, _ = load_tensors(full)
+    b, _ = load_tensors(part)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not (tmp_path / "part.safetensors.partial").exists()
+
+
+def test_attack_file_summary_matches_an_independent_count(tmp_path):
+    model, ds = model_and_data()
+    out = tmp_path / "adv.safetensors"
+    summary = attack_to_file(model, ds, make_attack("fgsm", eps=0.1), out, batch_size=16, progress=False)
+    t, meta = load_tensors(out)
+    x, y = ds.tensors()
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+        adv = model(t["x_adv"]).argmax(1) == y
+    assert summary["clean_accuracy"] == pytest.approx(float(clean.float().mean()))
+    assert summary["robust_accuracy"] == pytest.approx(float((clean & adv).float().mean()))
+    delta = (t["x_adv"] - x).flatten(1)
+    assert summary["perturbation"]["linf_max"] == pytest.approx(float(delta.abs().max()), abs=1e-7)
+    assert summary["perturbation"]["linf_max"] <= 0.1 + 1e-6
+    assert summary["perturbation"]["l2_median"] == pytest.approx(float(delta.norm(dim=1).median()), rel=1e-5)
+    assert meta["attack"]["norm"] == "linf" and meta["attack"]["eps"] == 0.1
+    assert json.loads(out.with_suffix(".json").read_text())["robust_accuracy"] == summary["robust_accuracy"]
+    assert summarise_file(out)["robust_accuracy"] == summary["robust_accuracy"]
+
+
+def test_leftover_partial_from_other_settings_is_refused(tmp_path):
+    model, ds = model_and_data()
+    out = tmp_path / "adv.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        attack_to_file(model, ds, Interrupting(PGD(steps=1), 2), out, batch_size=8, progress=False)
+    with pytest.raises(UserError, match="other settings"):
+        attack_to_file(model, ds, PGD(steps=2), out, batch_size=8, progress=False)
+
+
+def test_evaluate_attacks_worst_case_is_the_intersection():
+    model, ds = model_and_data(60)
+    attacks = {"fgsm": make_attack("fgsm", eps=0.03), "pgd": make_attack("pgd", eps=0.03, steps=5)}
+    res = evaluate_attacks(model, ds.batches(16), attacks, progress=False)
+    x, y = ds.tensors()
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    assert res["n"] == 60
+    assert res["clean_accuracy"] == pytest.approx(float(clean.float().mean()))
+    for name in attacks:
+        assert res["attacks"][name]["robust_accuracy"] <= res["clean_accuracy"]
+        assert res["worst_case_accuracy"] <= res["attacks"][name]["robust_accuracy"]
+        assert res["attacks"][name]["perturbation"]["linf_max"] <= 0.03 + 1e-6
+        assert res["attacks"][name]["settings"]["norm"] == "linf"
