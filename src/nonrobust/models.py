@@ -53,6 +53,9 @@ __all__ = [
     "PRETRAINED",
     "pretrained",
     "resolve",
+    "is_python_spec",
+    "load_python_model",
+    "check_compatible",
 ]
 
 log = logging.getLogger(__name__)
