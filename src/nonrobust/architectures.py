@@ -351,15 +351,17 @@ def small_cnn(
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
     *,
-    width: int = 64,
+    width: int = 32,
 ) -> PlainCNN:
-    """A six-conv VGG-style CNN that trains on a laptop CPU: widths ``w, w, M, 2w, 2w, M, 4w, 4w, M``.
+    """A seven-conv VGG-style CNN that trains on a 2-core CPU: widths ``w, M, 2w, 2w, M, 4w, 4w, M, 8w, 8w``.
 
-    ``width=64``: 1.15M parameters; ``width=32``: 0.29M. ``features.18`` is the
-    BatchNorm after the last conv (``4·width`` ch, 8×8 at 32 px).
+    Only the first conv runs at full resolution, which makes it about 4× faster to
+    train than a ``w, w, M, …`` layout of the same size. ``width=32`` (default):
+    1.16M parameters; ``features.22`` is the BatchNorm after the last conv
+    (``8·width`` = 256 ch, 4×4 at 32 px).
     """
     w = _positive_int("width", width)
-    return PlainCNN((w, w, M, 2 * w, 2 * w, M, 4 * w, 4 * w, M), num_classes, in_channels, mean, std)
+    return PlainCNN((w, M, 2 * w, 2 * w, M, 4 * w, 4 * w, M, 8 * w, 8 * w), num_classes, in_channels, mean, std)
 
 
 def tiny_cnn(
