@@ -23,7 +23,7 @@ DEFAULT_LAYER_SHAPES = {
     "vgg16": (512, 2, 2),
     "wrn28_10": (640, 8, 8),
     "preact_resnet18": (512, 4, 4),
-    "small_cnn": (256, 8, 8),
+    "small_cnn": (256, 4, 4),
     "tiny_cnn": (16, 16, 16),
 }
 
@@ -76,7 +76,7 @@ def test_registry_is_data():
             spec.name = "x"  # frozen
     assert {n for n, s in ARCHITECTURES.items() if s.paper} == {"vgg16", "wrn28_10"}
     assert ARCHITECTURES["wrn28_10"].options == {"depth": 28, "widen": 10, "dropout": 0.0}
-    assert ARCHITECTURES["small_cnn"].options == {"width": 64}
+    assert ARCHITECTURES["small_cnn"].options == {"width": 32}
     assert ARCHITECTURES["vgg16"].options == {}
 
 
