@@ -315,3 +315,16 @@ def test_every_registered_attack_describes_its_norm_and_budget():
         assert info["name"] == name
         assert info["norm"] in ("linf", "l2")
         assert "eps" in info
+
+
+def test_nrf_without_a_mask_takes_the_bottleneck_split_of_the_clean_batch():
+    from nonrobust.bottleneck import IBConfig
+
+    model, x, y = trained_blobs()
+    model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()
+    attack = make_attack("nrf", split=_Split(model), ib=IBConfig(iterations=20), steps=20, c=1.0)
+    x_adv = attack(model, x[:20], y[:20])
+    info = attack.describe()
+    assert info["channels"] == "nonrobust" and "bottleneck" in info["masks"]
+    assert (x_adv - x[:20]).abs().max() > 0
+    assert make_attack("rf", split=_Split(model)).channels == "robust"

@@ -372,9 +372,12 @@ class CWL2(_Base):
 class NRF(_Base):
     """Non-robust feature attack (Kim, Lee, Ro, NeurIPS 2021, Eq. 7–8).
 
-    Needs the model split at a layer (:class:`nonrobust.split.LayerSplit`) and a
-    channel mask ``mask`` (``[C]`` or ``[B, C]``, 1 = the channels whose gradient
-    is pushed; the non-robust mask from the bottleneck for NRF). With
+    Needs the model split at a layer (:class:`nonrobust.split.LayerSplit`). The
+    channels whose gradient is pushed come from ``mask`` (``[C]`` or ``[B, C]``,
+    1 = pushed) when given; otherwise, as in the reference code, from the
+    bottleneck run on the clean batch with its true labels (``ib``, default the
+    ``paper`` protocol), taking its ``channels`` mask (``nonrobust`` for NRF,
+    ``robust`` for the RF variants), fixed during the attack. With
     ``f = max(z_y − max_{i≠y} z_i, 0)`` and ``G = mask · ∂(−f)/∂Z̄``, it minimises
     ``L_base − sign·‖G‖`` where ``sign = +1`` maximises ‖G‖ (NRF, RF) and ``−1``
     minimises it (NRF2, RF2: the Table 4 variants).
@@ -397,6 +400,8 @@ class NRF(_Base):
 
     split: object = None
     mask: Tensor | None = None
+    channels: Literal["nonrobust", "robust"] = "nonrobust"
+    ib: object = None
     form: Literal["surrogate", "exact", "linf"] = "surrogate"
     sign: int = 1
     c: float = 0.1
@@ -409,7 +414,11 @@ class NRF(_Base):
 
     def __post_init__(self) -> None:
         check(self.split is not None and hasattr(self.split, "features_and_context"), "NRF needs a LayerSplit (nonrobust.split.split_model(model, layer))")
-        check(self.mask is not None, "NRF needs a channel mask (e.g. the non-robust mask of a bottleneck split)")
+        check(self.channels in ("nonrobust", "robust"), f"channels must be nonrobust or robust, got {self.channels!r}")
+        if self.mask is None and self.ib is None:
+            from .bottleneck import IBConfig
+
+            self.ib = IBConfig()
         check(self.form in ("surrogate", "exact", "linf"), f"form must be surrogate, exact or linf, got {self.form!r}")
         check(self.sign in (1, -1), "sign must be +1 (maximise ‖G‖) or -1 (minimise)")
         check(self.c > 0 and self.steps >= 1, "c must be > 0 and steps ≥ 1")
@@ -424,15 +433,25 @@ class NRF(_Base):
 
     def describe(self) -> dict:
         d = {k: getattr(self, k) for k in ("form", "sign", "c", "steps", "lr", "eps", "alpha", "random_start")}
-        d.update(name=self.name, norm=self.norm, layer=getattr(self.split, "layer", None),
-                 masked_channels=int(self._channel_mask(1).sum()) if self.mask is not None else None)
+        d.update(name=self.name, norm=self.norm, layer=getattr(self.split, "layer", None), channels=self.channels,
+                 masks="given" if self.mask is not None else f"bottleneck on the clean batch ({self.ib.protocol}, beta {self.ib.beta})",
+                 masked_channels=int(self.mask.float().sum(-1).mean()) if self.mask is not None else None)
         if self.form == "linf":
             d.pop("lr")
         return d
 
-    def _channel_mask(self, batch: int) -> Tensor:
-        m = self.mask.float()
-        return m if m.dim() == 2 else m.expand(batch, -1)
+    def _channel_mask(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.mask is None:
+            from .bottleneck import distill
+
+            res = distill(self.split, x, y, self.ib)
+            m = res.nonrobust_mask if self.channels == "nonrobust" else res.robust_mask
+        else:
+            m = self.mask
+        m = m.float().to(x.device)
+        m = m if m.dim() == 2 else m.expand(x.shape[0], -1)
+        check(m.shape[0] == x.shape[0], f"mask has {m.shape[0]} rows for a batch of {x.shape[0]}")
+        return m
 
     def _objective(self, mask: Tensor) -> Objective:
         split = self.split
@@ -459,9 +478,7 @@ class NRF(_Base):
         return value
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        mask = self._channel_mask(x.shape[0]).to(x.device)
-        check(mask.shape[0] == x.shape[0], f"mask has {mask.shape[0]} rows for a batch of {x.shape[0]}")
-        objective = self._objective(mask)
+        objective = self._objective(self._channel_mask(x, y))
         if self.form == "linf":
             ball = Ball("linf", self.eps)
             start = ball.random_start(x, generator) if self.random_start else x
@@ -568,8 +585,8 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     _spec("nrf-linf", NRF, "linf", "NRF objective on projected sign steps in the L∞ eps ball (PGD's schedule)", True,
           form="linf", eps=8 / 255, steps=10),
     _spec("nrf2", NRF, "l2", "Table 4: minimise ‖G_nr‖ (surrogate form)", True, form="surrogate", sign=-1),
-    _spec("rf", NRF, "l2", "Table 4: maximise ‖G_r‖ (surrogate form; pass the robust mask)", True, form="surrogate"),
-    _spec("rf2", NRF, "l2", "Table 4: minimise ‖G_r‖ (surrogate form; pass the robust mask)", True, form="surrogate", sign=-1),
+    _spec("rf", NRF, "l2", "Table 4: maximise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust"),
+    _spec("rf2", NRF, "l2", "Table 4: minimise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust", sign=-1),
 ]}
 
 

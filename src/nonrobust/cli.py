@@ -104,17 +104,86 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     model, meta, ds, device = load_model_and_data(args)
     spec = attacks.ATTACKS.get(args.attack)
-    if spec is not None and spec.needs_split:
-        raise UserError(f"attack {args.attack!r} needs channel masks from the bottleneck: use `nonrobust split` first (NRF from the CLI is not wired yet)")
     overrides = {k: getattr(args, k) for k in ("eps", "steps", "alpha", "restarts", "c", "lr") if getattr(args, k) is not None}
-    attack = attacks.make_attack(args.attack, **overrides)
     info = {"model": str(args.model), "arch": meta.arch, "data": ds.name, "split": ds.split}
+    if spec is not None and spec.needs_split:
+        overrides.update(_nrf_settings(args, model, meta))
+        info["layer"] = overrides["split"].layer
+    attack = attacks.make_attack(args.attack, **overrides)
     summary = evaluation.attack_to_file(model, ds, attack, args.out, batch_size=args.batch_size, device=device,
                                         seed=args.seed, info=info)
     p = summary["perturbation"]
     print(f"{summary['attack']['name']} ({summary['attack']['norm']}, eps={summary['attack'].get('eps')}) on {summary['n']} images: "
           f"clean {summary['clean_accuracy']:.2%}, robust {summary['robust_accuracy']:.2%}, "
           f"L∞ max {p['linf_max']:.4f}, L2 median {p['l2_median']:.4f}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+def _ib_config(args: argparse.Namespace):
+    from .bottleneck import IBConfig
+
+    return IBConfig(protocol=args.protocol, beta=args.beta, iterations=args.iterations, lr=args.ib_lr,
+                    noise=args.noise, kl=args.kl, seed=args.seed)
+
+
+def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
+    """The split and channel masks an NRF-family attack needs, from --layer and --masks or the bottleneck options."""
+    from .bottleneck import IBResult
+    from .split import split_model
+
+    settings = {"split": split_model(model, args.layer or meta.split_layer)}
+    if args.masks:
+        res = IBResult.load(args.masks)
+        if res.sigma.dim() != 1:
+            raise UserError(f"{args.masks}: per-image masks belong to the images they were computed on; pass a population split (--protocol population) or leave --masks out to split each clean batch")
+        if res.layer != settings["split"].layer:
+            raise UserError(f"{args.masks} was computed at layer {res.layer!r}, the attack uses {settings['split'].layer!r}: pass --layer {res.layer}")
+        channels = ATTACK_CHANNELS.get(args.attack, "nonrobust")
+        settings["mask"] = res.nonrobust_mask if channels == "nonrobust" else res.robust_mask
+    else:
+        if args.protocol == "population":
+            raise UserError("NRF with --protocol population needs the split file: run `nonrobust split --protocol population` and pass --masks FILE")
+        settings["ib"] = _ib_config(args)
+    return settings
+
+
+ATTACK_CHANNELS = {"rf": "robust", "rf2": "robust"}
+
+
+def add_ib_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", help="split layer (default: the model's own, see `nonrobust models layers`)")
+    p.add_argument("--protocol", choices=("paper", "batch-free", "population"), default="paper",
+                   help="bottleneck protocol (default paper: the reference code's, threshold per batch)")
+    p.add_argument("--beta", type=_non_negative_float, default=0.3, help="KL weight β (default 0.3)")
+    p.add_argument("--iterations", type=_positive_int, default=200, help="Adam steps on σ (default 200)")
+    p.add_argument("--ib-lr", type=_positive_float, default=0.1, help="Adam learning rate on σ (default 0.1)")
+    p.add_argument("--noise", choices=("channel", "unit"), default="channel", help="one ε per channel (reference) or per unit (paper text)")
+    p.add_argument("--kl", choices=("mean", "sum"), default="mean", help="KL averaged (reference) or summed (paper text)")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {value}")
+    return value
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from .bottleneck import split_dataset
+    from .split import split_model
+
+    model, meta, ds, device = load_model_and_data(args)
+    split = split_model(model, args.layer or meta.split_layer)
+    info = {"model": str(args.model), "arch": meta.arch, "data": ds.name, "split": ds.split, "batch_size": args.batch_size}
+    s = split_dataset(split, ds, _ib_config(args), args.out, batch_size=args.batch_size, device=device, info=info)
+    acc = s["accuracy"]
+    print(f"{args.protocol} split at {split.layer} (beta {args.beta}) on {s['n']} images: "
+          f"{s['robust_channels_mean']:.1f} robust / {s['nonrobust_channels_mean']:.1f} non-robust of {s['channels']} channels (mean per image)")
+    print(f"accuracy from Z {acc['int']:.2%}, from Z_r {acc['robust']:.2%}, from Z_nr {acc['nonrobust']:.2%}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
     return 0
 
@@ -190,8 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c", type=_positive_float, help="CW / NRF constant c")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate (CW, NRF)")
     p.add_argument("--out", required=True, metavar="FILE", help="adversarial examples (.safetensors); a .json summary goes beside it")
+    p.add_argument("--masks", metavar="FILE", help="NRF family: a population split from `nonrobust split` (default: split each clean batch)")
+    add_ib_args(p)
     add_run_args(p)
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("split", help="split a layer's channels into robust and non-robust ones (information bottleneck)")
+    add_model_arg(p)
+    add_data_args(p)
+    add_ib_args(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="the split (.safetensors); a .json summary goes beside it")
+    add_run_args(p)
+    p.set_defaults(func=cmd_split)
 
     p_models = sub.add_parser("models", help="list architectures and pretrained models, inspect layers")
     sub_models = p_models.add_subparsers(dest="models_command", metavar="ACTION")

@@ -1,0 +1,460 @@
+"""The information bottleneck that splits a layer's channels into robust and non-robust ones.
+
+Kim, Lee, Ro (NeurIPS 2021), Eq. 3–5. For a model split at layer ``l``
+(:class:`nonrobust.split.LayerSplit`) with features ``Z = f_l(x)`` of shape
+``[B, C, H, W]``, optimise a noise scale ``σ`` so that ``Z + σ·ε`` still
+predicts the label::
+
+    L(σ) = CE(f_l+(Z + σ·ε), y) + β · KL(N(Z, σ_z²) ‖ N(Z, σ²))
+    KL per unit = ½ [σ_z²/σ² + log(σ²/σ_z²) − 1]
+
+with ``σ = softplus(λ)``, then ``T = max σ_z²`` and robust channels
+``i_r = 1[σ² > T]``, non-robust ``i_nr = 1 − i_r``; ``Z_r = i_r·Z``,
+``Z_nr = i_nr·Z`` (so ``Z = Z_r + Z_nr``).
+
+Protocols (each named in every result):
+
+* ``paper`` — the reference code: one σ per sample and channel, λ₀ = 0, Adam
+  lr 0.1, 200 iterations, one ε per channel broadcast over space, σ_z² the
+  unbiased spatial variance, KL averaged, β 0.3, true labels, and **T the max
+  of σ_z² over every sample and channel of the batch** — so this protocol's
+  split of one image depends on the other images in its batch. Everything
+  else (σ, σ_z², noise draws) is per image: the noise of image ``i`` comes from
+  its own generator seeded by ``(seed, index[i])``, and each image's loss is
+  optimised independently, so batching changes nothing but ``T``.
+* ``batch-free`` — the same, with ``T`` per image (max over its channels).
+* ``population`` — one σ per channel shared by a whole data set, optimised
+  over mini-batches; σ_z² per channel is the mean of the per-image spatial
+  variances over the data set and ``T`` its max. The masks need no labels at
+  use time and apply to new images: the deployable split.
+
+Options: ``noise="unit"`` draws ε per unit ``[B, C, H, W]`` (the paper's
+text), ``kl="sum"`` sums the KL over units (the paper's text), ``beta``,
+``iterations``, ``lr``.
+
+Speed: ``Z`` (and the context the head needs) is computed once per batch and
+the optimisation runs through the head only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import UserError, check
+from .io import load_tensors, save_tensors
+from .runtime import frozen, make_generator
+from .split import LayerSplit, require_4d
+
+if TYPE_CHECKING:
+    from .data import ImageDataset
+
+__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "split_dataset", "masked_predictions", "kl_divergence", "PROTOCOLS"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("paper", "batch-free", "population")
+VAR_EPS = 1e-10  # added to σ² and σ_z², as the reference code does
+
+
+@dataclass(frozen=True)
+class IBConfig:
+    """Settings of the bottleneck. Defaults are the reference code's (the ``paper`` protocol).
+
+    Attributes:
+        protocol: ``paper``, ``batch-free`` or ``population`` (module docstring).
+        beta: weight of the KL term (β; 0 gives plain cross-entropy).
+        iterations: Adam steps per batch (per data set for ``population``).
+        lr: Adam learning rate on λ (σ = softplus(λ), λ₀ = 0).
+        noise: ``channel`` (one ε per channel, broadcast over space) or ``unit`` (per unit).
+        kl: ``mean`` (reference code) or ``sum`` (the paper's text) over units.
+        seed: seed of the noise draws.
+    """
+
+    protocol: Literal["paper", "batch-free", "population"] = "paper"
+    beta: float = 0.3
+    iterations: int = 200
+    lr: float = 0.1
+    noise: Literal["channel", "unit"] = "channel"
+    kl: Literal["mean", "sum"] = "mean"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.protocol in PROTOCOLS, f"unknown protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}")
+        check(math.isfinite(self.beta) and self.beta >= 0, f"beta must be ≥ 0, got {self.beta}")
+        check(self.iterations >= 1, f"iterations must be ≥ 1, got {self.iterations}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.noise in ("channel", "unit"), f"noise must be channel or unit, got {self.noise!r}")
+        check(self.kl in ("mean", "sum"), f"kl must be mean or sum, got {self.kl!r}")
+
+
+@dataclass
+class IBResult:
+    """The outcome of the bottleneck on a batch (or, for ``population``, on a data set).
+
+    Per-image protocols hold ``[B, C]`` tensors (one row per image); ``population``
+    holds ``[C]`` tensors that apply to any image.
+
+    Attributes:
+        layer: the split layer's name.
+        config: the :class:`IBConfig` used.
+        sigma: optimised noise scale σ (not σ²), ``[B, C]`` or ``[C]``.
+        var_z: σ_z², the spatial variance of Z, ``[B, C]`` or ``[C]``.
+        threshold: T, ``[B]`` (one per image; equal within a ``paper`` batch) or ``[]``.
+        robust_mask: bool, σ² > T, same shape as ``sigma``.
+        loss: final value of the objective (CE + β·KL), for the record.
+    """
+
+    layer: str
+    config: IBConfig
+    sigma: Tensor
+    var_z: Tensor
+    threshold: Tensor
+    robust_mask: Tensor
+    loss: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def nonrobust_mask(self) -> Tensor:
+        """bool, the complement of :attr:`robust_mask`."""
+        return ~self.robust_mask
+
+    def _expand(self, mask: Tensor, z: Tensor) -> Tensor:
+        require_4d(z, self.layer)
+        m = mask.to(device=z.device, dtype=z.dtype)
+        if m.dim() == 1:
+            check(m.shape[0] == z.shape[1], f"mask has {m.shape[0]} channels, features have {z.shape[1]}")
+            return m.view(1, -1, 1, 1)
+        check(m.shape == z.shape[:2], f"mask of shape {list(m.shape)} does not fit features {list(z.shape)}")
+        return m[:, :, None, None]
+
+    def robust(self, z: Tensor) -> Tensor:
+        """``Z_r = i_r · Z``: non-robust channels zeroed. ``z`` is ``[B, C, H, W]``."""
+        return z * self._expand(self.robust_mask, z)
+
+    def nonrobust(self, z: Tensor) -> Tensor:
+        """``Z_nr = i_nr · Z``: robust channels zeroed."""
+        return z * self._expand(self.nonrobust_mask, z)
+
+    def counts(self) -> dict[str, float]:
+        """Numbers of robust and non-robust channels (mean per image for per-image protocols)."""
+        r = self.robust_mask.float().sum(-1)
+        c = self.robust_mask.shape[-1]
+        return {"robust": float(r.mean()), "nonrobust": float(c - r.mean()), "channels": c}
+
+    def select(self, index: Tensor | slice) -> "IBResult":
+        """The result for a subset of the images (per-image protocols)."""
+        if self.sigma.dim() == 1:
+            return self
+        return IBResult(self.layer, self.config, self.sigma[index], self.var_z[index], self.threshold[index],
+                        self.robust_mask[index], self.loss, dict(self.extra))
+
+    def save(self, path: str | Path) -> None:
+        """Write the result as safetensors (tensors) + JSON metadata, atomically."""
+        meta = {"format": "nonrobust-ib", "version": 1, "layer": self.layer, "config": asdict(self.config),
+                "loss": self.loss, "extra": self.extra, "counts": self.counts()}
+        save_tensors(path, {"sigma": self.sigma, "var_z": self.var_z, "threshold": self.threshold,
+                            "robust_mask": self.robust_mask.to(torch.uint8)}, meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "IBResult":
+        """Read a result written by :meth:`save`; :class:`UserError` for other files."""
+        t, meta = load_tensors(path, device)
+        if meta.get("format") != "nonrobust-ib":
+            raise UserError(f"{path}: not a bottleneck split file (written by `nonrobust split`)")
+        return cls(meta["layer"], IBConfig(**meta["config"]), t["sigma"], t["var_z"], t["threshold"],
+                   t["robust_mask"].bool(), meta.get("loss", float("nan")), meta.get("extra", {}))
+
+
+def kl_divergence(var_z: Tensor, sigma_sq: Tensor) -> Tensor:
+    """KL(N(·, σ_z²) ‖ N(·, σ²)) per unit, with 1e-10 added to both variances (SPEC §2)."""
+    a, b = var_z + VAR_EPS, sigma_sq + VAR_EPS
+    return 0.5 * (a / b + torch.log(b / a) - 1)
+
+
+def spatial_variance(z: Tensor) -> Tensor:
+    """Unbiased variance of ``z [B, C, H, W]`` over its spatial axes, ``[B, C]``.
+
+    A 1×1 feature map has no spatial variance: it is taken as 0 (with a warning).
+    """
+    if z.shape[2] * z.shape[3] < 2:
+        warnings.warn("the split layer's feature map is 1×1: spatial variance σ_z² is taken as 0", stacklevel=3)
+        return torch.zeros(z.shape[:2], dtype=z.dtype, device=z.device)
+    return z.var(dim=(2, 3), unbiased=True)
+
+
+def _check_features(z: Tensor, layer: str) -> None:
+    require_4d(z, layer)
+    if not torch.isfinite(z).all():
+        raise UserError(f"the features at layer {layer!r} contain NaN or inf: check the model and the inputs")
+
+
+class _PerImageNoise:
+    """ε for each image from its own generator, so an image's draws do not depend on its batch."""
+
+    def __init__(self, indices: Tensor, seed: int, shape: tuple[int, ...], device: torch.device) -> None:
+        self.gens = [make_generator(seed * 1_000_003 + int(i), device) for i in indices.tolist()]
+        self.shape, self.device = shape, device
+
+    def __call__(self, step: int) -> Tensor:
+        return torch.stack([torch.randn(self.shape, generator=g, device=self.device) for g in self.gens])
+
+
+def distill(
+    split: LayerSplit,
+    x: Tensor,
+    y: Tensor,
+    config: IBConfig = IBConfig(),
+    *,
+    indices: Tensor | None = None,
+    noise: Tensor | None = None,
+) -> IBResult:
+    """Run the bottleneck on one batch (protocols ``paper`` and ``batch-free``).
+
+    Args:
+        split: the model split at the layer to analyse.
+        x: images ``[B, C, H, W]`` in [0,1] on the model's device.
+        y: labels ``int64 [B]`` (the true labels, also for adversarial inputs).
+        config: :class:`IBConfig`; ``population`` is :func:`distill_population`'s.
+        indices: each image's index in its data set (default ``0 … B−1``); seeds its noise.
+        noise: pre-drawn ε of shape ``[iterations, B, C, 1, 1]`` (``[iterations, B, C, H, W]``
+            for unit noise), for exact reproduction of another implementation.
+
+    Returns:
+        :class:`IBResult` with ``[B, C]`` tensors.
+    """
+    check(config.protocol != "population", "the population protocol works on a data set: use distill_population")
+    check(x.dim() == 4 and y.dim() == 1 and x.shape[0] == y.shape[0], f"need images [B,C,H,W] and labels [B], got {list(x.shape)} and {list(y.shape)}")
+    with frozen(split.model), torch.no_grad():
+        z, ctx = split.features_and_context(x)
+    _check_features(z, split.layer)
+    var_z = spatial_variance(z)
+    idx = torch.arange(x.shape[0]) if indices is None else indices.cpu()
+    shape = (z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape[1:])
+    if noise is not None:
+        check(noise.shape == (config.iterations, z.shape[0], *shape), f"noise must have shape {[config.iterations, z.shape[0], *shape]}")
+        draw = lambda step: noise[step].to(z)  # noqa: E731
+    else:
+        draw = _PerImageNoise(idx, config.seed, shape, z.device)
+    with frozen(split.model):
+        sigma, loss = _optimise_sigma(split, z, ctx, y.to(z.device), var_z, config, draw)
+    threshold = var_z.amax() if config.protocol == "paper" else var_z.amax(1)
+    threshold = threshold.expand(x.shape[0]).clone() if threshold.dim() == 0 else threshold
+    robust = sigma.pow(2) > threshold[:, None]
+    _warn_degenerate(robust)
+    return IBResult(split.layer, config, sigma, var_z, threshold, robust, loss, {"n": x.shape[0]})
+
+
+def _warn_degenerate(robust: Tensor) -> None:
+    """Warn when the split is all-robust or all-non-robust (the R or NR head then sees only zeros)."""
+    if bool(robust.all()):
+        warnings.warn("every channel came out robust (σ² > T everywhere): the non-robust features are all zero; try a larger beta", stacklevel=3)
+    elif not bool(robust.any()):
+        warnings.warn("no channel came out robust (σ² ≤ T everywhere): the robust features are all zero; try a smaller beta", stacklevel=3)
+
+
+def _ib_loss(split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, var_z: Tensor, sigma: Tensor, eps: Tensor,
+             config: IBConfig, per_image: bool) -> Tensor:
+    """CE + β·KL. ``per_image``: sum of each image's own loss (so images do not interact)."""
+    s = sigma if sigma.dim() == 2 else sigma.expand_as(var_z)
+    logits = split.head(z + s[:, :, None, None] * eps, ctx)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    kl = kl_divergence(var_z, s.pow(2))
+    if config.noise == "unit":  # σ_z² is per channel: the KL is the same for every unit of a channel
+        kl = kl * (z.shape[2] * z.shape[3]) if config.kl == "sum" else kl
+    kl = kl.sum(1) if config.kl == "sum" else kl.mean(1)
+    per = ce + config.beta * kl
+    return per.sum() if per_image else per.mean()
+
+
+def _optimise_sigma(split, z, ctx, y, var_z, config: IBConfig, draw) -> tuple[Tensor, float]:
+    lam = torch.zeros(var_z.shape, device=z.device, requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=config.lr)
+    for step in range(config.iterations):
+        loss = _ib_loss(split, z, ctx, y, var_z, F.softplus(lam), draw(step), config, per_image=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sigma = F.softplus(lam.detach())
+    if not torch.isfinite(sigma).all():
+        raise UserError("the bottleneck diverged (non-finite σ): lower --lr or --beta")
+    return sigma, float(loss.detach()) / z.shape[0]
+
+
+def distill_population(
+    split: LayerSplit,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    config: IBConfig = IBConfig(protocol="population"),
+    *,
+    total: int | None = None,
+    progress: bool = True,
+) -> IBResult:
+    """The ``population`` protocol: one σ per channel for a whole data set.
+
+    ``batches`` yields ``(x [B,C,H,W] in [0,1], y [B])`` and is iterated twice: once
+    to collect σ_z² (the mean over images of each channel's spatial variance),
+    then cycled through for ``config.iterations`` Adam steps, one mini-batch per
+    step (labels are used here, never at use time). Memory does not grow with
+    the data set.
+
+    Returns:
+        :class:`IBResult` with ``[C]`` tensors; ``threshold`` is a scalar.
+    """
+    check(config.protocol == "population", "distill_population needs IBConfig(protocol='population')")
+    if iter(batches) is batches:
+        raise TypeError("batches must be re-iterable (a list, or an object whose __iter__ starts over), not a one-shot iterator")
+    model = split.model
+    var_sum, n = None, 0
+    with frozen(model), torch.no_grad():
+        for x, _ in tqdm(batches, desc="σ_z²", total=total, unit="batch", disable=not progress, leave=False):
+            z = split.features(x)
+            _check_features(z, split.layer)
+            v = spatial_variance(z).sum(0)
+            var_sum = v if var_sum is None else var_sum + v
+            n += x.shape[0]
+    check(n > 0, "no images for the population bottleneck")
+    var_pop = var_sum / n
+    gen = make_generator(config.seed, var_pop.device)
+    lam = torch.zeros(var_pop.shape, device=var_pop.device, requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=config.lr)
+    step, last = 0, float("nan")
+    bar = tqdm(total=config.iterations, desc="population σ", disable=not progress, leave=False)
+    with frozen(model):
+        while step < config.iterations:
+            seen = False
+            for x, y in batches:
+                seen = True
+                with torch.no_grad():
+                    z, ctx = split.features_and_context(x)
+                var_z = spatial_variance(z)
+                shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
+                eps = torch.randn(shape, generator=gen, device=z.device)
+                loss = _ib_loss(split, z, ctx, y, var_z, F.softplus(lam)[None, :], eps, config, per_image=False)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                last = float(loss.detach())
+                step += 1
+                bar.update(1)
+                if step >= config.iterations:
+                    break
+            check(seen, "no images for the population bottleneck")
+    bar.close()
+    sigma = F.softplus(lam.detach())
+    threshold = var_pop.amax()
+    _warn_degenerate(sigma.pow(2) > threshold)
+    return IBResult(split.layer, config, sigma, var_pop, threshold, sigma.pow(2) > threshold, last, {"n": n})
+
+
+class _Batches:
+    """Re-iterable batches: every ``iter()`` starts the data set over."""
+
+    def __init__(self, make: Callable[[], Iterable[tuple[Tensor, Tensor]]]) -> None:
+        self.make = make
+
+    def __iter__(self):
+        return iter(self.make())
+
+
+def masked_predictions(split: LayerSplit, result: IBResult, x: Tensor) -> dict[str, Tensor]:
+    """Predicted classes from ``f_l+(Z)``, ``f_l+(Z_r)`` and ``f_l+(Z_nr)`` for images ``x``.
+
+    ``result`` holds masks for exactly these images (per-image protocols) or one
+    ``[C]`` split (``population``). Returns ``{"int", "robust", "nonrobust"}``,
+    each ``int64 [B]``.
+    """
+    with frozen(split.model), torch.no_grad():
+        z, ctx = split.features_and_context(x)
+        return {
+            "int": split.head(z, ctx).argmax(1),
+            "robust": split.head(result.robust(z), ctx).argmax(1),
+            "nonrobust": split.head(result.nonrobust(z), ctx).argmax(1),
+        }
+
+
+def split_dataset(
+    split: LayerSplit,
+    dataset: "ImageDataset",
+    config: IBConfig,
+    out: str | Path,
+    *,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    info: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the bottleneck over a data set and write the split to ``out`` (safetensors + ``.json`` summary).
+
+    Per-image protocols stream batch by batch into ``out`` (``sigma``, ``var_z``,
+    ``robust_mask`` ``[N, C]``, ``threshold`` ``[N]``, and the labels and the
+    predictions from Z, Z_r and Z_nr ``[N]``); a killed run resumes at its first
+    unfinished batch. Image ``i`` draws its noise from seed ``(config.seed, i)``.
+    ``population`` writes one ``[C]`` split (loadable with :meth:`IBResult.load`).
+
+    Returns the summary: mean robust / non-robust channel counts, and the accuracy
+    of ``f_l+(Z)``, ``f_l+(Z_r)`` and ``f_l+(Z_nr)``.
+    """
+    import hashlib
+
+    from .io import StreamingTensorFile, write_json
+
+    out = Path(out)
+    n = len(dataset)
+    check(n > 0, "the data set is empty")
+    meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, **(info or {})}
+    if config.protocol == "population":
+        res = distill_population(split, _Batches(lambda: dataset.batches(batch_size, device=device)), config,
+                                 total=math.ceil(n / batch_size), progress=progress)
+        res.extra.update(info or {})
+        preds = {k: [] for k in ("int", "robust", "nonrobust")}
+        for x, _ in dataset.batches(batch_size, device=device):
+            for k, v in masked_predictions(split, res, x).items():
+                preds[k].append(v.cpu())
+        preds = {k: torch.cat(v) for k, v in preds.items()}
+        res.save(out)
+        channels = res.sigma.shape[0]
+        robust_counts = res.robust_mask.float().sum().expand(n)
+    else:
+        with frozen(split.model), torch.no_grad():
+            channels = split.features(dataset.batches(1, device=device).__next__()[0]).shape[1]
+        fingerprint = hashlib.sha256(json.dumps({**meta, "batch_size": batch_size}, sort_keys=True, default=str).encode()).hexdigest()
+        per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
+        specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
+                 **{k: (torch.int64, (n,)) for k in ("y", "pred", "pred_robust", "pred_nonrobust")}}
+        writer = StreamingTensorFile(out, specs, meta, fingerprint)
+        bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
+        for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
+            start = writer.rows_done
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
+                res = distill(split, x, y, config, indices=torch.arange(start, start + x.shape[0]))
+            p = masked_predictions(split, res, x)
+            writer.write(start, {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8),
+                                 "threshold": res.threshold, "y": y, "pred": p["int"], "pred_robust": p["robust"],
+                                 "pred_nonrobust": p["nonrobust"]})
+            bar.update(x.shape[0])
+        bar.close()
+        writer.finish()
+        t, _ = load_tensors(out, keys=("y", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
+        preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}
+        robust_counts = t["robust_mask"].float().sum(1)
+    y = dataset.labels
+    summary = {
+        **{k: v for k, v in meta.items() if k != "format"},
+        "channels": channels,
+        "robust_channels_mean": float(robust_counts.mean()),
+        "nonrobust_channels_mean": channels - float(robust_counts.mean()),
+        "accuracy": {k: float((v == y).float().mean()) for k, v in preds.items()},
+    }
+    write_json(out.with_suffix(".json"), summary)
+    return summary

@@ -1,0 +1,210 @@
+"""The information bottleneck (SPEC §2): construction, exact reference, invariants, protocols."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from nonrobust import models
+from nonrobust.bottleneck import IBConfig, IBResult, distill, distill_population, kl_divergence
+from nonrobust.errors import UserError
+from nonrobust.split import split_model
+
+
+def feature_head_model(weights: torch.Tensor) -> nn.Module:
+    """Identity features (the input *is* Z), then ReLU → global average pool → linear, as after the paper's BN split."""
+    lin = nn.Linear(weights.shape[1], weights.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(weights)
+    return nn.Sequential(nn.Identity(), nn.Identity(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin).eval()
+
+
+def test_constructed_head_large_margin_channels_are_robust_tiny_margin_ones_are_not():
+    """Construction (two classes, four channels, Z = the input):
+
+    logit_k = Σ_c W[k, c] · mean(relu(Z_c)), with W = [[5, 0, 0.1, 0], [0, 5, 0, 0.1]]:
+    channel 0 carries class 0 with a large margin (weight 5), channel 1 class 1 likewise;
+    channels 2 and 3 carry the same classes with a tiny margin (weight 0.1). Every Z_c is
+    spatial noise of std 0.5 around 0, at the ReLU's kink, so noise injected into a channel
+    raises its expected activation. For an image of class y, noise in the large-margin channel
+    of class y raises the true logit a lot (the CE term rewards a large σ there, beating the
+    KL pull towards σ_z²) → robust; noise in the tiny-margin channel of class y barely changes
+    the logits, so the KL term pulls σ² down to σ_z² ≤ T → non-robust; noise in a channel of
+    the other class lowers the margin → non-robust.
+    """
+    torch.manual_seed(0)
+    n = 64
+    y = torch.arange(n) % 2
+    z = 0.5 * torch.randn(n, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    split = split_model(feature_head_model(torch.tensor([[5.0, 0, 0.1, 0], [0, 5.0, 0, 0.1]])), "1")
+    res = distill(split, z, y)
+    rows = torch.arange(n)
+    robust = res.robust_mask
+    large_true, tiny_true = robust[rows, y].float().mean(), robust[rows, 2 + y].float().mean()
+    large_other, tiny_other = robust[rows, 1 - y].float().mean(), robust[rows, 3 - y].float().mean()
+    assert large_true >= 0.4, large_true
+    assert tiny_true <= 0.15, tiny_true
+    assert large_other == 0 and tiny_other == 0
+
+
+def reference_ib(head, z, y, noise, beta=0.3, iters=200, lr=0.1):
+    """The reference code's loop written plainly: σ = softplus(λ), mean CE + β·mean KL, T = batch max."""
+    var_z = z.var(dim=(2, 3), unbiased=True)
+    lam = torch.zeros(z.shape[:2], requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=lr)
+    for i in range(iters):
+        sigma = F.softplus(lam)
+        out = head(z + sigma[:, :, None, None] * noise[i])
+        kl = 0.5 * ((var_z + 1e-10) / (sigma**2 + 1e-10) + torch.log((sigma**2 + 1e-10) / (var_z + 1e-10)) - 1)
+        loss = F.cross_entropy(out, y) + beta * kl.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sigma = F.softplus(lam.detach())
+    return sigma, sigma**2 > var_z.max()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_paper_protocol_reproduces_a_plain_reference_implementation(beta):
+    torch.manual_seed(0)
+    model = models.build("tiny_cnn").eval()
+    split = split_model(model, "features.5")
+    x, y = torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 5])
+    with torch.no_grad():
+        z = split.features(x)
+    noise = torch.randn(200, 6, z.shape[1], 1, 1, generator=torch.Generator().manual_seed(3))
+    ours = distill(split, x, y, IBConfig(beta=beta), noise=noise)
+    head = lambda t: split.head(t)  # noqa: E731
+    sigma, robust = reference_ib(head, z, y, noise, beta=beta)
+    # ours sums each image's loss where the reference averages over the batch: Adam is
+    # scale-invariant, so σ agrees up to Adam's ε.
+    assert torch.allclose(ours.sigma, sigma, rtol=1e-3, atol=1e-4)
+    assert (ours.robust_mask == robust).float().mean() > 0.99
+
+
+def test_split_is_independent_of_batching_except_the_paper_threshold():
+    torch.manual_seed(0)
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    idx = torch.arange(8)
+    whole = distill(split, x, y, IBConfig(iterations=30), indices=idx)
+    first = distill(split, x[:3], y[:3], IBConfig(iterations=30), indices=idx[:3])
+    assert torch.allclose(whole.sigma[:3], first.sigma, atol=1e-5)
+    whole_bf = distill(split, x, y, IBConfig(protocol="batch-free", iterations=30), indices=idx)
+    part_bf = distill(split, x[5:], y[5:], IBConfig(protocol="batch-free", iterations=30), indices=idx[5:])
+    assert torch.equal(whole_bf.robust_mask[5:], part_bf.robust_mask)
+    assert torch.equal(whole.threshold, whole.var_z.max().expand(8))
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 4), c=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_masks_partition_channels_and_z_is_the_sum(b, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    sigma = torch.rand(b, c, generator=g)
+    var_z = torch.rand(b, c, generator=g) * 0.5
+    t = var_z.amax().expand(b)
+    res = IBResult("l", IBConfig(), sigma, var_z, t, sigma**2 > t[:, None])
+    z = torch.randn(b, c, 3, 3, generator=g)
+    zr, znr = res.robust(z), res.nonrobust(z)
+    assert torch.equal(zr + znr, z)
+    assert torch.equal(res.robust_mask ^ res.nonrobust_mask, torch.ones(b, c, dtype=torch.bool))
+    assert ((zr == 0) | (znr == 0)).all()
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    res = distill(split, torch.rand(4, 3, 16, 16), torch.tensor([1, 2, 3, 4]), IBConfig(iterations=5, beta=0.7))
+    res.save(tmp_path / "ib.safetensors")
+    back = IBResult.load(tmp_path / "ib.safetensors")
+    for name in ("sigma", "var_z", "threshold", "robust_mask"):
+        assert torch.equal(getattr(res, name), getattr(back, name)), name
+    assert back.config == res.config and back.layer == res.layer
+    with pytest.raises(UserError, match="not a bottleneck"):
+        from nonrobust.io import save_tensors
+
+        save_tensors(tmp_path / "other.safetensors", {"a": torch.zeros(1)}, {"format": "x"})
+        IBResult.load(tmp_path / "other.safetensors")
+
+
+def test_beta_zero_is_plain_cross_entropy_and_larger_beta_leaves_fewer_robust_channels():
+    torch.manual_seed(0)
+    model = models.build("tiny_cnn").eval()
+    split = split_model(model, "features.5")
+    x, y = torch.rand(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        z = split.features(x)
+    noise = torch.randn(50, 16, z.shape[1], 1, 1, generator=torch.Generator().manual_seed(0))
+    res0 = distill(split, x, y, IBConfig(beta=0.0, iterations=50), noise=noise)
+    # β = 0: the same optimisation as minimising the cross-entropy alone
+    lam = torch.zeros(16, z.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=0.1)
+    for i in range(50):
+        loss = F.cross_entropy(split.head(z + F.softplus(lam)[:, :, None, None] * noise[i]), y, reduction="sum")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(res0.sigma, F.softplus(lam.detach()), atol=1e-5)
+    counts = []
+    for beta in (0.0, 0.3, 3.0, 30.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            counts.append(distill(split, x, y, IBConfig(beta=beta)).counts()["robust"])
+    assert all(a >= b for a, b in zip(counts, counts[1:])), counts
+    assert counts[0] > counts[-1], counts
+
+
+def test_dead_channels_and_degenerate_outcomes_do_not_produce_nan():
+    split = split_model(feature_head_model(torch.tensor([[1.0, 0, 1], [0, 1.0, 1]])), "1")
+    z = torch.zeros(4, 3, 4, 4)  # every channel constant: σ_z² = 0
+    with pytest.warns(UserWarning):
+        res = distill(split, z, torch.tensor([0, 0, 0, 0]))  # a single-class batch, too
+    assert torch.isfinite(res.sigma).all() and torch.isfinite(res.var_z).all()
+    assert res.robust_mask.dtype == torch.bool
+
+
+def test_bad_features_are_refused():
+    split = split_model(feature_head_model(torch.eye(2)), "1")
+    z = torch.rand(2, 2, 3, 3)
+    z[0, 0, 0, 0] = float("nan")
+    with pytest.raises(UserError, match="NaN"):
+        distill(split, z, torch.tensor([0, 1]))
+    flat = split_model(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval(), "0")
+    with pytest.raises(UserError, match="4-D"):
+        distill(flat, torch.rand(2, 3, 2, 2), torch.tensor([0, 1]))
+    with pytest.raises(UserError, match="beta"):
+        IBConfig(beta=-1)
+    with pytest.raises(UserError, match="protocol"):
+        IBConfig(protocol="nope")
+
+
+def test_kl_is_zero_at_equal_variances_and_positive_elsewhere():
+    v = torch.tensor([0.5, 1.0, 2.0])
+    assert torch.allclose(kl_divergence(v, v), torch.zeros(3), atol=1e-7)
+    assert (kl_divergence(v, v * 3) > 0).all() and (kl_divergence(v, v / 3) > 0).all()
+
+
+def test_population_protocol_gives_one_label_free_split():
+    torch.manual_seed(0)
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(24, 3, 16, 16), torch.randint(0, 10, (24,))
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 24, 8)]
+    res = distill_population(split, batches, IBConfig(protocol="population", iterations=12), progress=False)
+    assert res.sigma.shape == (16,) and res.robust_mask.shape == (16,) and res.threshold.dim() == 0
+    with torch.no_grad():
+        z_new = split.features(torch.rand(5, 3, 16, 16))
+    assert torch.equal(res.robust(z_new) + res.nonrobust(z_new), z_new)
+    var = torch.cat([split.features(b[0]).var(dim=(2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(res.var_z, var.detach(), atol=1e-6)
+
+
+def test_unit_noise_and_summed_kl_options_run():
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    res = distill(split, x, y, IBConfig(noise="unit", kl="sum", iterations=5))
+    assert res.config.noise == "unit" and torch.isfinite(res.sigma).all()

@@ -1,0 +1,94 @@
+"""The command line: commands work end to end on tiny files; user mistakes give one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nonrobust import models
+from nonrobust.cli import main
+
+
+@pytest.fixture()
+def files(tmp_path):
+    """A tiny RGB and a grey npz data set, and a tiny_cnn checkpoint."""
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb.npz", x_train=g.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), y_train=g.integers(0, 10, 20),
+             x_test=g.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8), y_test=np.arange(12) % 10)
+    np.savez(tmp_path / "grey.npz", x_train=g.integers(0, 256, (8, 16, 16), dtype=np.uint8), y_train=np.arange(8) % 2,
+             x_test=g.integers(0, 256, (8, 16, 16), dtype=np.uint8), y_test=np.arange(8) % 2)
+    torch.manual_seed(0)
+    model = models.build("tiny_cnn")
+    models.save(model, tmp_path / "tiny.safetensors", models.make_meta(model, dataset="synthetic"))
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([sys.executable, "-m", "nonrobust", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("data", "models", "attack", "split"):
+        assert command in out
+
+
+def test_models_list_and_layers(capsys, files):
+    code, out, _ = run(capsys, "models", "list")
+    assert code == 0 and "vgg16" in out and "features.41" in out and "wrn28_10" in out
+    code, out, _ = run(capsys, "models", "layers", "--model", files / "tiny.safetensors")
+    assert code == 0 and "features.5  <- default split layer" in out
+
+
+def test_attack_and_split_end_to_end(capsys, files):
+    data = f"npz:{files / 'rgb.npz'}"
+    code, out, err = run(capsys, "attack", "--model", files / "tiny.safetensors", "--data", data, "--attack", "pgd",
+                         "--steps", 2, "--batch-size", 5, "--device", "cpu", "--out", files / "adv.safetensors")
+    assert code == 0, err
+    summary = json.loads((files / "adv.json").read_text())
+    assert summary["n"] == 12 and summary["attack"]["norm"] == "linf"
+    assert summary["perturbation"]["linf_max"] <= 8 / 255 + 1e-6
+    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", data, "--iterations", 5,
+                         "--out", files / "split.safetensors")
+    assert code == 0, err
+    assert "robust" in out
+    s = json.loads((files / "split.json").read_text())
+    assert s["channels"] == 16 and s["robust_channels_mean"] + s["nonrobust_channels_mean"] == pytest.approx(16)
+    code, out, err = run(capsys, "attack", "--model", files / "tiny.safetensors", "--data", data, "--attack", "nrf",
+                         "--steps", 3, "--iterations", 3, "--out", files / "nrf.safetensors")
+    assert code == 0, err
+    assert json.loads((files / "nrf.json").read_text())["attack"]["form"] == "surrogate"
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["attack", "--model", "{d}/missing.safetensors", "--data", "npz:{d}/rgb.npz", "--attack", "pgd", "--out", "{d}/o.st"], "no such file"),
+        (["attack", "--model", "{d}/tiny.safetensors", "--data", "npz:{d}/grey.npz", "--attack", "pgd", "--out", "{d}/o.st"], "channel"),
+        (["attack", "--model", "{d}/tiny.safetensors", "--data", "npz:{d}/rgb.npz", "--attack", "nope", "--out", "{d}/o.st"], "unknown attack"),
+        (["attack", "--model", "{d}/rgb.npz", "--data", "npz:{d}/rgb.npz", "--attack", "pgd", "--out", "{d}/o.st"], "safetensors"),
+        (["split", "--model", "{d}/tiny.safetensors", "--data", "npz:{d}/rgb.npz", "--layer", "features.99", "--out", "{d}/o.st"], "features.99"),
+        (["split", "--model", "{d}/tiny.safetensors", "--data", "npz:{d}/missing.npz", "--out", "{d}/o.st"], "missing.npz"),
+        (["attack", "--model", "{d}/tiny.safetensors", "--data", "npz:{d}/rgb.npz", "--attack", "pgd", "--device", "cuda:7", "--out", "{d}/o.st"], "cuda"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(capsys, files, argv, needle):
+    code, out, err = run(capsys, *[a.format(d=files) for a in argv])
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+    assert not (files / "o.st").exists()
+
+
+def test_bad_numbers_are_refused_by_the_parser(files):
+    r = subprocess.run([sys.executable, "-m", "nonrobust", "attack", "--model", str(files / "tiny.safetensors"), "--data", "cifar10",
+                        "--attack", "pgd", "--eps", "0", "--out", str(files / "o.st")], capture_output=True, text=True)
+    assert r.returncode == 2 and "positive" in r.stderr and "Traceback" not in r.stderr
