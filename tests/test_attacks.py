@@ -250,7 +250,7 @@ class _Split:
     def features_and_context(self, x):
         return self.model[:2](x), ()
 
-    def head(self, z, context=()):
+    def head(self, z, context=(), consume=False):
         return self.model[2:](z)
 
 

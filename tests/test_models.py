@@ -23,7 +23,7 @@ DEFAULT_LAYER_SHAPES = {
     "vgg16": (512, 2, 2),
     "wrn28_10": (640, 8, 8),
     "preact_resnet18": (512, 4, 4),
-    "small_cnn": (256, 4, 4),
+    "small_cnn": (256, 2, 2),
     "tiny_cnn": (16, 16, 16),
 }
 
@@ -151,7 +151,7 @@ def test_small_options_round_trip(tmp_path, images):
     with torch.no_grad():
         assert torch.equal(loaded(images), wrn(images))
     small = build("small_cnn", width=32)
-    assert dict(small.named_modules())["features.22"].num_features == 256
+    assert dict(small.named_modules())["features.23"].num_features == 256
 
 
 def test_tiny_wrn_and_small_cnn_trace_and_train_step(images):
@@ -219,7 +219,7 @@ def test_user_errors(call, needle):
 def test_make_meta_from_arch_name_and_wrappers():
     meta = make_meta("small_cnn", num_classes=100, arch_options={"width": 32}, mean=[0.5, 0.4, 0.3], input_shape=(3, 64, 64))
     assert meta.arch_options == {"width": 32} and meta.input_shape == (3, 64, 64)
-    assert meta.std == [0.25, 0.25, 0.25] and meta.split_layer == "features.22"
+    assert meta.std == [0.25, 0.25, 0.25] and meta.split_layer == "features.23"
     assert meta.format == "nonrobust-checkpoint" and meta.version == 1 and meta.created.endswith("+00:00")
     wrapped = nn.DataParallel(build("tiny_cnn"))
     assert make_meta(wrapped).arch == "tiny_cnn"

@@ -115,8 +115,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             paper=False,
         ),
         ArchSpec(
-            "small_cnn", arch_lib.small_cnn, "features.22", 32,
-            "BatchNorm after the 7th (last) conv, before its ReLU: 8*width ch (256), 4x4 at 32 px; CPU-sized, not from the paper",
+            "small_cnn", arch_lib.small_cnn, "features.23", 32,
+            "BatchNorm after the 7th (last) conv, before its ReLU: 8*width ch (256), 2x2 at 32 px; CPU-sized, not from the paper",
             paper=False,
         ),
         ArchSpec(

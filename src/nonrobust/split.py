@@ -134,12 +134,14 @@ class LayerSplit:
         z, *context = self._parts().prefix(self.model, x)
         return self._tensor(z), tuple(context)
 
-    def head(self, z: Tensor, context: tuple[Any, ...] = ()) -> Any:
+    def head(self, z: Tensor, context: tuple[Any, ...] = (), *, consume: bool = False) -> Any:
         """``f_l+(z, context)``: the model's output (logits [B, K], or whatever ``model`` returns) from ``z``.
 
         ``context`` must be the one :meth:`features_and_context` returned for the
         same ``x`` (batch dimensions must match ``z``'s). ``z`` and ``context``
-        are not modified. Gradients flow to ``z`` (and to ``context``).
+        are not modified, unless ``consume=True``: then ``z`` (a fresh tensor the
+        caller will not reuse, such as ``z + noise``) is used without a copy.
+        Gradients flow to ``z`` (and to ``context``).
         """
         parts = self._parts() if self.method == "fx" else None
         names = parts.context if parts else ("x",)
@@ -150,7 +152,7 @@ class LayerSplit:
               f"{len(names)} ({', '.join(names) or 'none'}): pass the context from features_and_context(x)")
         if parts is None:
             return self._run_with_layer_output(context[0], z)
-        return parts.head(self.model, _copy(z), *map(_copy, context))
+        return parts.head(self.model, z if consume else _copy(z), *map(_copy, context))
 
     def __call__(self, x: Tensor) -> Any:
         """``head(*features_and_context(x))``: equals ``model(x)``."""
