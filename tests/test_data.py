@@ -631,3 +631,18 @@ def test_real_cifar10():
         assert len(ds) == total and ds.input_shape == (3, 32, 32) and ds.num_classes == 10
         assert torch.bincount(ds.labels, minlength=10).tolist() == [per_class] * 10
         assert ds.classes[0] == "airplane" and ds.classes[9] == "truck"
+
+
+def test_class_sorted_splits_are_read_round_robin_and_unsorted_ones_keep_their_order(tmp_path):
+    from nonrobust.data import load_dataset
+
+    x = np.arange(9, dtype=np.uint8).reshape(9, 1, 1).repeat(2, 1).repeat(2, 2)
+    sorted_y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    mixed_y = np.array([2, 0, 1, 1, 0, 2, 0, 2, 1])
+    np.savez(tmp_path / "s.npz", x_train=x, y_train=mixed_y, x_test=x, y_test=sorted_y)
+    test = load_dataset(f"npz:{tmp_path / 's.npz'}", "test")
+    assert test.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2]
+    assert test.images[:, 0, 0, 0].tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]  # images follow their labels
+    assert load_dataset(f"npz:{tmp_path / 's.npz'}", "test", n=3).labels.tolist() == [0, 1, 2]
+    train = load_dataset(f"npz:{tmp_path / 's.npz'}", "train")
+    assert train.labels.tolist() == mixed_y.tolist()

@@ -469,6 +469,20 @@ def _interleave(per_class: Sequence[Sequence[Path]]) -> tuple[list[Path], list[i
     return paths, labels
 
 
+def _class_sorted_order(labels: np.ndarray) -> np.ndarray | None:
+    """For labels stored sorted by class (as some copies of CIFAR-10's test set are), the
+    round-robin order over classes (1st image of each class, then the 2nd, ...; stable
+    within a class); ``None`` when the labels are not sorted, so official files keep
+    their own order (the "first N test images" convention)."""
+    labels = np.asarray(labels)
+    if labels.size < 2 or len(np.unique(labels)) < 2 or not bool(np.all(labels[1:] >= labels[:-1])):
+        return None
+    rank = np.empty(labels.size, dtype=np.int64)  # position of each image within its class
+    starts = np.searchsorted(labels, labels, side="left")
+    rank[:] = np.arange(labels.size) - starts
+    return np.lexsort((labels, rank))
+
+
 def _read_images(paths: Sequence[Path], source: object, image_size: int | None = None, channels: int | None = None) -> np.ndarray:
     """Decode image files into uint8 ``N×C×H×W``.
 
@@ -620,8 +634,9 @@ def load_dataset(
         split: ``"train"`` or ``"test"`` (Tiny-ImageNet's ``test`` is its labelled val set).
         data_dir: data folder for registry data sets (default :func:`default_data_dir`).
         n: keep only the first ``n`` images (``folder:`` decodes only those;
-            ``folder:`` and Tiny-ImageNet train are ordered round-robin over
-            classes so a prefix is close to class-balanced).
+            ``folder:``, Tiny-ImageNet train and any split stored sorted by class
+            are ordered round-robin over classes so a prefix is close to
+            class-balanced; unsorted files keep their own order).
         image_size: resize every image to ``image_size×image_size`` (PIL
             bilinear); needed for folders whose images differ in size.
 
@@ -655,6 +670,11 @@ def load_dataset(
             x, y, classes = info.loader(root, split)
         except FileNotFoundError as exc:
             raise UserError(f"{info.name}: {exc.filename or exc} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`") from None
+    if kind != "folder":
+        order = _class_sorted_order(y)
+        if order is not None:
+            log.info("%s [%s] is stored sorted by class: using a round-robin class order so that the first N images are class-balanced", ds_name, split)
+            x, y = x[order], y[order]
     ds = _dataset_from_arrays(ds_name, split, x, y, classes, source).first(n)
     if image_size is not None and ds.input_shape[1:] != (image_size, image_size):
         ds = ImageDataset(ds.name, ds.split, torch.from_numpy(_resize(ds.images.numpy(), int(image_size))), ds.labels, ds.classes)
