@@ -107,3 +107,30 @@ def test_evaluate_attacks_worst_case_is_the_intersection():
         assert res["worst_case_accuracy"] <= res["attacks"][name]["robust_accuracy"]
         assert res["attacks"][name]["perturbation"]["linf_max"] <= 0.03 + 1e-6
         assert res["attacks"][name]["settings"]["norm"] == "linf"
+
+
+def test_cascade_runs_each_attack_only_on_survivors_and_gives_the_same_worst_case():
+    model, ds = model_and_data(60)
+    calls = []
+
+    class Counting:
+        def __init__(self, attack):
+            self.attack = attack
+
+        def describe(self):
+            return self.attack.describe()
+
+        def __call__(self, m, x, y, generator=None):
+            calls.append(x.shape[0])
+            return self.attack(m, x, y, generator=generator)
+
+    # deterministic attacks (no random start), so a point gets the same attack in both modes
+    attacks = {"fgsm": Counting(make_attack("fgsm", eps=0.05)), "pgd": Counting(make_attack("pgd", eps=0.05, steps=5, random_start=False))}
+    ind = evaluate_attacks(model, ds.batches(60), attacks, progress=False)
+    n_individual = list(calls)
+    calls.clear()
+    cas = evaluate_attacks(model, ds.batches(60), attacks, progress=False, cascade=True)
+    assert cas["worst_case_accuracy"] == ind["worst_case_accuracy"]
+    assert calls[0] == n_individual[0] and calls[1] <= n_individual[1]
+    assert calls[1] == round(ind["attacks"]["fgsm"]["robust_accuracy"] * 60)
+    assert cas["attacks"]["pgd"]["robust_accuracy"] == cas["worst_case_accuracy"]
