@@ -188,6 +188,41 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import training
+
+    names = ("arch", "data", "data_dir", "image_size", "method", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+             "schedule", "eps", "steps", "alpha", "beta", "inner", "seed", "device", "amp", "channels_last", "flip", "eval_n",
+             "eval_pgd_steps")
+    overrides = {k: getattr(args, k) for k in names}
+    overrides["train_subset"] = args.n
+    if args.arch_option:
+        overrides["arch_options"] = dict(_key_value(item) for item in args.arch_option)
+    base = training.load_config(args.out) if args.resume else None
+    config = training.make_config(args.preset, base=base, **overrides)
+    result = training.train(config, args.out, resume=args.resume, command=sys.argv)
+    if result.get("rank", 0) != 0:
+        return 0
+    last, best = result["last"], result["best"]
+    print(f"trained {result['epochs']} epochs: held-out clean {last['eval_clean_acc']:.2%}, PGD {last['eval_pgd_acc']:.2%} "
+          f"(best epoch {best['epoch']}: clean {best['eval_clean_acc']:.2%}, PGD {best['eval_pgd_acc']:.2%})")
+    print(f"wrote {result['checkpoint']} and {result['best_checkpoint']}")
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (numbers, true/false), else kept as text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"--arch-option expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from . import models
 
@@ -224,6 +259,18 @@ def _attack_names() -> list[str]:
     from .attacks import ATTACKS
 
     return list(ATTACKS)
+
+
+def _train_presets() -> list[str]:
+    from .training import PRESETS
+
+    return list(PRESETS)
+
+
+def _train_methods() -> list[str]:
+    from .training import METHODS
+
+    return list(METHODS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +310,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_ib_args(p)
     add_run_args(p)
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("train", help="train a model (standard, PGD-AT, TRADES, MART, fast AT); resumable, torchrun-aware")
+    p.add_argument("--preset", metavar="NAME", help="start from a recipe: " + ", ".join(_train_presets()) + "; flags override it")
+    p.add_argument("--arch", metavar="NAME", help="architecture (see `nonrobust models list`)")
+    p.add_argument("--arch-option", action="append", metavar="KEY=VALUE", help="architecture option, e.g. width=16 (repeatable)")
+    p.add_argument("--data", metavar="NAME", help=DATA_HELP)
+    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--n", type=_positive_int, metavar="N", help="train on the first N training images only")
+    p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")
+    p.add_argument("--method", choices=_train_methods(), help="training method (default pgd)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (on --resume: train up to this many)")
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (peak for the cyclic schedule)")
+    p.add_argument("--momentum", type=float, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, help="weight decay")
+    p.add_argument("--schedule", help="constant, step:S:G, multistep:M1,M2:G, cosine or cyclic")
+    p.add_argument("--eps", type=_positive_float, help="L∞ budget of the inner attack and the evaluation (in [0,1] pixel units)")
+    p.add_argument("--steps", type=_positive_int, help="inner attack steps")
+    p.add_argument("--alpha", type=_positive_float, help="inner attack step size")
+    p.add_argument("--beta", type=float, help="TRADES / MART trade-off β")
+    p.add_argument("--inner", choices=("ce", "kl"), help="TRADES inner maximisation (kl = published, ce = reference code)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (default: per data set)")
+    p.add_argument("--eval-n", type=_positive_int, help="held-out test images checked after every epoch (default 500)")
+    p.add_argument("--eval-pgd-steps", type=_positive_int, help="PGD steps of the per-epoch check (default 10)")
+    p.add_argument("--amp", choices=("none", "bf16"), help="mixed precision (bf16 autocast)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
+    add_device_arg(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: config, checkpoints (last, best), metrics.jsonl, resumable state")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("split", help="split a layer's channels into robust and non-robust ones (information bottleneck)")
     add_model_arg(p)

@@ -1,0 +1,862 @@
+"""Standard and adversarial training on one loop: standard, PGD-AT, TRADES, MART and fast AT.
+
+A run is a :class:`TrainConfig` (usually a :data:`PRESETS` entry plus
+overrides, see :func:`make_config`) and an output folder::
+
+    cfg = make_config("madry", arch="small_cnn", data="cifar10", epochs=30)
+    result = train(cfg, "runs/madry")            # ... killed? then:
+    result = train(cfg, "runs/madry", resume=True)
+
+Each method of :data:`METHODS` is only a *loss*: ``loss(batch) -> (loss,
+logits)`` on the batch of one step. Every inner maximisation runs the plain
+(unwrapped) model in eval mode through :mod:`nonrobust.attacks`, as the
+reference code does.
+
+Run folder (written by rank 0 only)::
+
+    config.json          the resolved TrainConfig (every default filled in)
+    state.safetensors    the commit point of an epoch: model weights, optimizer
+                         tensors, and in its JSON header the epoch count, the
+                         per-epoch metrics, the best epoch and the optimizer's
+                         non-tensor state. Written atomically, FIRST.
+    last.safetensors     model checkpoint after the last complete epoch
+                         (models.load-able; recipe = config + command, metrics)
+    best.safetensors     the checkpoint of the best epoch (held-out PGD
+                         accuracy; clean accuracy for standard training)
+    metrics.jsonl        one JSON line per complete epoch
+
+Crash safety: ``state.safetensors`` alone defines how far a run got; the other
+files are derived from it. A crash between writing it and the derived files
+leaves them one epoch behind, and resuming rewrites them (``metrics.jsonl``
+from the history, ``last`` and — when the best epoch is the last one —
+``best`` from the state's weights). A crash mid-epoch loses that epoch only.
+
+Exact resume: no random-generator state needs saving, because every random
+stream is derived from ``(seed, epoch, purpose, rank)``: the epoch's shuffle,
+the augmentation, the attacks' random starts and a private stream for code
+that can only draw from the global RNG (dropout), which runs inside
+:func:`torch.random.fork_rng` so the caller's global RNG is never touched.
+The learning rate is a pure function of the position in training. Resuming at
+an epoch boundary therefore continues bit for bit on the same device
+(checked on CPU). Cosine and cyclic schedules depend on the total number of
+epochs, so extending such a run with more ``epochs`` changes the rest of its
+schedule.
+
+Multi-GPU / multi-node: under ``torchrun`` (``WORLD_SIZE > 1``) the process
+group is initialised (NCCL for CUDA, else gloo), the model is wrapped in
+DistributedDataParallel and every rank draws the same epoch permutation and
+takes positions ``rank::world`` of it (padded as DistributedSampler does).
+``batch_size`` is the *global* batch (it must divide by the world size): step
+``i`` uses the same images as a single-process run's step ``i``. Multi-node
+runs need ``out_dir`` on a shared file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import models
+from .attacks import PGD, Ball, optimise
+from .data import DATASETS, ImageDataset, augment, load_dataset
+from .errors import UserError, check
+from .io import atomic_write, load_tensors, read_json, save_tensors, write_json
+from .runtime import environment, frozen, make_generator, resolve_device
+
+__all__ = [
+    "TrainConfig",
+    "MethodSpec",
+    "METHODS",
+    "Preset",
+    "PRESETS",
+    "Batch",
+    "make_config",
+    "load_config",
+    "lr_factor",
+    "trades_adversary",
+    "kl_divergence",
+    "train",
+    "STATE_FORMAT",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "nonrobust-train-state"
+_STATE_VERSION = 1
+_RESUMABLE_CHANGES = ("epochs", "device")
+_FILES = {"config": "config.json", "state": "state.safetensors", "last": "last.safetensors",
+          "best": "best.safetensors", "metrics": "metrics.jsonl"}
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. ``None`` means "the method's / data set's default" (see :meth:`resolved`).
+
+    Attributes:
+        arch, arch_options: a :data:`nonrobust.models.ARCHITECTURES` name and its options.
+        data, data_dir: data set name (see :func:`nonrobust.data.load_dataset`) and folder.
+        method: a :data:`METHODS` key (standard, pgd, trades, mart, fast).
+        train_subset: train on the first N training images only.
+        image_size: resize images to this side (folder / Tiny-ImageNet data).
+        epochs, batch_size: length of training and the global batch size.
+        optimizer, lr, momentum, weight_decay: SGD settings (``lr`` is the peak for ``cyclic``).
+        schedule: see :func:`lr_factor`: ``constant``, ``step:S:G``, ``multistep:M1,M2:G``, ``cosine``, ``cyclic``.
+        eps, steps, alpha: L∞ budget, inner steps and step size of the inner attack
+            (``steps`` default 10, 1 for fast; ``alpha`` default 2.5·eps/steps, 1.25·eps for fast).
+        beta: TRADES / MART trade-off (default 6).
+        inner: inner maximisation of TRADES: ``kl`` (published) or ``ce`` (PGD on CE); ``ce`` for the others.
+        ce_on_adv: the reference code's variant: the classification term is plain CE on the
+            adversarial inputs (TRADES: instead of CE on clean inputs; MART: instead of the boosted BCE).
+        mean, std: the model's input normalisation (default: the data set's statistics, else 0.5/0.25).
+        flip, crop_pad: augmentation (random crop with ``crop_pad`` zero padding, horizontal flip;
+            ``flip`` defaults to the data set registry's choice, e.g. no flip for SVHN).
+        eval_n, eval_pgd_steps: size of the fixed held-out subset (the first images of the test
+            split) and the steps of the per-epoch PGD evaluation (α = 2.5·eps/steps).
+        seed: seed of every random draw (initialisation, shuffling, augmentation, attack starts, dropout).
+        device: ``auto``, ``cpu``, ``cuda``, ...; under torchrun each rank uses ``cuda:LOCAL_RANK``.
+        amp: ``none`` or ``bf16`` (``torch.autocast``); channels_last: NHWC memory format.
+    """
+
+    arch: str
+    data: str
+    method: str = "pgd"
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    train_subset: int | None = None
+    image_size: int | None = None
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    eps: float = 8 / 255
+    steps: int | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    inner: str | None = None
+    ce_on_adv: bool = False
+    mean: float | list[float] | None = None
+    std: float | list[float] | None = None
+    flip: bool | None = None
+    crop_pad: int = 4
+    eval_n: int = 500
+    eval_pgd_steps: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.method in METHODS, f"unknown training method {self.method!r}: choose one of {', '.join(METHODS)}")
+        spec = METHODS[self.method]
+        positive_ints = ("epochs", "batch_size", "eval_n", "eval_pgd_steps")
+        for name in positive_ints:
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+        for name in ("train_subset", "image_size", "steps"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, int) and value >= 1), f"{name} must be a positive integer, got {value!r}")
+        check(self.optimizer == "sgd", f"optimizer must be sgd, got {self.optimizer!r}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight decay must be ≥ 0")
+        check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        check(self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+        check(self.beta is None or self.beta >= 0, f"beta must be ≥ 0, got {self.beta}")
+        check(self.inner is None or self.inner in spec.inners, f"method {self.method} takes inner {' or '.join(spec.inners)}, got {self.inner!r}")
+        check(self.steps is None or spec.fixed_steps is None or self.steps == spec.fixed_steps,
+              f"method {self.method} takes {spec.fixed_steps} inner step(s), got {self.steps}; use --method pgd for more")
+        check(self.crop_pad >= 0, f"crop_pad must be ≥ 0, got {self.crop_pad}")
+        check(self.amp in ("none", "bf16"), f"amp must be none or bf16, got {self.amp!r}")
+        check(isinstance(self.arch_options, dict), "arch_options must be a dict")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(self, key, float(value))
+            elif value is not None:
+                setattr(self, key, [float(v) for v in value])
+        lr_factor(self.schedule, 0, 0, 1, self.epochs)  # raises UserError for a bad schedule
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` default filled in from the method and the data set registry."""
+        spec = METHODS[self.method]
+        steps = self.steps or spec.fixed_steps or 10
+        info = DATASETS.get(str(self.data).lower())
+        return dataclasses.replace(
+            self,
+            steps=steps,
+            alpha=self.alpha if self.alpha is not None else spec.alpha_factor * self.eps / steps,
+            beta=self.beta if self.beta is not None else spec.beta,
+            inner=self.inner or spec.inners[0],
+            flip=self.flip if self.flip is not None else (info.flip if info else True),
+            mean=self.mean if self.mean is not None else (list(info.mean) if info else None),
+            std=self.std if self.std is not None else (list(info.std) if info else None),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """The learning-rate multiplier at step ``step`` of epoch ``epoch`` (both from 0).
+
+    Schedules: ``constant``; ``step:S:G`` (×G every S epochs, as StepLR);
+    ``multistep:M1,M2,...:G`` (×G after each milestone epoch, as MultiStepLR);
+    ``cosine`` (per step, from 1 to 0 over all epochs); ``cyclic`` (Wong et al.
+    2020 one-cycle: per step, linear 0 → 1 at 2/5 of training → 0).
+    Raises :class:`UserError` for an unknown or malformed schedule.
+    """
+    kind, *args = str(schedule).split(":")
+    try:
+        if kind == "constant" and not args:
+            return 1.0
+        if kind == "step" and len(args) == 2:
+            size, gamma = int(args[0]), float(args[1])
+            check(size >= 1 and gamma > 0, "step size must be ≥ 1 and gamma > 0")
+            return gamma ** (epoch // size)
+        if kind == "multistep" and len(args) == 2:
+            milestones, gamma = [int(m) for m in args[0].split(",") if m], float(args[1])
+            check(bool(milestones) and gamma > 0, "give at least one milestone and gamma > 0")
+            return gamma ** sum(epoch >= m for m in milestones)
+        if kind == "cosine" and not args:
+            t = (epoch + step / steps_per_epoch) / epochs
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+        if kind == "cyclic" and not args:
+            t = epoch + (step + 1) / steps_per_epoch
+            peak = epochs * 2 // 5
+            if t <= peak:
+                return t / peak
+            return max(0.0, (epochs - t) / (epochs - peak))
+    except ValueError:
+        pass
+    raise UserError(f"bad schedule {schedule!r}: use constant, step:S:G (e.g. step:20:0.2), multistep:M1,M2:G (e.g. multistep:100,150:0.1), cosine or cyclic")
+
+
+# --------------------------------------------------------------------------- methods
+@dataclass
+class Batch:
+    """What a method's loss sees for one training step.
+
+    Attributes:
+        model: the model being trained, in train mode (possibly DDP-wrapped): use it for the loss.
+        attack_model: the same model unwrapped, for inner maximisation (attacks freeze it in eval mode).
+        x, y: augmented images in [0,1] and labels, on the training device.
+        config: the resolved :class:`TrainConfig`.
+        attack: the inner PGD (eps, steps, alpha from the config, uniform random start).
+        generator: source of the attacks' random starts, on ``x``'s device.
+    """
+
+    model: nn.Module
+    attack_model: nn.Module
+    x: Tensor
+    y: Tensor
+    config: TrainConfig
+    attack: PGD
+    generator: torch.Generator
+
+    def pgd(self) -> Tensor:
+        """Adversarial examples of ``x`` from the inner PGD on cross-entropy."""
+        return self.attack(self.attack_model, self.x, self.y, generator=self.generator)
+
+
+def kl_divergence(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """Per-sample ``KL(softmax(p_logits) ‖ softmax(q_logits))`` ``[B]``."""
+    log_p, log_q = F.log_softmax(p_logits.float(), 1), F.log_softmax(q_logits.float(), 1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+def trades_adversary(model: nn.Module, x: Tensor, *, eps: float, steps: int, alpha: float,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """TRADES inner maximisation (Zhang et al. 2019): maximise ``KL(f(x) ‖ f(x'))`` over the L∞ ball.
+
+    Starts at ``x + 0.001·N(0, 1)`` (noise from ``generator``) and takes
+    ``steps`` signed-gradient steps of ``alpha`` through
+    :func:`nonrobust.attacks.optimise`, with ``model`` frozen in eval mode.
+    Returns ``x'`` in the ``eps`` ball ∩ [0,1], detached.
+    """
+    ball = Ball("linf", eps)
+    with frozen(model):
+        x = x.detach()
+        with torch.no_grad():
+            clean = model(x)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        start = ball.project(x + 0.001 * noise, x)
+
+        def objective(x_adv: Tensor, x_: Tensor, y_: Tensor) -> tuple[Tensor, Tensor]:
+            logits = model(x_adv)
+            return kl_divergence(clean, logits).sum(), logits
+
+        return optimise(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device), objective,
+                        steps=steps, ball=ball, alpha=alpha, start=start)
+
+
+def _standard_loss(b: Batch) -> tuple[Tensor, Tensor]:
+    logits = b.model(b.x)
+    return F.cross_entropy(logits, b.y), logits
+
+
+def _adversarial_ce_loss(b: Batch) -> tuple[Tensor, Tensor]:
+    logits = b.model(b.pgd())
+    return F.cross_entropy(logits, b.y), logits
+
+
+def _trades_loss(b: Batch) -> tuple[Tensor, Tensor]:
+    cfg = b.config
+    if cfg.inner == "kl":
+        x_adv = trades_adversary(b.attack_model, b.x, eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, generator=b.generator)
+    else:
+        x_adv = b.pgd()
+    clean, adv = b.model(b.x), b.model(x_adv)
+    natural = F.cross_entropy(adv if cfg.ce_on_adv else clean, b.y)
+    return natural + cfg.beta * kl_divergence(clean, adv).mean(), adv
+
+
+def _mart_loss(b: Batch) -> tuple[Tensor, Tensor]:
+    cfg = b.config
+    x_adv = b.pgd()
+    adv, clean = b.model(x_adv), b.model(b.x)
+    ce = F.cross_entropy(adv, b.y)
+    if not cfg.ce_on_adv:  # boosted CE: also push down the most likely wrong class
+        probs = F.softmax(adv.float(), 1)
+        other = probs.masked_fill(F.one_hot(b.y, probs.shape[1]).bool(), float("-inf")).amax(1)
+        ce = ce - torch.log(1.0001 - other + 1e-12).mean()
+    p_true = F.softmax(clean.float(), 1).gather(1, b.y[:, None]).squeeze(1)
+    return ce + cfg.beta * (kl_divergence(clean, adv) * (1.0000001 - p_true)).mean(), adv
+
+
+LossFn = Callable[[Batch], "tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered training method.
+
+    Attributes:
+        name: registry key.
+        loss: ``loss(batch) -> (scalar loss, logits)``; the logits give the training accuracy
+            (on adversarial inputs for adversarial methods).
+        description: what it is, with its source.
+        beta: default trade-off β (None: not used).
+        inners: allowed inner maximisations, the default first.
+        fixed_steps: the only allowed number of inner steps (fast AT: 1), or None.
+        alpha_factor: default α = alpha_factor·eps/steps.
+        select_by: ``pgd`` or ``clean``: held-out accuracy that picks ``best.safetensors``.
+    """
+
+    name: str
+    loss: LossFn
+    description: str
+    beta: float | None = None
+    inners: tuple[str, ...] = ("ce",)
+    fixed_steps: int | None = None
+    alpha_factor: float = 2.5
+    select_by: str = "pgd"
+
+
+METHODS: dict[str, MethodSpec] = {m.name: m for m in (
+    MethodSpec("standard", _standard_loss, "cross-entropy on clean inputs", select_by="clean"),
+    MethodSpec("pgd", _adversarial_ce_loss, "PGD-AT (Madry et al. 2018): CE on PGD examples"),
+    MethodSpec("trades", _trades_loss, "TRADES (Zhang et al. 2019): CE(f(x)) + β·KL(f(x) ‖ f(x')), x' maximising the KL", beta=6.0,
+               inners=("kl", "ce")),
+    MethodSpec("mart", _mart_loss, "MART (Wang et al. 2020): BCE(f(x')) + β·KL(f(x) ‖ f(x'))·(1 − p_y(x)), x' from PGD", beta=6.0),
+    MethodSpec("fast", _adversarial_ce_loss, "fast AT (Wong et al. 2020): CE on FGSM examples from a uniform random start, α = 1.25·eps",
+               fixed_steps=1, alpha_factor=1.25),
+)}
+
+
+# --------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe: :class:`TrainConfig` overrides and what they reproduce."""
+
+    name: str
+    description: str
+    overrides: dict[str, Any]
+
+
+_REFERENCE = dict(method="pgd", optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=1e-2, schedule="step:20:0.2", epochs=60,
+                  batch_size=100, eps=0.03, alpha=0.0069, steps=10, mean=0.5, std=0.25)
+_MADRY_SGD = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
+_PUBLISHED_LINF = dict(eps=8 / 255, alpha=2 / 255, steps=10)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("reference", "the reference code (SPEC §5): PGD-AT, SGD lr 0.01 without momentum, wd 1e-2, StepLR(20, 0.2), "
+           "60 epochs, batch 100, eps 0.03, α 0.0069, 10 steps, normalisation (x−0.5)/0.25", _REFERENCE),
+    Preset("reference-trades", "the reference code's TRADES: as reference, CE inner maximisation, CE on adversarial inputs, β 0.5",
+           {**_REFERENCE, "method": "trades", "beta": 0.5, "inner": "ce", "ce_on_adv": True}),
+    Preset("reference-mart", "the reference code's MART: as reference, CE on adversarial inputs, β 0.5",
+           {**_REFERENCE, "method": "mart", "beta": 0.5, "ce_on_adv": True}),
+    Preset("madry", "PGD-AT (Madry et al.): eps 8/255, α 2/255, 10 steps, SGD 0.1 momentum 0.9 wd 5e-4, ×0.1 at epochs 100 and 150 of 200",
+           {"method": "pgd", **_MADRY_SGD, **_PUBLISHED_LINF, "schedule": "multistep:100,150:0.1", "epochs": 200, "batch_size": 128}),
+    Preset("trades", "TRADES as published (Zhang et al. 2019 code): β 6, KL inner maximisation, eps 8/255, α 2/255, 10 steps, "
+           "SGD 0.1 momentum 0.9 wd 2e-4, 76 epochs with ×0.1 for the last two",
+           {"method": "trades", "beta": 6.0, "inner": "kl", "ce_on_adv": False, **_PUBLISHED_LINF, "optimizer": "sgd", "lr": 0.1,
+            "momentum": 0.9, "weight_decay": 2e-4, "schedule": "multistep:74:0.1", "epochs": 76, "batch_size": 128}),
+    Preset("mart", "MART as published (Wang et al. 2020 code, ResNet-18 recipe): β 6, eps 8/255, α 2/255, 10 steps, "
+           "SGD 0.01 momentum 0.9 wd 3.5e-3, 120 epochs, ×0.1 at 75, 90, 100",
+           {"method": "mart", "beta": 6.0, "ce_on_adv": False, **_PUBLISHED_LINF, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
+            "weight_decay": 3.5e-3, "schedule": "multistep:75,90,100:0.1", "epochs": 120, "batch_size": 128}),
+    Preset("fast", "fast AT (Wong et al. 2020): FGSM from a uniform random start, eps 8/255, α 10/255, cyclic lr peak 0.2, "
+           "15 epochs, momentum 0.9, wd 5e-4",
+           {"method": "fast", "eps": 8 / 255, "alpha": 10 / 255, "steps": 1, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
+            "weight_decay": 5e-4, "schedule": "cyclic", "epochs": 15, "batch_size": 128}),
+    Preset("cpu-small", "the shipped small_cnn recipe: fast AT on CIFAR-10, eps 8/255, α 10/255, batch 128, cyclic lr peak 0.2, "
+           "25 epochs: about 55 minutes on 2 CPU cores (measured ~410 img/s, ~2 min per epoch plus the held-out check)",
+           {"arch": "small_cnn", "data": "cifar10", "method": "fast", "eps": 8 / 255, "alpha": 10 / 255, "steps": 1, "optimizer": "sgd",
+            "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cyclic", "epochs": 25, "batch_size": 128}),
+    Preset("standard", "standard training: SGD 0.1 momentum 0.9 wd 5e-4, cosine, 30 epochs, batch 128",
+           {"method": "standard", **_MADRY_SGD, "schedule": "cosine", "epochs": 30, "batch_size": 128}),
+)}
+
+
+def make_config(preset: str | None = None, base: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig`: ``base`` (e.g. a resumed run's), then preset ``preset``, then ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored, so command-line options that
+    were not given can be passed straight through. Raises :class:`UserError` for an
+    unknown preset or setting, or a missing ``arch`` / ``data``.
+    """
+    values: dict[str, Any] = asdict(base) if base is not None else {}
+    if preset is not None:
+        check(preset in PRESETS, f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset].overrides)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    check(not unknown, f"unknown training setting(s) {', '.join(unknown)}: settings are {', '.join(sorted(names))}")
+    for key in ("arch", "data"):
+        check(key in values, f"no {key} given: pass --{key} (or a --preset that sets it)")
+    return TrainConfig(**values)
+
+
+def load_config(out_dir: str | os.PathLike) -> TrainConfig:
+    """The resolved config of the run in ``out_dir`` (its ``config.json``)."""
+    path = Path(out_dir) / _FILES["config"]
+    check(path.is_file(), f"{out_dir}: no training run to resume here (no {_FILES['config']})")
+    data = read_json(path)
+    check(isinstance(data, dict), f"{path}: not a training config")
+    try:
+        return make_config(**data)
+    except TypeError as exc:
+        raise UserError(f"{path}: not a valid training config ({exc})") from None
+
+
+# --------------------------------------------------------------------------- distributed set-up
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> _Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def device(self, spec: str) -> torch.device:
+        if self.world == 1:
+            return resolve_device(spec)
+        if str(spec) != "cpu" and torch.cuda.is_available():
+            if str(spec) not in ("auto", "cuda"):
+                log.warning("under torchrun each rank uses cuda:LOCAL_RANK; ignoring --device %s", spec)
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        check(str(spec) in ("auto", "cpu"), f"device {spec!r} asked for, but this PyTorch build sees no CUDA GPU: use --device cpu")
+        return torch.device("cpu")
+
+    def init(self, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            self.owns_group = True
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum(self, t: Tensor) -> Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+# --------------------------------------------------------------------------- random streams
+def _seed(*parts: Any) -> int:
+    """A 63-bit seed derived from ``parts`` (e.g. seed, epoch, purpose, rank)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class _GlobalStream:
+    """A private stream for code that can only draw from the global RNG (dropout).
+
+    Inside :meth:`active` the global CPU (and this device's CUDA) generator holds
+    this stream's state; on exit the caller's state is restored (fork_rng), so
+    the global RNG the user sees is never advanced or reseeded.
+    """
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.seed, self.device = seed, device
+        self.cuda = device.type == "cuda"
+        self.states: tuple[Tensor, Tensor | None] | None = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device() if self.cuda else 0
+        with torch.random.fork_rng(devices=[index] if self.cuda else []):
+            if self.states is None:
+                torch.random.default_generator.manual_seed(self.seed)
+                if self.cuda:
+                    torch.cuda.default_generators[index].manual_seed(self.seed)
+            else:
+                torch.set_rng_state(self.states[0])
+                if self.cuda:
+                    torch.cuda.set_rng_state(self.states[1], index)
+            yield
+            self.states = (torch.get_rng_state(), torch.cuda.get_rng_state(index) if self.cuda else None)
+
+
+# --------------------------------------------------------------------------- persistence
+def _optimizer_to_file(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors and JSON (no pickle)."""
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    other: dict[str, dict[str, Any]] = {}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                other.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "other": other}
+
+
+def _optimizer_from_file(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(values) for pid, values in meta["other"].items()}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new))
+            if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    """Everything one training run holds (internal)."""
+
+    cfg: TrainConfig
+    out: Path
+    dist: _Dist
+    device: torch.device
+    progress: bool
+    command: list[str] | None
+    train_set: ImageDataset
+    eval_set: ImageDataset | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    ddp: nn.Module | None = None
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.cfg.method]
+
+    def path(self, key: str) -> Path:
+        return self.out / _FILES[key]
+
+    # ------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, dist, device = self.cfg, self.dist, self.device
+        images, labels = self.train_set.images, self.train_set.labels
+        order = torch.randperm(len(labels), generator=make_generator(_seed(cfg.seed, epoch, "shuffle")))
+        if len(order) % dist.world:  # pad like DistributedSampler so every rank takes the same number of steps
+            order = torch.cat([order, order[: dist.world - len(order) % dist.world]])
+        shard = order[dist.rank:: dist.world]
+        per_rank = cfg.batch_size // dist.world
+        n_steps = math.ceil(len(shard) / per_rank)
+        aug_gen = make_generator(_seed(cfg.seed, epoch, "augment", dist.rank))
+        attack_gen = make_generator(_seed(cfg.seed, epoch, "attack", dist.rank), device)
+        dropout = _GlobalStream(_seed(cfg.seed, epoch, "dropout", dist.rank), device)
+        attack = PGD(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
+        model = self.ddp if self.ddp is not None else self.model
+        model.train()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        lr = cfg.lr
+        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not (self.progress and dist.main))
+        t0 = time.perf_counter()
+        for i in range(n_steps):
+            idx = shard[i * per_rank:(i + 1) * per_rank]
+            x = images[idx].to(device).float().div_(255)
+            y = labels[idx].to(device)
+            if cfg.crop_pad or cfg.flip:
+                x = augment(x, aug_gen, pad=cfg.crop_pad, flip=bool(cfg.flip))
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = cfg.lr * lr_factor(cfg.schedule, epoch, i, n_steps, cfg.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = Batch(model, self.model, x, y, cfg, attack, attack_gen)
+            with dropout.active():
+                with amp:
+                    loss, logits = self.spec.loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                       torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+            if i % 20 == 0 or i == n_steps - 1:
+                bar.set_postfix(loss=f"{float(totals[0] / totals[2]):.4f}", lr=f"{lr:.4g}")
+            bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        loss_sum, correct, count = dist.sum(totals).tolist()
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_acc": correct / count,
+                "train_images": int(count), "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 2)}
+
+    # ------------------------------------------------------------ held-out evaluation (rank 0)
+    def evaluate(self) -> dict[str, Any]:
+        cfg, model = self.cfg, self.model
+        assert self.eval_set is not None
+        attack = PGD(eps=cfg.eps, steps=cfg.eval_pgd_steps, alpha=2.5 * cfg.eps / cfg.eval_pgd_steps, random_start=True)
+        gen = make_generator(_seed(cfg.seed, "eval"), self.device)
+        clean = robust = 0
+        model.eval()
+        for x, y in self.eval_set.batches(cfg.batch_size, device=self.device):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                clean += int((model(x).argmax(1) == y).sum())
+            x_adv = attack(model, x, y, generator=gen)
+            with torch.no_grad():
+                robust += int((model(x_adv).argmax(1) == y).sum())
+        n = len(self.eval_set)
+        return {"eval_clean_acc": clean / n, "eval_pgd_acc": robust / n, "eval_n": n}
+
+    # ------------------------------------------------------------ files
+    def score(self, entry: dict[str, Any]) -> float:
+        return entry["eval_clean_acc" if self.spec.select_by == "clean" else "eval_pgd_acc"]
+
+    def checkpoint(self, path: Path, entry: dict[str, Any]) -> None:
+        recipe = {"config": self.cfg.to_dict(), "command": self.command, "method": self.spec.description,
+                  "world_size": self.dist.world, "environment": environment(self.device)}
+        metrics = {"epoch": entry["epoch"], **{k: v for k, v in entry.items() if k.startswith("eval_")},
+                   "selected_by": self.spec.select_by, "history": self.history}
+        ds = self.train_set
+        meta = models.make_meta(self.model, dataset=ds.name, classes=list(ds.classes), input_shape=ds.input_shape,
+                                recipe=recipe, metrics=metrics)
+        models.save(self.model, path, meta)
+
+    def save_state(self) -> None:
+        opt_tensors, opt_meta = _optimizer_to_file(self.optimizer)
+        weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        meta = {"format": STATE_FORMAT, "version": _STATE_VERSION, "epoch": len(self.history), "config": self.cfg.to_dict(),
+                "history": self.history, "best": self.best, "optimizer": opt_meta, "world_size": self.dist.world}
+        save_tensors(self.path("state"), {**weights, **opt_tensors}, meta)
+
+    def load_state(self) -> None:
+        tensors, meta = load_tensors(self.path("state"))
+        check(meta.get("format") == STATE_FORMAT, f"{self.path('state')}: not a nonrobust training state")
+        check(int(meta.get("version", 0)) <= _STATE_VERSION, f"{self.path('state')}: written by a newer nonrobust; upgrade to resume")
+        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(weights, strict=True)
+        _optimizer_from_file(self.optimizer, {k: v.to(self.device) for k, v in tensors.items() if k.startswith("optim.")},
+                             meta["optimizer"])
+        self.history, self.best = list(meta["history"]), meta["best"]
+        if meta.get("world_size", 1) != self.dist.world:
+            log.warning("resuming a %d-process run with %d processes: the random streams per rank differ from the original run",
+                        meta.get("world_size", 1), self.dist.world)
+
+    def write_metrics(self) -> None:
+        with atomic_write(self.path("metrics"), "w") as fh:
+            fh.writelines(json.dumps(e) + "\n" for e in self.history)
+
+    def append_metrics(self, entry: dict[str, Any]) -> None:
+        with open(self.path("metrics"), "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def repair(self) -> None:
+        """Bring the derived files in line with the committed state (after a crash between writes)."""
+        if not self.history:
+            return
+        self.write_metrics()
+        self.checkpoint(self.path("last"), self.history[-1])
+        best_file_epoch = None
+        if self.path("best").is_file():
+            with contextlib.suppress(UserError):
+                best_file_epoch = load_tensors(self.path("best"), keys=())[1].get("metrics", {}).get("epoch")
+        if self.best and best_file_epoch != self.best["epoch"]:
+            if self.best["epoch"] == len(self.history):
+                self.checkpoint(self.path("best"), self.history[-1])
+            else:
+                log.warning("%s does not hold the best epoch %d", self.path("best"), self.best["epoch"])
+
+    def end_epoch(self, entry: dict[str, Any]) -> None:
+        """Record a finished epoch: state first (the commit point), then the derived files."""
+        entry["best"] = self.best is None or self.score(entry) > self.best["score"]
+        if entry["best"]:
+            self.best = {"epoch": entry["epoch"], "score": self.score(entry), "by": self.spec.select_by}
+        self.history.append(entry)
+        self.save_state()
+        if entry["best"]:
+            self.checkpoint(self.path("best"), entry)
+        self.checkpoint(self.path("last"), entry)
+        self.append_metrics(entry)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.dist.main:
+            return {"rank": self.dist.rank, "world_size": self.dist.world}
+        best = self.history[self.best["epoch"] - 1] if self.best else None
+        return {"out_dir": str(self.out), "epochs": len(self.history), "last": self.history[-1] if self.history else None,
+                "best": best, "checkpoint": str(self.path("last")), "best_checkpoint": str(self.path("best"))}
+
+
+def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> bool:
+    """Check ``out`` against ``cfg``; return whether a committed state exists to resume from."""
+    config_path, state_path = out / _FILES["config"], out / _FILES["state"]
+    if not resume:
+        if config_path.is_file():
+            saved = read_json(config_path)
+            diff = _config_differences(saved, cfg.to_dict()) if isinstance(saved, dict) else ["unreadable"]
+            if diff or saved.get("epochs") != cfg.epochs:
+                raise UserError(f"{out} already holds a training run with other settings ({'; '.join(diff[:3]) or 'epochs'}): "
+                                "choose another --out, or pass --resume to continue that run")
+            raise UserError(f"{out} already holds this training run: pass --resume to continue it, or choose another --out")
+        leftovers = [name for name in _FILES.values() if (out / name).exists()]
+        check(not leftovers, f"{out} holds {', '.join(leftovers)} but no {_FILES['config']}: choose another --out")
+        return False
+    check(config_path.is_file(), f"--resume: {out} holds no training run (no {_FILES['config']}); drop --resume to start one")
+    saved = read_json(config_path)
+    diff = _config_differences(saved, cfg.to_dict())
+    if diff:
+        raise UserError(f"--resume: {out} was trained with {'; '.join(diff[:3])}{' and more' if len(diff) > 3 else ''}; "
+                        f"only {' and '.join(_RESUMABLE_CHANGES)} may change when resuming")
+    return state_path.is_file()
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    *,
+    dataset: ImageDataset | None = None,
+    eval_dataset: ImageDataset | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Train a model as ``config`` says and write the run folder ``out_dir`` (see the module docstring).
+
+    Args:
+        config: the settings (resolved here with :meth:`TrainConfig.resolved`).
+        out_dir: run folder; must not hold another run unless ``resume``.
+        resume: continue the run in ``out_dir`` from its last complete epoch. Only
+            ``epochs`` (to extend it) and ``device`` may differ from its config.
+        progress: show a tqdm bar per epoch.
+        dataset: training images to use instead of loading ``config.data`` (train split).
+        eval_dataset: held-out images instead of ``config.data``'s test split
+            (its first ``config.eval_n`` are used).
+        command: the command line, recorded in the checkpoints' recipe.
+
+    Returns:
+        ``{"out_dir", "epochs", "last", "best", "checkpoint", "best_checkpoint"}``
+        where ``last``/``best`` are per-epoch metric records (as in ``metrics.jsonl``);
+        on ranks other than 0 of a distributed run only ``{"rank", "world_size"}``.
+
+    Raises:
+        UserError: invalid settings, an ``out_dir`` holding another run, or a
+        ``resume`` whose settings differ.
+    """
+    cfg = config.resolved()
+    out = Path(out_dir)
+    dist = _Dist.from_env()
+    check(cfg.batch_size % dist.world == 0, f"batch size {cfg.batch_size} must divide by the {dist.world} processes")
+    try:
+        device = dist.device(cfg.device)
+        dist.init(device)
+        has_state = _check_out_dir(out, cfg, resume)
+        dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / _FILES["config"], cfg.to_dict())
+        train_set = (dataset or load_dataset(cfg.data, "train", cfg.data_dir, image_size=cfg.image_size)).first(cfg.train_subset)
+        eval_set = None
+        if dist.main:
+            eval_set = (eval_dataset or load_dataset(cfg.data, "test", cfg.data_dir, n=cfg.eval_n, image_size=cfg.image_size)).first(cfg.eval_n)
+            check(eval_set.input_shape == train_set.input_shape, f"held-out images are {eval_set.input_shape}, training images {train_set.input_shape}")
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+            torch.random.default_generator.manual_seed(_seed(cfg.seed, "init"))
+            model = models.build(cfg.arch, train_set.num_classes, train_set.input_shape[0], cfg.mean, cfg.std, **cfg.arch_options)
+        model = model.to(device, memory_format=torch.channels_last) if cfg.channels_last else model.to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        run = _Run(cfg, out, dist, device, progress, list(command) if command is not None else None, train_set, eval_set, model, optimizer)
+        if has_state:
+            run.load_state()
+            check(len(run.history) <= cfg.epochs, f"--resume: {out} has already trained {len(run.history)} epochs, more than --epochs {cfg.epochs}")
+            log.info("resuming %s after epoch %d of %d", out, len(run.history), cfg.epochs)
+            if dist.main:
+                run.repair()
+        if dist.world > 1:
+            run.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if dist.main:
+            log.info("training %s on %s (%d images) with %s for %d epochs on %s%s", cfg.arch, train_set.name, len(train_set),
+                     cfg.method, cfg.epochs, device, f" × {dist.world} processes" if dist.world > 1 else "")
+        for epoch in range(len(run.history), cfg.epochs):
+            entry = run.train_epoch(epoch)
+            if dist.main:
+                entry.update(run.evaluate())
+                run.end_epoch(entry)
+                log.info("epoch %d/%d: loss %.4f, train acc %.2f%%, held-out clean %.2f%%, PGD-%d %.2f%% (%.0f img/s)%s",
+                         entry["epoch"], cfg.epochs, entry["train_loss"], 100 * entry["train_acc"], 100 * entry["eval_clean_acc"],
+                         cfg.eval_pgd_steps, 100 * entry["eval_pgd_acc"], entry["images_per_second"], " *best*" if entry["best"] else "")
+            else:
+                run.history.append(entry)
+            dist.barrier()
+        return run.summary()
+    finally:
+        dist.close()
