@@ -329,6 +329,7 @@ class CWL2(_Base):
     lr: float = 0.1
     binary_search_steps: int = 1
     targeted: bool = False
+    early_stop: bool = True
     name: str = "cw-l2"
     norm: str = "l2"
 
@@ -357,7 +358,7 @@ class CWL2(_Base):
         for _ in range(self.binary_search_steps):
             adv = optimise(model, x, y, self._objective(model, c), steps=self.steps, adam_lr=self.lr,
                            variable=Variable("tanh"), select="min_l2_success", targeted=self.targeted,
-                           early_stop_every=max(self.steps // 3, 1))
+                           early_stop_every=max(self.steps // 3, 1) if self.early_stop else 0)
             l2 = _flat_norm(adv - x, "l2")
             found = l2 > 0
             better = found & (l2 < best_l2)
@@ -410,6 +411,7 @@ class NRF(_Base):
     eps: float | None = None
     alpha: float | None = None
     random_start: bool = True
+    early_stop: bool = True
     name: str = "nrf"
 
     def __post_init__(self) -> None:
@@ -432,7 +434,7 @@ class NRF(_Base):
         return "linf" if self.form == "linf" else "l2"
 
     def describe(self) -> dict:
-        d = {k: getattr(self, k) for k in ("form", "sign", "c", "steps", "lr", "eps", "alpha", "random_start")}
+        d = {k: getattr(self, k) for k in ("form", "sign", "c", "steps", "lr", "eps", "alpha", "random_start", "early_stop")}
         d.update(name=self.name, norm=self.norm, layer=getattr(self.split, "layer", None), channels=self.channels,
                  masks="given" if self.mask is not None else f"bottleneck on the clean batch ({self.ib.protocol}, beta {self.ib.beta})",
                  masked_channels=int(self.mask.float().sum(-1).mean()) if self.mask is not None else None)
@@ -484,7 +486,7 @@ class NRF(_Base):
             start = ball.random_start(x, generator) if self.random_start else x
             return optimise(model, x, y, objective, steps=self.steps, ball=ball, alpha=self.alpha, start=start)
         return optimise(model, x, y, objective, steps=self.steps, adam_lr=self.lr, variable=Variable("tanh"),
-                        select="min_l2_success", early_stop_every=max(self.steps // 3, 1))
+                        select="min_l2_success", early_stop_every=max(self.steps // 3, 1) if self.early_stop else 0)
 
 
 _AA_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "fab", "apgd-dlr")
