@@ -328,3 +328,20 @@ def test_nrf_without_a_mask_takes_the_bottleneck_split_of_the_clean_batch():
     assert info["channels"] == "nonrobust" and "bottleneck" in info["masks"]
     assert (x_adv - x[:20]).abs().max() > 0
     assert make_attack("rf", split=_Split(model)).channels == "robust"
+
+
+def test_attack_sets_build_and_keep_their_budgets():
+    from nonrobust.attacks import ATTACK_SETS, make_attack_set
+
+    model = small_model()
+    split = _Split(model)
+    table3 = make_attack_set("paper-table3", split=split)
+    assert table3["PGD"].describe()["eps"] == 0.03 and table3["CW"].describe()["norm"] == "l2"
+    assert table3["AA (reference: APGD-CE)"].describe()["apgd_restarts"] == 1
+    standard = make_attack_set("standard", split=split)
+    assert {a.describe()["eps"] for a in standard.values()} == {8 / 255}
+    assert {a.describe()["norm"] for a in standard.values()} == {"linf"}
+    assert make_attack_set("table4", split=split)["G_r ↑ (RF)"].channels == "robust"
+    with pytest.raises(UserError, match="split"):
+        make_attack_set("standard")
+    assert set(ATTACK_SETS) >= {"paper-table3", "standard", "table4"}

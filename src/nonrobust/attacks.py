@@ -39,6 +39,9 @@ __all__ = [
     "ATTACKS",
     "AttackSpec",
     "make_attack",
+    "ATTACK_SETS",
+    "AttackSet",
+    "make_attack_set",
     "optimise",
     "frozen",
     "perturbation_norms",
@@ -625,3 +628,50 @@ def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, float]:
         "min": float(x_adv.min()) if x_adv.numel() else 0.0,
         "max": float(x_adv.max()) if x_adv.numel() else 0.0,
     }
+
+
+# --------------------------------------------------------------------------- named lists of attacks
+@dataclass(frozen=True)
+class AttackSet:
+    """A named list of ``(display name, attack name, settings)``, e.g. one table of the paper."""
+
+    name: str
+    description: str
+    attacks: tuple[tuple[str, str, dict], ...]
+
+
+_P = 0.03  # the reference code's eps for every attack
+ATTACK_SETS: dict[str, AttackSet] = {s.name: s for s in [
+    AttackSet("paper-table3", "the paper's Table 3 as the reference code ran it: eps 0.03, its PGD/BIM/CW settings, "
+              "'AA' = APGD-CE with 1 restart (not AutoAttack), NRF unbounded L2 (compare it with CW only)", (
+        ("FGSM", "fgsm", {"eps": _P}), ("BIM", "bim", {"eps": _P}), ("PGD", "pgd", {"eps": _P}),
+        ("CW", "cw-l2", {}), ("AA (reference: APGD-CE)", "aa-reference", {"eps": _P}),
+        ("FAB", "fab", {"eps": _P}), ("NRF (L2, unbounded)", "nrf", {}))),
+    AttackSet("standard", "one L∞ budget for every attack (eps 8/255): PGD-20, CW∞, AutoAttack and NRF in its L∞ "
+              "form, so the numbers compare", (
+        ("FGSM", "fgsm", {}), ("PGD-20", "pgd-20", {}), ("CW∞", "cw-inf", {}),
+        ("AutoAttack", "autoattack", {}), ("NRF-L∞", "nrf-linf", {}))),
+    AttackSet("table4", "the paper's Table 4: maximise / minimise the gradient norm of non-robust / robust features "
+              "(surrogate form, unbounded L2)", (
+        ("G_nr ↑ (NRF)", "nrf", {}), ("G_nr ↓ (NRF2)", "nrf2", {}), ("G_r ↑ (RF)", "rf", {}), ("G_r ↓ (RF2)", "rf2", {}))),
+]}
+
+
+def make_attack_set(name: str, split: object = None, **overrides) -> dict[str, Attack]:
+    """Build every attack of :data:`ATTACK_SETS` ``[name]``: display name -> attack.
+
+    ``split`` (a :class:`nonrobust.split.LayerSplit`) is handed to the NRF family;
+    ``overrides`` (e.g. ``ib=IBConfig(...)``) go to every attack that takes them.
+    """
+    spec = ATTACK_SETS.get(name)
+    if spec is None:
+        raise UserError(f"unknown attack set {name!r}: choose from {', '.join(ATTACK_SETS)}")
+    out = {}
+    for label, attack, settings in spec.attacks:
+        allowed = {f.name for f in fields(ATTACKS[attack].factory)}
+        extra = {k: v for k, v in overrides.items() if k in allowed}
+        if ATTACKS[attack].needs_split:
+            check(split is not None, f"attack set {name!r} includes {attack}: pass split=split_model(model, layer)")
+            extra["split"] = split
+        out[label] = make_attack(attack, **{**settings, **extra})
+    return out
