@@ -42,30 +42,30 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps (default auto)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(cast: type, allow_zero: bool, what: str):
+    """An argparse type: ``cast(text)``, which must be > 0 (or ≥ 0 with ``allow_zero``) and finite."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value >= 0 if allow_zero else value > 0) or value in (float("inf"),):  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, False, "a positive integer")
+_positive_float = _number(float, False, "a positive number")
+_non_negative_float = _number(float, True, "a number ≥ 0")
 
 
 def add_run_args(p: argparse.ArgumentParser, batch_size: int = 128) -> None:
     add_device_arg(p)
     p.add_argument("--batch-size", type=_positive_int, default=batch_size, help=f"images per batch (default {batch_size})")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def load_model_and_data(args: argparse.Namespace):
@@ -129,6 +129,7 @@ def _ib_config(args: argparse.Namespace):
 
 def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
     """The split and channel masks an NRF-family attack needs, from --layer and --masks or the bottleneck options."""
+    from .attacks import ATTACKS
     from .bottleneck import IBResult
     from .split import split_model
 
@@ -139,16 +140,13 @@ def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
             raise UserError(f"{args.masks}: per-image masks belong to the images they were computed on; pass a population split (--protocol population) or leave --masks out to split each clean batch")
         if res.layer != settings["split"].layer:
             raise UserError(f"{args.masks} was computed at layer {res.layer!r}, the attack uses {settings['split'].layer!r}: pass --layer {res.layer}")
-        channels = ATTACK_CHANNELS.get(args.attack, "nonrobust")
+        channels = ATTACKS[args.attack].defaults.get("channels", "nonrobust")
         settings["mask"] = res.nonrobust_mask if channels == "nonrobust" else res.robust_mask
     else:
         if args.protocol == "population":
             raise UserError("NRF with --protocol population needs the split file: run `nonrobust split --protocol population` and pass --masks FILE")
         settings["ib"] = _ib_config(args)
     return settings
-
-
-ATTACK_CHANNELS = {"rf": "robust", "rf2": "robust"}
 
 
 def add_ib_args(p: argparse.ArgumentParser) -> None:
@@ -160,16 +158,6 @@ def add_ib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ib-lr", type=_positive_float, default=0.1, help="Adam learning rate on σ (default 0.1)")
     p.add_argument("--noise", choices=("channel", "unit"), default="channel", help="one ε per channel (reference) or per unit (paper text)")
     p.add_argument("--kl", choices=("mean", "sum"), default="mean", help="KL averaged (reference) or summed (paper text)")
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {value}")
-    return value
 
 
 def cmd_split(args: argparse.Namespace) -> int:
