@@ -288,13 +288,34 @@ class _IBLoss:
         self.kl_scale = 0.5 * (units if config.kl == "sum" else 1 / var_z.shape[1])
 
     def __call__(self, sigma: Tensor, eps: Tensor, per_image: bool) -> Tensor:
-        """``per_image``: the sum of each image's own loss (images do not interact); else the batch mean."""
+        """The loss value. ``per_image``: the sum of each image's own loss (images do not interact); else the batch mean."""
         s = sigma.expand_as(self.a)
         logits = self.split.head(torch.addcmul(self.z, s[:, :, None, None], eps), self.ctx, consume=True)
         b = s.square() + VAR_EPS
         kl = self.kl_scale * ((self.a / b + b.log()).sum() - self.const_total)
         total = F.cross_entropy(logits, self.y, reduction="sum") + self.config.beta * kl
         return total if per_image else total / self.z.shape[0]
+
+    def grad(self, lam: Tensor, eps: Tensor, per_image: bool) -> Tensor:
+        """∂loss/∂λ for σ = softplus(λ) (``[B, C]``, or ``[C]`` shared by the batch).
+
+        Autograd runs only through the head and the cross-entropy; the KL's gradient
+        is closed-form: ∂/∂σ ½ (a/b + log b) = σ (b − a) / b², and ∂σ/∂λ = sigmoid(λ).
+        Fewer operations per step matter here: the loop's cost is mostly per-operation overhead.
+        """
+        with torch.no_grad():
+            s = F.softplus(lam).expand_as(self.a).contiguous()
+        s.requires_grad_(True)
+        logits = self.split.head(torch.addcmul(self.z, s[:, :, None, None], eps), self.ctx, consume=True)
+        (g,) = torch.autograd.grad(F.cross_entropy(logits, self.y, reduction="sum"), s)
+        with torch.no_grad():
+            s = s.detach()
+            b = s.square().add_(VAR_EPS)
+            g.addcdiv_(s * (b - self.a), b.square(), value=2 * self.config.beta * self.kl_scale)
+            if lam.dim() == 1:
+                g = g.sum(0)
+            g.mul_(torch.sigmoid(lam))
+            return g if per_image else g.div_(self.z.shape[0])
 
 
 class _Adam:
@@ -316,22 +337,24 @@ class _Adam:
         self.t += 1
         self.m.lerp_(grad, 1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps)
-        self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - b1**self.t))
+        # torch's m̂ / (√v̂ + ε) with the bias corrections folded into two scalars
+        root_bc2 = math.sqrt(1 - b2**self.t)
+        denom = self.v.sqrt().add_(self.eps * root_bc2)
+        self.param.addcdiv_(self.m, denom, value=-self.lr * root_bc2 / (1 - b1**self.t))
 
 
 def _optimise_sigma(split, z, ctx, y, var_z, config: IBConfig, draw) -> tuple[Tensor, float]:
-    lam = torch.zeros(var_z.shape, device=z.device, requires_grad=True)
+    lam = torch.zeros(var_z.shape, device=z.device)
     opt = _Adam(lam, config.lr)
     loss_fn = _IBLoss(split, z, ctx, y, var_z, config)
     for step in range(config.iterations):
-        loss = loss_fn(F.softplus(lam), draw(step), per_image=True)
-        (grad,) = torch.autograd.grad(loss, lam)
-        opt.step(grad)
+        opt.step(loss_fn.grad(lam, draw(step), per_image=True))
     sigma = F.softplus(lam.detach())
     if not torch.isfinite(sigma).all():
         raise UserError("the bottleneck diverged (non-finite σ): lower --lr or --beta")
-    return sigma, float(loss.detach()) / z.shape[0]
+    with torch.no_grad():
+        loss = loss_fn(sigma, draw(config.iterations - 1), per_image=True)
+    return sigma, float(loss) / z.shape[0]
 
 
 def distill_population(
@@ -368,9 +391,9 @@ def distill_population(
     check(n > 0, "no images for the population bottleneck")
     var_pop = var_sum / n
     gen = make_generator(config.seed, var_pop.device)
-    lam = torch.zeros(var_pop.shape, device=var_pop.device, requires_grad=True)
+    lam = torch.zeros(var_pop.shape, device=var_pop.device)
     opt = _Adam(lam, config.lr)
-    step, last = 0, float("nan")
+    step = 0
     bar = tqdm(total=config.iterations, desc="population σ", disable=not progress, leave=False)
     with frozen(model):
         while step < config.iterations:
@@ -381,9 +404,8 @@ def distill_population(
                     z, ctx = split.features_and_context(x)
                 shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
                 eps = torch.randn(shape, generator=gen, device=z.device)
-                loss = _IBLoss(split, z, ctx, y, spatial_variance(z), config)(F.softplus(lam)[None, :], eps, per_image=False)
-                opt.step(torch.autograd.grad(loss, lam)[0])
-                last = float(loss.detach())
+                loss_fn = _IBLoss(split, z, ctx, y, spatial_variance(z), config)
+                opt.step(loss_fn.grad(lam, eps, per_image=False))
                 step += 1
                 bar.update(1)
                 if step >= config.iterations:
@@ -391,6 +413,8 @@ def distill_population(
             check(seen, "no images for the population bottleneck")
     bar.close()
     sigma = F.softplus(lam.detach())
+    with torch.no_grad(), frozen(model):
+        last = float(loss_fn(sigma[None, :], eps, per_image=False))  # on the last mini-batch
     threshold = var_pop.amax()
     _warn_degenerate(sigma.pow(2) > threshold)
     return IBResult(split.layer, config, sigma, var_pop, threshold, sigma.pow(2) > threshold, last, {"n": n})

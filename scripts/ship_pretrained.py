@@ -1,0 +1,79 @@
+"""Measure a trained run's best checkpoint and ship it as a pretrained asset.
+
+    python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-small-at [--pgd-n 10000] [--aa-n 1000]
+
+Clean accuracy on the whole CIFAR-10 test set, PGD-20 (L∞ 8/255, α 2/255, random
+start) on the first ``--pgd-n`` test images and AutoAttack (standard, L∞ 8/255) on
+the first ``--aa-n`` (0 skips it) are measured with nonrobust's own evaluation
+code and written into the checkpoint's metadata, which is then saved to
+``src/nonrobust/assets/NAME.safetensors``. The data is the JPEG-re-encoded copy of
+CIFAR-10 prepared from ``shared/data`` (recorded in the metadata).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from nonrobust import data, models
+from nonrobust.attacks import make_attack
+from nonrobust.evaluation import evaluate_attacks
+from nonrobust.io import write_json
+from nonrobust.runtime import environment
+
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "nonrobust" / "assets"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True, type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--checkpoint", default="best.safetensors")
+    ap.add_argument("--pgd-n", type=int, default=10000)
+    ap.add_argument("--aa-n", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=500)
+    args = ap.parse_args()
+
+    model, meta = models.load_with_meta(args.run / args.checkpoint)
+    test = data.load_dataset("cifar10", "test")
+    eps = 8 / 255
+    measured: dict = {"data": "CIFAR-10 test set, JPEG-re-encoded copy (shared/data/cifar10_from_jpeg.py), class-balanced order",
+                      "environment": environment(torch.device("cpu"))}
+    t0 = time.perf_counter()
+    pgd = {"PGD-20": make_attack("pgd-20", eps=eps)} if args.pgd_n else {}
+    res = evaluate_attacks(model, test.first(args.pgd_n or len(test)).batches(args.batch_size), pgd, seed=0)
+    measured["clean_accuracy"] = {"n": res["n"], "value": res["clean_accuracy"]}
+    if args.pgd_n:
+        measured["pgd20_accuracy"] = {"n": res["n"], "value": res["attacks"]["PGD-20"]["robust_accuracy"],
+                                      "attack": res["attacks"]["PGD-20"]["settings"],
+                                      "perturbation": res["attacks"]["PGD-20"]["perturbation"]}
+    if args.pgd_n < len(test):
+        full = evaluate_attacks(model, test.batches(args.batch_size), {}, seed=0)
+        measured["clean_accuracy"] = {"n": full["n"], "value": full["clean_accuracy"]}
+    measured["seconds_clean_and_pgd"] = round(time.perf_counter() - t0, 1)
+    if args.aa_n:
+        t1 = time.perf_counter()
+        aa = evaluate_attacks(model, test.first(args.aa_n).batches(args.batch_size),
+                              {"AutoAttack": make_attack("autoattack", eps=eps)}, seed=0)
+        measured["autoattack_accuracy"] = {"n": aa["n"], "value": aa["attacks"]["AutoAttack"]["robust_accuracy"],
+                                           "attack": aa["attacks"]["AutoAttack"]["settings"],
+                                           "perturbation": aa["attacks"]["AutoAttack"]["perturbation"],
+                                           "seconds": round(time.perf_counter() - t1, 1)}
+    else:
+        measured["autoattack_accuracy"] = "not measured"
+    history = meta.metrics.get("history", [])
+    meta.metrics = {**measured, "selected_epoch": meta.metrics.get("epoch"), "training_history": history,
+                    "training_seconds": round(sum(h.get("seconds", 0) for h in history), 1)}
+    meta.recipe = {**meta.recipe, "shipped_by": f"python scripts/ship_pretrained.py --run {args.run} --name {args.name}"}
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    models.save(model, ASSETS / f"{args.name}.safetensors", meta)
+    write_json(args.run / f"{args.name}.measured.json", measured)
+    print(json.dumps({k: v for k, v in measured.items() if k != "environment"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
