@@ -175,6 +175,8 @@ def optimise(
         adversarial images ``[B,C,H,W]`` in [0,1], detached.
     """
     check(steps >= 0, f"steps must be ≥ 0, got {steps}")
+    if (adam_lr is None) == (ball is None or alpha is None):
+        raise ValueError("optimise needs exactly one step rule: ball and alpha, or adam_lr")
     variable = variable or Variable()
     v = variable.init(x if start is None else start).detach().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=adam_lr) if adam_lr is not None else None
