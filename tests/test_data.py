@@ -207,11 +207,11 @@ def test_tiny_imagenet_bad_annotation(tmp_path):
 
 
 def test_registry_metadata():
-    assert set(DATASETS) == {"cifar10", "cifar100", "svhn", "tiny-imagenet"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "svhn", "tiny-imagenet", "cifar10-slice"}
     for key, info in DATASETS.items():
         assert info.name == key
         assert len(info.mean) == len(info.std) == info.input_shape[0] == 3
-        assert info.files and all(len(f.md5) == 32 and f.url.startswith("http") for f in info.files)
+        assert info.bundled or (info.files and all(len(f.md5) == 32 and f.url.startswith("http") for f in info.files))
         assert info.notes
     assert DATASETS["cifar10"].files[0].md5 == "c58f30108f718f92721af3b95e74349a"
     assert DATASETS["tiny-imagenet"].num_classes == 200 and DATASETS["cifar100"].num_classes == 100
@@ -646,3 +646,30 @@ def test_class_sorted_splits_are_read_round_robin_and_unsorted_ones_keep_their_o
     assert load_dataset(f"npz:{tmp_path / 's.npz'}", "test", n=3).labels.tolist() == [0, 1, 2]
     train = load_dataset(f"npz:{tmp_path / 's.npz'}", "train")
     assert train.labels.tolist() == mixed_y.tolist()
+
+
+def test_bundled_cifar10_slice_needs_no_download(tmp_path, monkeypatch):
+    from nonrobust.data import load_dataset, prepare
+
+    monkeypatch.setenv("NONROBUST_DATA", str(tmp_path / "empty"))
+    ds = load_dataset("cifar10-slice")
+    assert len(ds) == 1000 and ds.input_shape == (3, 32, 32) and ds.images.dtype == torch.uint8
+    assert ds.labels.bincount(minlength=10).tolist() == [100] * 10
+    assert ds.classes[0] == "airplane"
+    assert prepare("cifar10-slice").is_dir()
+    with pytest.raises(UserError, match="test images only"):
+        load_dataset("cifar10-slice", "train")
+
+
+@pytest.mark.realdata
+def test_bundled_slice_is_the_first_thousand_of_the_prepared_copy():
+    import os
+
+    from nonrobust.data import load_dataset
+
+    root = os.environ.get("NONROBUST_DATA")
+    if not root or not os.path.isdir(os.path.join(root, "cifar-10-batches-py")):
+        pytest.skip("real CIFAR-10 not found: set NONROBUST_DATA to a folder containing cifar-10-batches-py")
+    full = load_dataset("cifar10", "test", n=1000)
+    bundled = load_dataset("cifar10-slice")
+    assert torch.equal(full.images, bundled.images) and torch.equal(full.labels, bundled.labels)

@@ -245,6 +245,8 @@ class DatasetInfo:
         mean, std: per-channel statistics of the training images in ``[0, 1]``
             (for a model's input normalisation).
         notes: provenance and caveats, one line.
+        bundled: shipped inside the package (``nonrobust/assets``); ``folder`` is then
+            ignored and nothing needs preparing.
     """
 
     name: str
@@ -258,6 +260,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     notes: str = ""
+    bundled: bool = False
 
 
 def _restricted_latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -439,6 +442,21 @@ DATASETS: dict[str, DatasetInfo] = {
             std=(0.2770, 0.2691, 0.2821),
             notes="Tiny-ImageNet-200 (CS231n): 100,000 train / 10,000 val 64x64 images, 200 classes; split 'test' reads the labelled val set (the official test set has no labels); JPEG decoding takes a while for train.",
         ),
+        DatasetInfo(
+            name="cifar10-slice",
+            num_classes=10,
+            input_shape=(3, 32, 32),
+            folder="",
+            loader=lambda root, split: _load_bundled(root / "cifar10-test-1000.safetensors", split),
+            files=(),
+            required=(),
+            flip=True,
+            mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2470, 0.2435, 0.2616),
+            notes="1,000 CIFAR-10 test images shipped with the package (100 per class, from the JPEG-re-encoded copy; "
+                  "scripts/make_cifar10_slice.py); test split only; for demos without a download.",
+            bundled=True,
+        ),
     )
 }
 
@@ -614,6 +632,24 @@ def _parse_name(name: str) -> tuple[str, Path | None]:
     return key, None
 
 
+def _assets_dir() -> Path:
+    """The folder of files shipped with the package (``nonrobust/assets``)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("nonrobust") / "assets"))
+
+
+def _load_bundled(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A data slice shipped as safetensors (``images`` uint8 N×C×H×W, ``labels``; class names in the metadata)."""
+    from .io import load_tensors
+
+    check(split == "test", f"{path.name} holds test images only: use --split test")
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    t, meta = load_tensors(path)
+    return t["images"].numpy(), t["labels"].numpy(), list(meta["classes"])
+
+
 def _registry_root(info: DatasetInfo, data_dir: Path) -> Path:
     """``data_dir / info.folder``; an existing data dir that already is that folder is accepted too."""
     is_root = data_dir.name == info.folder and data_dir.is_dir() and not (data_dir / info.folder).exists()
@@ -663,7 +699,7 @@ def load_dataset(
     else:
         info = DATASETS[kind]
         ddir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        root = _registry_root(info, ddir)
+        root = _assets_dir() if info.bundled else _registry_root(info, ddir)
         ds_name, source = info.name, str(root)
         try:
             check(root.is_dir(), f"{info.name}: {root} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`")
@@ -773,6 +809,8 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, download: bool
                 _npz_get(npz, key, path)
         return path
     info = DATASETS[kind]
+    if info.bundled:
+        return _assets_dir()
     ddir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     root = _registry_root(info, ddir)
     missing = [f for f in info.required if not (root / f).exists()]
