@@ -19,7 +19,7 @@ from .errors import UserError
 log = logging.getLogger("nonrobust")
 
 DATA_HELP = (
-    "data set: cifar10, cifar100, svhn, tiny-imagenet, folder:PATH (class sub-folders of images) "
+    "data set: cifar10, cifar100, svhn, tiny-imagenet, cifar10-slice (1,000 test images shipped with the package), folder:PATH (class sub-folders of images) "
     "or npz:PATH (x_train, y_train, x_test, y_test)"
 )
 
