@@ -92,3 +92,42 @@ def test_bad_numbers_are_refused_by_the_parser(files):
     r = subprocess.run([sys.executable, "-m", "nonrobust", "attack", "--model", str(files / "tiny.safetensors"), "--data", "cifar10",
                         "--attack", "pgd", "--eps", "0", "--out", str(files / "o.st")], capture_output=True, text=True)
     assert r.returncode == 2 and "positive" in r.stderr and "Traceback" not in r.stderr
+
+
+USER_MODEL = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """A model nonrobust has never seen: one grey channel, 3 classes, a functional tail."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1))
+
+
+def make():
+    return Net()
+'''
+
+
+def test_a_user_model_on_a_grey_data_set(capsys, tmp_path):
+    (tmp_path / "net.py").write_text(USER_MODEL)
+    g = np.random.default_rng(1)
+    np.savez(tmp_path / "grey.npz", x_train=g.integers(0, 256, (6, 20, 20), dtype=np.uint8), y_train=np.arange(6) % 3,
+             x_test=g.integers(0, 256, (9, 20, 20), dtype=np.uint8), y_test=np.arange(9) % 3)
+    spec, data = f"{tmp_path / 'net.py'}:make", f"npz:{tmp_path / 'grey.npz'}"
+    code, out, err = run(capsys, "split", "--model", spec, "--data", data, "--iterations", 5, "--out", tmp_path / "s.safetensors")
+    assert code == 0, err
+    assert "body.1" in out  # the last BatchNorm is the default split layer of a model we did not write
+    code, out, err = run(capsys, "attack", "--model", spec, "--data", data, "--attack", "nrf-linf", "--steps", 2,
+                         "--iterations", 3, "--out", tmp_path / "a.safetensors")
+    assert code == 0, err
+    s = json.loads((tmp_path / "a.json").read_text())
+    assert s["n"] == 9 and s["perturbation"]["linf_max"] <= 8 / 255 + 1e-6

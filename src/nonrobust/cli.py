@@ -227,7 +227,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_layers(args: argparse.Namespace) -> int:
     from . import models, split
 
-    model, meta = models.resolve(args.model)
+    model, meta = models.resolve(args.model, input_shape=tuple(args.input_shape) if args.input_shape else None)
     shape = tuple(meta.input_shape)
     for name in split.list_layers(model):
         marker = "  <- default split layer" if name == meta.split_layer else ""
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub_models.add_parser("layers", help="the layers a model can be split at")
     add_model_arg(p)
     p.add_argument("--shapes", action="store_true", help="also print the feature shape at each layer")
+    p.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
+                   help="image shape, for a model given as file.py:function (default: the checkpoint's)")
     p.set_defaults(func=cmd_models_layers)
     return parser
 
