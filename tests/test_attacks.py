@@ -345,3 +345,11 @@ def test_attack_sets_build_and_keep_their_budgets():
     with pytest.raises(UserError, match="split"):
         make_attack_set("standard")
     assert set(ATTACK_SETS) >= {"paper-table3", "standard", "table4"}
+
+
+def test_attacks_work_under_no_grad():
+    model = small_model()
+    x, y = torch.rand(2, 3, 6, 6), torch.tensor([0, 1])
+    with torch.no_grad():
+        x_adv = PGD(steps=2)(model, x, y)
+    assert (x_adv - x).abs().max() > 0

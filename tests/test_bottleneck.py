@@ -208,3 +208,11 @@ def test_unit_noise_and_summed_kl_options_run():
     x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 1, 2])
     res = distill(split, x, y, IBConfig(noise="unit", kl="sum", iterations=5))
     assert res.config.noise == "unit" and torch.isfinite(res.sigma).all()
+
+
+def test_distill_works_under_no_grad():
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
+    with torch.no_grad():
+        res = distill(split, x, y, IBConfig(iterations=3))
+    assert res.sigma.shape == (2, 16)

@@ -244,7 +244,7 @@ class _Base:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
         _validate(x, y)
         y = y.to(x.device)
-        with frozen(model):
+        with frozen(model), torch.enable_grad():  # also when the caller is under torch.no_grad()
             return self._run(model, x.detach(), y, generator)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:

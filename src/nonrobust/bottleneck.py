@@ -305,9 +305,10 @@ class _IBLoss:
         """
         with torch.no_grad():
             s = F.softplus(lam).expand_as(self.a).contiguous()
-        s.requires_grad_(True)
-        logits = self.split.head(torch.addcmul(self.z, s[:, :, None, None], eps), self.ctx, consume=True)
-        (g,) = torch.autograd.grad(F.cross_entropy(logits, self.y, reduction="sum"), s)
+        with torch.enable_grad():  # also when the caller is under torch.no_grad()
+            s.requires_grad_(True)
+            logits = self.split.head(torch.addcmul(self.z, s[:, :, None, None], eps), self.ctx, consume=True)
+            (g,) = torch.autograd.grad(F.cross_entropy(logits, self.y, reduction="sum"), s)
         with torch.no_grad():
             s = s.detach()
             b = s.square().add_(VAR_EPS)

@@ -1,0 +1,155 @@
+"""The paper's analyses of robust and non-robust features, streamed over batches.
+
+* :func:`feature_accuracy` — Table 1: channel masks from the *clean* images,
+  applied to the features of clean and adversarial images; accuracy of
+  ``f_l+(Z̄)``, ``f_l+(i_r·Z̄)`` and ``f_l+(i_nr·Z̄)``.
+* :func:`adversarial_agreement` — Table 2: on successfully attacked points,
+  masks from the *adversarial* images (with the true labels); how often the
+  non-robust features alone predict the adversarial label, and, as the
+  contrast, how often the robust features do.
+
+Masks come either from a per-image protocol (``paper`` or ``batch-free``: the
+bottleneck runs on each batch, with labels) or from one ``population`` split
+(:class:`~nonrobust.bottleneck.IBResult` with ``[C]`` masks, label-free at use
+time). Every function takes the attacks as ``{display name: attack}`` and a seed;
+batch ``i`` uses :func:`~nonrobust.evaluation.batch_generator` ``(seed, i)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .attacks import Attack
+from .bottleneck import IBConfig, IBResult, distill, masked_predictions
+from .errors import check
+from .evaluation import batch_generator
+from .split import LayerSplit
+
+__all__ = ["feature_accuracy", "adversarial_agreement"]
+
+
+def _masks(split: LayerSplit, x: Tensor, y: Tensor, config: IBConfig | None, population: IBResult | None,
+           indices: Tensor) -> IBResult:
+    if population is not None:
+        return population
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an all-robust batch is a finding here, not a problem
+        return distill(split, x, y, config, indices=indices)
+
+
+def _protocol(config: IBConfig | None, population: IBResult | None) -> str:
+    check((config is None) != (population is None), "pass either an IBConfig (per-image protocol) or a population split")
+    if population is not None:
+        check(population.sigma.dim() == 1, "population= needs a population split ([C] masks)")
+        return "population"
+    check(config.protocol != "population", "for the population protocol pass its split as population=")
+    return config.protocol
+
+
+def feature_accuracy(
+    model: nn.Module,
+    split: LayerSplit,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    attacks: dict[str, Attack],
+    *,
+    config: IBConfig | None = None,
+    population: IBResult | None = None,
+    seed: int = 0,
+    total: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Table 1: accuracy of intermediate, robust and non-robust features, clean and under attack.
+
+    Args:
+        model: maps [0,1] images to logits; ``split`` is that model cut at a layer.
+        batches: ``(x [B,C,H,W] in [0,1], y [B])`` on the model's device.
+        attacks: display name -> attack (each run on every image).
+        config: a per-image protocol (``paper``/``batch-free``) — masks from each clean batch with its labels;
+        population: or one population split (label-free masks).
+
+    Returns:
+        ``{"protocol", "n", "rows": {"clean" | attack name: {"int", "robust", "nonrobust"}}, "channels"}``:
+        accuracies in [0,1] over all ``n`` images; ``channels`` holds the mean numbers of
+        robust and non-robust channels per image.
+    """
+    protocol = _protocol(config, population)
+    names = ["clean", *attacks]
+    correct = {k: {"int": 0, "robust": 0, "nonrobust": 0} for k in names}
+    n, robust_channels, channels = 0, 0.0, 0
+    bar = tqdm(total=total, desc=f"Table 1 ({protocol})", unit="img", disable=not progress, leave=False)
+    for i, (x, y) in enumerate(batches):
+        res = _masks(split, x, y, config, population, torch.arange(n, n + x.shape[0]))
+        robust_channels += float(res.robust_mask.float().sum(-1).mean()) * x.shape[0]
+        channels = res.robust_mask.shape[-1]
+        for name in names:
+            x_in = x if name == "clean" else attacks[name](model, x, y, generator=batch_generator(seed, i, x.device))
+            for k, pred in masked_predictions(split, res, x_in).items():
+                correct[name][k] += int((pred == y).sum())
+        n += x.shape[0]
+        bar.update(x.shape[0])
+    bar.close()
+    check(n > 0, "no images to analyse")
+    return {
+        "protocol": protocol,
+        "n": n,
+        "rows": {name: {k: v / n for k, v in row.items()} for name, row in correct.items()},
+        "channels": {"robust": robust_channels / n, "nonrobust": channels - robust_channels / n, "total": channels},
+    }
+
+
+def adversarial_agreement(
+    model: nn.Module,
+    split: LayerSplit,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    attacks: dict[str, Attack],
+    *,
+    config: IBConfig | None = None,
+    population: IBResult | None = None,
+    seed: int = 0,
+    total: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Table 2: do the non-robust features of adversarial examples predict the adversarial label?
+
+    For each attack, on the points it fooled (``f(X_adv) ≠ Y``), masks are computed
+    from ``X_adv`` with the true labels (per-image protocols; the population split
+    is used as is) and the share of points with ``argmax f_l+(i^a_nr·Z̄) = f(X_adv)``
+    is reported, next to the same share for the robust features.
+
+    Returns:
+        ``{"protocol", "n", "rows": {attack name: {"fooled", "nonrobust_agrees", "robust_agrees"}}}``;
+        ``fooled`` counts points, the agreements are shares of the fooled points (None if none).
+    """
+    protocol = _protocol(config, population)
+    stats = {k: {"fooled": 0, "nonrobust": 0, "robust": 0} for k in attacks}
+    n = 0
+    bar = tqdm(total=total, desc=f"Table 2 ({protocol})", unit="img", disable=not progress, leave=False)
+    for i, (x, y) in enumerate(batches):
+        for name, attack in attacks.items():
+            x_adv = attack(model, x, y, generator=batch_generator(seed, i, x.device))
+            with torch.no_grad():
+                adv_pred = model(x_adv).argmax(1)
+            fooled = adv_pred != y
+            if not fooled.any():
+                continue
+            idx = fooled.nonzero().squeeze(1)
+            res = _masks(split, x_adv[idx], y[idx], config, population, n + idx.cpu())
+            preds = masked_predictions(split, res, x_adv[idx])
+            stats[name]["fooled"] += int(idx.numel())
+            for k in ("nonrobust", "robust"):
+                stats[name][k] += int((preds[k] == adv_pred[idx]).sum())
+        n += x.shape[0]
+        bar.update(x.shape[0])
+    bar.close()
+    check(n > 0, "no images to analyse")
+    rows = {}
+    for name, s in stats.items():
+        f = s["fooled"]
+        rows[name] = {"fooled": f, "nonrobust_agrees": s["nonrobust"] / f if f else None,
+                      "robust_agrees": s["robust"] / f if f else None}
+    return {"protocol": protocol, "n": n, "rows": rows}

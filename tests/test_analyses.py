@@ -1,0 +1,81 @@
+"""Table 1 and Table 2 on a tiny model, checked against independent computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nonrobust.analyses import adversarial_agreement, feature_accuracy
+from nonrobust.attacks import make_attack
+from nonrobust.bottleneck import IBConfig, IBResult
+from nonrobust.errors import UserError
+from nonrobust.split import split_model
+
+
+def setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 3)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 3, 6, 6, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # the model is right on every clean image
+    y[::4] = (y[::4] + 1) % 3  # ... except a quarter
+    return model, split_model(model, "1"), x, y
+
+
+def fixed_split(robust: list[bool]) -> IBResult:
+    mask = torch.tensor(robust)
+    c = len(robust)
+    return IBResult("1", IBConfig(protocol="population"), torch.ones(c), torch.zeros(c), torch.tensor(0.5), mask)
+
+
+def test_table1_with_a_known_split_matches_direct_computation():
+    model, split, x, y = setup()
+    pop = fixed_split([True, True, True, False, False, False])
+    fgsm = make_attack("fgsm", eps=0.1)
+    res = feature_accuracy(model, split, [(x[:12], y[:12]), (x[12:], y[12:])], {"FGSM": fgsm}, population=pop, progress=False)
+    with torch.no_grad():
+        acc = lambda logits: float((logits.argmax(1) == y).float().mean())  # noqa: E731
+        z = split.features(x)
+        m = pop.robust_mask.float().view(1, -1, 1, 1)
+        assert res["rows"]["clean"]["int"] == pytest.approx(acc(model(x)))
+        assert res["rows"]["clean"]["robust"] == pytest.approx(acc(split.head(z * m)))
+        assert res["rows"]["clean"]["nonrobust"] == pytest.approx(acc(split.head(z * (1 - m))))
+        x_adv = torch.cat([fgsm(model, x[:12], y[:12]), fgsm(model, x[12:], y[12:])])
+        assert res["rows"]["FGSM"]["int"] == pytest.approx(acc(model(x_adv)))
+    assert res["protocol"] == "population" and res["n"] == 24
+    assert res["channels"] == {"robust": 3.0, "nonrobust": 3.0, "total": 6}
+
+
+def test_table1_per_image_protocol_runs_and_reports_it():
+    model, split, x, y = setup()
+    res = feature_accuracy(model, split, [(x, y)], {"PGD": make_attack("pgd", eps=0.05, steps=3)},
+                           config=IBConfig(iterations=10), progress=False)
+    assert res["protocol"] == "paper"
+    for row in res["rows"].values():
+        assert all(0 <= v <= 1 for v in row.values())
+
+
+def test_table2_counts_fooled_points_and_shares():
+    model, split, x, y = setup()
+    pgd = make_attack("pgd", eps=0.3, steps=5)
+    res = adversarial_agreement(model, split, [(x, y)], {"PGD": pgd}, config=IBConfig(iterations=10), progress=False)
+    with torch.no_grad():
+        fooled = int((model(pgd(model, x, y, generator=torch.Generator().manual_seed(0))).argmax(1) != y).sum())
+    row = res["rows"]["PGD"]
+    assert row["fooled"] > 0
+    for k in ("nonrobust_agrees", "robust_agrees"):
+        assert 0 <= row[k] <= 1
+    all_robust = adversarial_agreement(model, split, [(x, y)], {"PGD": pgd}, population=fixed_split([True] * 6), progress=False)
+    assert all_robust["rows"]["PGD"]["robust_agrees"] == 1.0  # Z_r = Z: the robust head is the model itself
+    assert fooled >= 0
+
+
+def test_protocol_arguments_are_checked():
+    model, split, x, y = setup()
+    with pytest.raises(UserError, match="either"):
+        feature_accuracy(model, split, [(x, y)], {}, progress=False)
+    with pytest.raises(UserError, match="population="):
+        feature_accuracy(model, split, [(x, y)], {}, config=IBConfig(protocol="population"), progress=False)
