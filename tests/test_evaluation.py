@@ -134,3 +134,16 @@ def test_cascade_runs_each_attack_only_on_survivors_and_gives_the_same_worst_cas
     assert calls[0] == n_individual[0] and calls[1] <= n_individual[1]
     assert calls[1] == round(ind["attacks"]["fgsm"]["robust_accuracy"] * 60)
     assert cas["attacks"]["pgd"]["robust_accuracy"] == cas["worst_case_accuracy"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from nonrobust.io import write_json
+
+    write_json(tmp_path / "a.json", {"a": 1})
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask
