@@ -52,7 +52,7 @@ def main() -> None:
         measured["pgd20_accuracy"] = {"n": res["n"], "value": res["attacks"]["PGD-20"]["robust_accuracy"],
                                       "attack": res["attacks"]["PGD-20"]["settings"],
                                       "perturbation": res["attacks"]["PGD-20"]["perturbation"]}
-    if args.pgd_n < len(test):
+    if 0 < args.pgd_n < len(test):  # clean accuracy on the whole set only when PGD ran on part of it
         full = evaluate_attacks(model, test.batches(args.batch_size), {}, seed=0)
         measured["clean_accuracy"] = {"n": full["n"], "value": full["clean_accuracy"]}
     measured["seconds_clean_and_pgd"] = round(time.perf_counter() - t0, 1)
