@@ -3,6 +3,10 @@
 * :func:`feature_accuracy` — Table 1: channel masks from the *clean* images,
   applied to the features of clean and adversarial images; accuracy of
   ``f_l+(Z̄)``, ``f_l+(i_r·Z̄)`` and ``f_l+(i_nr·Z̄)``.
+* :func:`pooled_features` and :func:`tsne_embedding` — Fig. 2: spatially pooled
+  ``Z_r`` and ``Z_nr`` of clean and adversarial images, embedded in 2-D.
+* :func:`beta_sweep` — Fig. 5: robust / non-robust accuracy and channel counts
+  against β.
 * :func:`adversarial_agreement` — Table 2: on successfully attacked points,
   masks from the *adversarial* images (with the true labels); how often the
   non-robust features alone predict the adversarial label, and, as the
@@ -18,7 +22,7 @@ batch ``i`` uses :func:`~nonrobust.evaluation.batch_generator` ``(seed, i)``.
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -27,10 +31,20 @@ from tqdm.auto import tqdm
 from .attacks import Attack
 from .bottleneck import IBConfig, IBResult, distill, masked_predictions
 from .errors import check
-from .evaluation import batch_generator
+from .evaluation import StoredAdversarial, batch_generator
 from .split import LayerSplit
 
-__all__ = ["feature_accuracy", "adversarial_agreement"]
+__all__ = ["feature_accuracy", "adversarial_agreement", "pooled_features", "tsne_embedding", "beta_sweep", "Adversarial"]
+
+
+Adversarial = Attack | StoredAdversarial  # an attack to run, or its examples computed before
+
+
+def _adversarial(source: Adversarial, model: nn.Module, x: Tensor, y: Tensor, batch: int, start: int, seed: int) -> Tensor:
+    """Batch ``batch`` (images ``start …``) under ``source``: read from its file or attacked now."""
+    if isinstance(source, StoredAdversarial):
+        return source.rows(start, y)
+    return source(model, x, y, generator=batch_generator(seed, batch, x.device))
 
 
 def _masks(split: LayerSplit, x: Tensor, y: Tensor, config: IBConfig | None, population: IBResult | None,
@@ -55,7 +69,7 @@ def feature_accuracy(
     model: nn.Module,
     split: LayerSplit,
     batches: Iterable[tuple[Tensor, Tensor]],
-    attacks: dict[str, Attack],
+    attacks: dict[str, Adversarial],
     *,
     config: IBConfig | None = None,
     population: IBResult | None = None,
@@ -68,7 +82,8 @@ def feature_accuracy(
     Args:
         model: maps [0,1] images to logits; ``split`` is that model cut at a layer.
         batches: ``(x [B,C,H,W] in [0,1], y [B])`` on the model's device.
-        attacks: display name -> attack (each run on every image).
+        attacks: display name -> attack (each run on every image), or the
+            :class:`~nonrobust.evaluation.StoredAdversarial` examples of these images.
         config: a per-image protocol (``paper``/``batch-free``) — masks from each clean batch with its labels;
         population: or one population split (label-free masks).
 
@@ -87,7 +102,7 @@ def feature_accuracy(
         robust_channels += float(res.robust_mask.float().sum(-1).mean()) * x.shape[0]
         channels = res.robust_mask.shape[-1]
         for name in names:
-            x_in = x if name == "clean" else attacks[name](model, x, y, generator=batch_generator(seed, i, x.device))
+            x_in = x if name == "clean" else _adversarial(attacks[name], model, x, y, i, n, seed)
             for k, pred in masked_predictions(split, res, x_in).items():
                 correct[name][k] += int((pred == y).sum())
         n += x.shape[0]
@@ -106,7 +121,7 @@ def adversarial_agreement(
     model: nn.Module,
     split: LayerSplit,
     batches: Iterable[tuple[Tensor, Tensor]],
-    attacks: dict[str, Attack],
+    attacks: dict[str, Adversarial],
     *,
     config: IBConfig | None = None,
     population: IBResult | None = None,
@@ -131,7 +146,7 @@ def adversarial_agreement(
     bar = tqdm(total=total, desc=f"Table 2 ({protocol})", unit="img", disable=not progress, leave=False)
     for i, (x, y) in enumerate(batches):
         for name, attack in attacks.items():
-            x_adv = attack(model, x, y, generator=batch_generator(seed, i, x.device))
+            x_adv = _adversarial(attack, model, x, y, i, n, seed)
             with torch.no_grad():
                 adv_pred = model(x_adv).argmax(1)
             fooled = adv_pred != y
@@ -153,3 +168,85 @@ def adversarial_agreement(
         rows[name] = {"fooled": f, "nonrobust_agrees": s["nonrobust"] / f if f else None,
                       "robust_agrees": s["robust"] / f if f else None}
     return {"protocol": protocol, "n": n, "rows": rows}
+
+
+def pooled_features(
+    model: nn.Module,
+    split: LayerSplit,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    attacks: dict[str, Adversarial],
+    *,
+    config: IBConfig | None = None,
+    population: IBResult | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Fig. 2's inputs: spatially averaged ``Z_r`` and ``Z_nr`` of clean and adversarial images.
+
+    Masks come from the *clean* images (as in Table 1) and are applied to the
+    features of each input. Returns float32 CPU tensors ``"y"`` ``[N]`` and, for
+    ``"clean"`` and each attack name ``a``, ``"<a>/robust"`` and ``"<a>/nonrobust"``
+    of shape ``[N, C]`` (mean over H×W of the masked features).
+    """
+    _protocol(config, population)
+    out: dict[str, list[Tensor]] = {"y": []}
+    n = 0
+    for i, (x, y) in enumerate(tqdm(batches, desc="pooled features", unit="batch", disable=not progress, leave=False)):
+        res = _masks(split, x, y, config, population, torch.arange(n, n + x.shape[0]))
+        out["y"].append(y.cpu())
+        for name in ["clean", *attacks]:
+            x_in = x if name == "clean" else _adversarial(attacks[name], model, x, y, i, n, seed)
+            with torch.no_grad():
+                z = split.features(x_in)
+            for part, masked in (("robust", res.robust(z)), ("nonrobust", res.nonrobust(z))):
+                out.setdefault(f"{name}/{part}", []).append(masked.mean((2, 3)).float().cpu())
+        n += x.shape[0]
+    check(n > 0, "no images to analyse")
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def tsne_embedding(features: Tensor, *, seed: int = 0, perplexity: float = 30.0) -> Tensor:
+    """2-D t-SNE (scikit-learn, PCA initialisation) of ``features`` ``[N, D]``; returns ``[N, 2]``.
+
+    The perplexity is lowered to ``(N − 1) / 3`` for small ``N``; ``seed`` fixes the result.
+    Constant or all-zero features (e.g. an all-non-robust split's ``Z_r``) are embedded as they are.
+    """
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    check(features.dim() == 2 and features.shape[0] >= 4, f"t-SNE needs [N ≥ 4, D] features, got {list(features.shape)}")
+    x = features.double().numpy()
+    perplexity = min(perplexity, (x.shape[0] - 1) / 3)
+    init = "pca" if float(x.std(0).max()) > 0 else "random"  # PCA of constant features divides by zero
+    # one OpenMP thread: after torch has run, sklearn's OpenMP pool contends with torch's and runs ~20× slower
+    with threadpool_limits(limits=1, user_api="openmp"):
+        emb = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed).fit_transform(x)
+    return torch.from_numpy(emb).float()
+
+
+def beta_sweep(
+    model: nn.Module,
+    split: LayerSplit,
+    make_batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
+    attacks: dict[str, Adversarial],
+    betas: Iterable[float],
+    *,
+    config: IBConfig = IBConfig(),
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Fig. 5: for each β, Table 1 under a per-image protocol with ``config.beta = β``.
+
+    ``make_batches()`` returns a fresh pass over the images for each β. Returns one
+    row per β: ``{"beta", "robust_channels", "nonrobust_channels", "rows"}`` with
+    ``rows`` as in :func:`feature_accuracy` (clean and each attack).
+    """
+    from dataclasses import replace
+
+    out = []
+    for beta in tqdm(list(betas), desc="β sweep", disable=not progress, leave=False):
+        res = feature_accuracy(model, split, make_batches(), attacks, config=replace(config, beta=float(beta)),
+                               seed=seed, progress=False)
+        out.append({"beta": float(beta), "robust_channels": res["channels"]["robust"],
+                    "nonrobust_channels": res["channels"]["nonrobust"], "rows": res["rows"]})
+    return out

@@ -211,6 +211,72 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
+    """ReportSettings from the report options (a profile's values where an option was not given)."""
+    from .report import ReportSettings, profile
+
+    names = ("model", "data", "split", "data_dir", "image_size", "n", "batch_size", "seed", "device", "layer", "eps", "l2_steps",
+             "protocol", "beta", "ib_iterations", "population_n", "population_iterations", "beta_n", "tsne_n", "featvis_images",
+             "featvis_steps")
+    values = {k: getattr(args, k, None) for k in names}
+    if getattr(args, "attacks", None):
+        values["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    if getattr(args, "betas", None):
+        values["betas"] = tuple(args.betas)
+    if getattr(args, "no_table4", False):
+        values["table4"] = False
+    if profile_name is not None:
+        return profile(profile_name, **values)
+    return ReportSettings(**{k: v for k, v in values.items() if v is not None})
+
+
+def _print_headline(results: dict, out: Path) -> None:
+    h = results["headline"]
+    print(f"{results['arch']} at {results['layer']} on {h['n']} {results['data']['name']} images: clean {h['clean_accuracy']:.1%}")
+    for name, acc in h["robust_accuracy"].items():
+        print(f"  {name:<16} {acc:.1%}")
+    ref = results["reference_attack"]
+    for protocol, t in results.get("table1", {}).items():
+        row = t["rows"][ref]
+        print(f"  Table 1 ({protocol}) under {ref}: Int {row['int']:.1%}, R {row['robust']:.1%}, NR {row['nonrobust']:.1%}")
+    for protocol, t in results.get("table2", {}).items():
+        r = t["rows"][ref]
+        if r["nonrobust_agrees"] is not None:
+            print(f"  Table 2 ({protocol}): NR features predict {ref}'s label on {r['nonrobust_agrees']:.1%} of {r['fooled']} fooled points")
+    print(f"wrote {out / 'report.html'} ({results['wall_seconds']:.0f} s)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import run_report
+
+    results = run_report(_report_settings(args), args.out)
+    _print_headline(results, Path(args.out))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .report import run_report
+
+    results = run_report(_report_settings(args), args.out, only=(args.section,))
+    _print_headline(results, Path(args.out))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .report import run_report
+
+    if args.full:
+        settings = _report_settings(args, "full")
+    else:
+        settings = _report_settings(args, "demo")
+        print("demo: the shipped robust model on the shipped CIFAR-10 slice, trimmed to finish in a few minutes on a CPU:")
+        for item in settings.trimmed:
+            print(f"  - {item}")
+    results = run_report(settings, args.out)
+    _print_headline(results, Path(args.out))
+    return 0
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from . import models
 
@@ -240,6 +306,36 @@ def cmd_models_layers(args: argparse.Namespace) -> int:
         else:
             print(f"{name}{marker}")
     return 0
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    from .report import REPORT_ATTACKS
+
+    table3 = [k for k, a in REPORT_ATTACKS.items() if a.table == "table3"]
+    p.add_argument("--attacks", metavar="A,B,…", help="Table 3's attacks, comma-separated, from: " + ", ".join(table3)
+                   + " (default: fgsm,bim,pgd-20,cw-l2,autoattack,fab,nrf-linf,nrf)")
+    p.add_argument("--no-table4", action="store_true", help="skip Table 4 (NRF, NRF2, RF, RF2)")
+    p.add_argument("--eps", type=_positive_float, help="L∞ budget of every L∞ attack, in [0,1] pixel units (default 8/255)")
+    p.add_argument("--l2-steps", type=_positive_int, help="Adam steps of CW-L2 and the NRF L2 family (default 200)")
+    p.add_argument("--layer", help="split layer (default: the model's own, see `nonrobust models layers`)")
+    p.add_argument("--protocol", choices=("paper", "batch-free"), help="per-image bottleneck protocol shown next to population (default paper)")
+    p.add_argument("--beta", type=_non_negative_float, help="KL weight β (default 0.3)")
+    p.add_argument("--ib-iterations", type=_positive_int, help="bottleneck Adam steps (default 200)")
+    p.add_argument("--population-n", type=_positive_int, help="images the population split is fitted on (default 5000)")
+    p.add_argument("--population-iterations", type=_positive_int, help="Adam steps of the population split (default 200)")
+    p.add_argument("--betas", type=_non_negative_float, nargs="+", metavar="B", help="β values of Fig. 5 (default 0 0.01 0.1 0.3 1 3 5 10)")
+    p.add_argument("--beta-n", type=_positive_int, help="images of the β sweep (default 500)")
+    p.add_argument("--tsne-n", type=_positive_int, help="images of the t-SNE (default 1000)")
+    p.add_argument("--featvis-images", type=int, help="images of the feature visualisation, 0 to skip (default 3)")
+    p.add_argument("--featvis-steps", type=_positive_int, help="optimisation steps of the feature visualisation (default 512)")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder: report.html, results.json, CSVs, figures, cached steps")
+    add_run_args(p)
+
+
+def _report_sections() -> list[str]:
+    from .report import SECTIONS
+
+    return list(SECTIONS)
 
 
 # --------------------------------------------------------------------------- parser
@@ -337,6 +433,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="the split (.safetensors); a .json summary goes beside it")
     add_run_args(p)
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("report", help="run every analysis (Tables 1–4, Fig. 2, 3, 5, σ²) and write DIR/report.html (resumable)")
+    add_model_arg(p)
+    add_data_args(p)
+    add_report_args(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="run one analysis of the report (and the attacks it needs) into DIR")
+    p.add_argument("section", choices=_report_sections(), help="table1, table2 (feature accuracy, agreement), table3, table4 (attacks), "
+                   "tsne (Fig. 2), featvis (Fig. 3), beta (Fig. 5), sigma (σ² against T)")
+    add_model_arg(p)
+    add_data_args(p)
+    add_report_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole analysis on the shipped robust model and CIFAR-10 slice, in a few minutes on a CPU")
+    p.add_argument("--full", action="store_true", help="full size: the whole CIFAR-10 test set (needs --data-dir or $NONROBUST_DATA) and every attack")
+    p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10 lives, for --full")
+    p.add_argument("--model", metavar="CKPT", help="another model (default: the shipped cifar10-small-at)")
+    p.add_argument("--out", default="nonrobust-demo", metavar="DIR", help="report folder (default ./nonrobust-demo)")
+    add_device_arg(p)
+    p.set_defaults(func=cmd_demo)
 
     p_models = sub.add_parser("models", help="list architectures and pretrained models, inspect layers")
     sub_models = p_models.add_subparsers(dest="models_command", metavar="ACTION")

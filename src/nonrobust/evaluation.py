@@ -29,7 +29,7 @@ from .runtime import make_generator
 if TYPE_CHECKING:
     from .data import ImageDataset
 
-__all__ = ["NormStats", "evaluate_attacks", "attack_to_file", "batch_generator"]
+__all__ = ["NormStats", "evaluate_attacks", "attack_to_file", "summarise_file", "StoredAdversarial", "batch_generator", "worst_case"]
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,13 @@ def attack_to_file(
 def summarise_file(path: str | Path) -> dict:
     """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
 
+    ``perturbation`` measures every image; ``perturbation_fooled`` only the points the
+    attack turned from correct to wrong (the size of an unbounded attack's successes).
     Reads only the per-point columns, never the images.
     """
     t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", "nan", "linf", "l2", "min", "max"))
     clean_ok, adv_ok = t["clean_pred"] == t["y"], t["adv_pred"] == t["y"]
+    fooled = clean_ok & ~adv_ok
     return {
         **settings,
         "clean_accuracy": float(clean_ok.float().mean()),
@@ -225,4 +228,60 @@ def summarise_file(path: str | Path) -> dict:
             "min": float(t["min"].min()),
             "max": float(t["max"].max()),
         },
+        "perturbation_fooled": {  # the points the attack turned from correct to wrong: an unbounded attack's size
+            "points": int(fooled.sum()),
+            "linf_max": float(t["linf"][fooled].max()) if fooled.any() else None,
+            "l2_median": float(t["l2"][fooled].median()) if fooled.any() else None,
+            "l2_max": float(t["l2"][fooled].max()) if fooled.any() else None,
+        },
     }
+
+
+class StoredAdversarial:
+    """The adversarial examples of a file written by :func:`attack_to_file`, read block by block.
+
+    Analyses that take attacks (:mod:`nonrobust.analyses`) also take these, so one
+    attack's examples are computed once and shared by every table. Rows must be
+    read in the order of the images the file was written for; :meth:`rows`
+    checks the labels to catch a file that belongs to other images.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        t, self.settings = load_tensors(self.path, keys=("y",))
+        self.labels = t["y"]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def describe(self) -> dict:
+        """The attack's settings as it described itself when the file was written."""
+        return dict(self.settings.get("attack", {}))
+
+    def rows(self, start: int, y: Tensor) -> Tensor:
+        """``x_adv`` rows ``start … start+len(y)`` on ``y``'s device, float32 ``[B, C, H, W]`` in [0,1]."""
+        from safetensors import safe_open
+
+        stop = start + y.shape[0]
+        check(stop <= len(self), f"{self.path} holds {len(self)} images, asked for rows {start}…{stop}")
+        check(torch.equal(self.labels[start:stop], y.cpu()), f"{self.path} was written for other images (labels differ): rerun its attack")
+        with safe_open(str(self.path), framework="pt", device="cpu") as fh:
+            return fh.get_slice("x_adv")[start:stop].to(y.device)
+
+
+def worst_case(paths: Iterable[str | Path]) -> dict:
+    """Per-point worst case over several :func:`attack_to_file` files of the same images.
+
+    A point counts as robust when it is classified correctly clean and under every
+    attack. Returns ``{"n", "worst_case_accuracy", "attacks"}``.
+    """
+    paths = list(paths)
+    check(paths, "no attack files")
+    ok, y0 = None, None
+    for path in paths:
+        t, _ = load_tensors(path, keys=("y", "clean_pred", "adv_pred"))
+        check(y0 is None or torch.equal(t["y"], y0), f"{path} holds other images than {paths[0]}")
+        y0 = t["y"]
+        this = (t["clean_pred"] == t["y"]) & (t["adv_pred"] == t["y"])
+        ok = this if ok is None else ok & this
+    return {"n": int(y0.numel()), "worst_case_accuracy": float(ok.float().mean()), "attacks": [str(p) for p in paths]}
