@@ -1,0 +1,236 @@
+"""The report: tables match independent recomputation, steps are cached and resumable, the folder is locked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from nonrobust import models
+from nonrobust.errors import UserError
+from nonrobust.io import load_tensors
+from nonrobust.report import SECTIONS, ReportSettings, profile, run_report
+
+TINY = dict(model="cifar10-small-at", data="cifar10-slice", n=24, batch_size=12, attacks=("fgsm", "pgd-20", "cw-l2", "nrf-linf", "nrf"),
+            l2_steps=4, ib_iterations=12, population_n=24, population_iterations=6, betas=(0.0, 1.0), beta_n=12, tsne_n=24,
+            featvis_images=1, featvis_steps=4, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    settings = ReportSettings(**TINY)
+    return settings, out, run_report(settings, out, progress=False)
+
+
+def _comparable(results: dict) -> dict:
+    """results.json without what legitimately changes between runs (timings, environment)."""
+    drop = {"steps", "wall_seconds", "environment"}
+    out = {k: v for k, v in results.items() if k not in drop}
+    for table in ("table3", "table4"):
+        for row in out.get(table, {}).get("rows", []):
+            row.pop("seconds", None)
+    return json.loads(json.dumps(out, default=str))
+
+
+def test_report_files(tiny_report):
+    settings, out, results = tiny_report
+    for name in ("report.html", "results.json", "table1.csv", "table2.csv", "table3.csv", "table4.csv", "beta_sweep.csv"):
+        assert (out / name).is_file(), name
+    for fig in ("table1", "tsne", "beta", "sigma", "featvis"):
+        png = (out / "figures" / f"{fig}.png").read_bytes()
+        assert png.startswith(b"\x89PNG"), fig
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
+    assert page.count("data:image/png;base64,") == 5
+    assert "This run was trimmed" not in page  # no trimming declared for these settings
+    assert json.loads((out / "results.json").read_text())["headline"] == results["headline"]
+    assert set(results["readings"]) >= {"table1", "table2", "table3", "table4", "beta", "sigma", "tsne", "featvis"}
+
+
+def test_table3_matches_independent_recount(tiny_report):
+    settings, out, results = tiny_report
+    from nonrobust.data import load_dataset
+
+    ds = load_dataset("cifar10-slice", "test").first(24)
+    model = models.pretrained("cifar10-small-at")
+    x, y = ds.tensors()
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+    assert results["table3"]["clean_accuracy"] == pytest.approx(clean_ok.float().mean().item())
+    worst = clean_ok.clone()
+    for row in results["table3"]["rows"]:
+        t, _ = load_tensors(out / "adversarial" / f"{row['attack']}.safetensors", keys=("x_adv",))
+        with torch.no_grad():
+            adv_ok = model(t["x_adv"]).argmax(1) == y
+        assert row["robust_accuracy"] == pytest.approx((clean_ok & adv_ok).float().mean().item()), row["label"]
+        delta = (t["x_adv"] - x).flatten(1)
+        assert row["linf_max"] == pytest.approx(delta.abs().max().item(), abs=1e-6)
+        assert row["l2_median"] == pytest.approx(delta.norm(dim=1).median().item(), rel=1e-5)
+        if row["norm"] == "linf":
+            assert row["linf_max"] <= settings.eps + 1e-6
+            worst &= adv_ok
+    assert results["table3"]["worst_case_linf"] == pytest.approx(worst.float().mean().item())
+    with open(out / "table3.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == [r["label"] for r in results["table3"]["rows"]]
+    assert float(rows[1]["robust_accuracy"]) == pytest.approx(results["table3"]["rows"][1]["robust_accuracy"])
+
+
+def test_table1_int_row_is_the_model(tiny_report):
+    """Table 1's 'Int.' column is the model's own accuracy on each input: Z is not masked."""
+    settings, out, results = tiny_report
+    model = models.pretrained("cifar10-small-at")
+    for protocol, table in results["table1"].items():
+        assert table["rows"]["clean"]["int"] == pytest.approx(results["table3"]["clean_accuracy"])
+        for row in results["table3"]["rows"]:
+            t, _ = load_tensors(out / "adversarial" / f"{row['attack']}.safetensors", keys=("x_adv", "y"))
+            with torch.no_grad():
+                acc = (model(t["x_adv"]).argmax(1) == t["y"]).float().mean().item()
+            assert table["rows"][row["label"]]["int"] == pytest.approx(acc), (protocol, row["label"])
+    assert set(results["table1"]) == {"paper", "population"}
+
+
+def test_rerun_reuses_every_step_and_gives_identical_results(tiny_report):
+    settings, out, results = tiny_report
+    again = run_report(settings, out, progress=False)
+    assert all(v["reused"] for v in again["steps"].values())
+    assert _comparable(again) == _comparable(results)
+
+
+def test_changed_setting_recomputes_only_what_depends_on_it(tiny_report, tmp_path):
+    settings, out, results = tiny_report
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = run_report(replace(settings, betas=(0.0, 3.0)), copy, progress=False)
+    assert not again["steps"]["beta-sweep"]["reused"]
+    assert all(again["steps"][k]["reused"] for k in again["steps"] if k != "beta-sweep")
+    assert again["beta_sweep"]["rows"][1]["beta"] == 3.0
+
+
+def test_only_one_section(tmp_path):
+    results = run_report(ReportSettings(**TINY), tmp_path, only=("sigma",), progress=False)
+    assert "sigma" in results and "table1" not in results and "table3" not in results
+    assert (tmp_path / "figures" / "sigma.png").is_file()
+    with pytest.raises(UserError, match="unknown report section"):
+        run_report(ReportSettings(**TINY), tmp_path, only=("table9",), progress=False)
+
+
+def test_settings_are_checked():
+    with pytest.raises(UserError, match="unknown report attack"):
+        ReportSettings(**{**TINY, "attacks": ("pgd-20", "nope")})
+    with pytest.raises(UserError, match="eps"):
+        ReportSettings(**{**TINY, "eps": 0.0})
+    demo = profile("demo")
+    assert demo.trimmed and demo.model == "cifar10-small-at" and demo.data == "cifar10-slice"
+    assert set(SECTIONS) == {"table1", "table2", "table3", "table4", "tsne", "featvis", "beta", "sigma"}
+
+
+def test_folder_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (tmp_path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": "now"}))
+        with pytest.raises(UserError, match="being written by another report"):
+            run_report(ReportSettings(**TINY), tmp_path, only=("sigma",), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and taken over
+    results = run_report(ReportSettings(**TINY), tmp_path, only=("sigma",), progress=False)
+    assert "sigma" in results and not (tmp_path / ".lock").exists()
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nonrobust", *args], capture_output=True, text=True, **kw)
+
+
+REPORT_ARGS = ["--model", "cifar10-small-at", "--data", "cifar10-slice", "--n", "24", "--batch-size", "12", "--attacks", "fgsm,pgd-20,nrf",
+               "--l2-steps", "4", "--ib-iterations", "12", "--population-n", "24", "--population-iterations", "6", "--betas", "0", "1",
+               "--beta-n", "12", "--tsne-n", "24", "--featvis-images", "1", "--featvis-steps", "4", "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_killed_report_resumes_to_the_same_result(tmp_path):
+    """SIGKILL a report at several points; each rerun continues, and the end result equals an uninterrupted run's."""
+    whole = _cli("report", *REPORT_ARGS, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for delay in (4.0, 7.0):
+        proc = subprocess.Popen([sys.executable, "-m", "nonrobust", "report", *REPORT_ARGS, "--out", str(killed)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (killed / "results.json").exists() or (killed / "report.html").exists()
+        for leftover in killed.rglob("*.tmp*"):
+            pytest.fail(f"half-written file left: {leftover}")
+    final = _cli("report", *REPORT_ARGS, "--out", str(killed))
+    assert final.returncode == 0, final.stderr
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())
+    b = json.loads((killed / "results.json").read_text())
+    assert _comparable(a) == _comparable(b)
+
+
+def test_cli_evaluate_and_errors(tmp_path):
+    r = _cli("evaluate", "table3", *REPORT_ARGS, "--out", str(tmp_path / "t3"))
+    assert r.returncode == 0, r.stderr
+    assert "PGD-20" in r.stdout and "report.html" in r.stdout
+    r = _cli("evaluate", "table3", *REPORT_ARGS[:-2], "--attacks", "pgd-20,bogus", "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown report attack") and "Traceback" not in r.stderr
+    r = _cli("report", "--model", "cifar10-small-at", "--data", "cifar10-slice", "--layer", "nope", "--out", str(tmp_path / "l"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "nope" in r.stderr
+
+
+def _chromium() -> tuple[str, str] | None:
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
+def test_report_in_a_real_browser(tiny_report, tmp_path):
+    """Headless Chromium loads report.html with no console errors, and its screenshot is not blank."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    from io import BytesIO
+
+    from PIL import Image, ImageStat
+    from selenium.webdriver.chrome.service import Service
+
+    settings, out, results = tiny_report
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,2400",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    try:
+        driver.get((out / "report.html").resolve().as_uri())
+        assert "nonrobust report" in driver.title
+        images = driver.find_elements("tag name", "img")
+        assert len(images) == 5
+        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+        shot = Image.open(BytesIO(driver.get_screenshot_as_png())).convert("L")
+        assert max(ImageStat.Stat(shot).stddev) > 10  # text, tables and figures, not a blank page
+    finally:
+        driver.quit()
