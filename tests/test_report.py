@@ -234,3 +234,41 @@ def test_report_in_a_real_browser(tiny_report, tmp_path):
         assert max(ImageStat.Stat(shot).stddev) > 10  # text, tables and figures, not a blank page
     finally:
         driver.quit()
+
+
+def _grey_npz(path: Path, n_train: int = 64, n_test: int = 24) -> Path:
+    """A 3-class data set of grey 20×28 images (class = brightness of one band), in the npz layout."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 3, n)
+        x = rng.integers(0, 60, (n, 20, 28, 1)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, 6 * c:6 * c + 6] += 150
+        return x, y
+
+    (x, y), (xt, yt) = make(n_train), make(n_test)
+    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    return path
+
+
+def test_reproduce_chains_training_and_report_on_grey_non_square_images(tmp_path, monkeypatch):
+    """The whole chain on data the shipped presets never saw: one channel, 20×28 pixels, 3 classes."""
+    from nonrobust import reproduce as rp
+
+    data = _grey_npz(tmp_path / "grey.npz")
+    preset = rp.ReproducePreset("test-grey", "tiny", "tiny_cnn", f"npz:{data}", "fast")
+    monkeypatch.setitem(rp.REPRODUCE_PRESETS, "test-grey", preset)
+    report = dict(attacks=("fgsm", "pgd-20", "nrf"), l2_steps=3, ib_iterations=10, population_n=32, population_iterations=4,
+                  betas=(0.0, 1.0), beta_n=12, tsne_n=24, featvis_images=1, featvis_steps=3, batch_size=12)
+    out = rp.reproduce("test-grey", tmp_path / "run", device="cpu", epochs=2, report_overrides=report, progress=False)
+    assert out["train"]["epochs"] == 2
+    results = out["report"]
+    assert results["data"]["input_shape"] == [1, 20, 28] and results["population"]["fitted_on"] == "train split"
+    assert (tmp_path / "run" / "report" / "report.html").is_file()
+    assert (tmp_path / "run" / "report" / "figures" / "featvis.png").is_file()
+    # a second call resumes: training is complete, every report step is reused
+    again = rp.reproduce("test-grey", tmp_path / "run", device="cpu", epochs=2, report_overrides=report, progress=False)
+    assert all(v["reused"] for v in again["report"]["steps"].values())

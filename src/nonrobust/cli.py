@@ -277,6 +277,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    overrides = {"n": args.n} if args.n else None
+    result = reproduce(args.preset, args.out, data_dir=args.data_dir, device=args.device, seed=args.seed, epochs=args.epochs,
+                       report_overrides=overrides)
+    best = result["train"]["best"]
+    print(f"trained {result['train']['epochs']} epochs (best epoch {best['epoch']}: held-out clean {best['eval_clean_acc']:.2%}, "
+          f"PGD {best['eval_pgd_acc']:.2%})")
+    _print_headline(result["report"], Path(args.out) / "report")
+    return 0
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from . import models
 
@@ -330,6 +343,12 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--featvis-steps", type=_positive_int, help="optimisation steps of the feature visualisation (default 512)")
     p.add_argument("--out", required=True, metavar="DIR", help="report folder: report.html, results.json, CSVs, figures, cached steps")
     add_run_args(p)
+
+
+def _reproduce_presets() -> list[str]:
+    from .reproduce import REPRODUCE_PRESETS
+
+    return list(REPRODUCE_PRESETS)
 
 
 def _report_sections() -> list[str]:
@@ -455,6 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="nonrobust-demo", metavar="DIR", help="report folder (default ./nonrobust-demo)")
     add_device_arg(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("reproduce", help="train at the paper's settings, then split, tables and figures (resumable; for GPU users)")
+    p.add_argument("--preset", required=True, choices=_reproduce_presets(), help="which experiment")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder: DIR/train (the run) and DIR/report")
+    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--epochs", type=_positive_int, help="train fewer epochs than the recipe (a smoke test)")
+    p.add_argument("--n", type=_positive_int, help="report on the first N test images only")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    add_device_arg(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p_models = sub.add_parser("models", help="list architectures and pretrained models, inspect layers")
     sub_models = p_models.add_subparsers(dest="models_command", metavar="ACTION")
