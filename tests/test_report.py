@@ -189,6 +189,9 @@ def test_cli_evaluate_and_errors(tmp_path):
     r = _cli("evaluate", "table3", *REPORT_ARGS, "--out", str(tmp_path / "t3"))
     assert r.returncode == 0, r.stderr
     assert "PGD-20" in r.stdout and "report.html" in r.stdout
+    r = _cli("evaluate", "sigma", *REPORT_ARGS, "--out", str(tmp_path / "sigma"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sigma" / "figures" / "sigma.png").is_file() and not (tmp_path / "sigma" / "adversarial").exists()
     r = _cli("evaluate", "table3", *REPORT_ARGS[:-2], "--attacks", "pgd-20,bogus", "--out", str(tmp_path / "bad"))
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown report attack") and "Traceback" not in r.stderr
     r = _cli("report", "--model", "cifar10-small-at", "--data", "cifar10-slice", "--layer", "nope", "--out", str(tmp_path / "l"))

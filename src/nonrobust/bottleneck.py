@@ -194,10 +194,18 @@ def spatial_variance(z: Tensor) -> Tensor:
     return (flat - flat.mean(2, keepdim=True)).square_().sum(2) / (flat.shape[2] - 1)
 
 
-def _check_features(z: Tensor, layer: str) -> None:
-    require_4d(z, layer)
+def _check_features(z: Tensor, split: LayerSplit) -> None:
+    require_4d(z, split.layer, split.model)
     if not torch.isfinite(z).all():
-        raise UserError(f"the features at layer {layer!r} contain NaN or inf: check the model and the inputs")
+        raise UserError(f"the features at layer {split.layer!r} contain NaN or inf: check the model and the inputs")
+
+
+def _check_images(x: Tensor) -> None:
+    """Images for the bottleneck: finite and in [0,1] (normalisation lives inside the model)."""
+    check(bool(torch.isfinite(x).all()), "the bottleneck's input images contain NaN or inf pixels")
+    lo, hi = float(x.min()), float(x.max())
+    check(lo >= 0.0 and hi <= 1.0, f"the bottleneck's input images must lie in [0,1], got [{lo:.3g}, {hi:.3g}]: "
+          "pass images, not normalised tensors (normalisation lives inside the model)")
 
 
 class _PerImageNoise:
@@ -245,9 +253,10 @@ def distill(
     """
     check(config.protocol != "population", "the population protocol works on a data set: use distill_population")
     check(x.dim() == 4 and y.dim() == 1 and x.shape[0] == y.shape[0], f"need images [B,C,H,W] and labels [B], got {list(x.shape)} and {list(y.shape)}")
+    _check_images(x)
     with frozen(split.model), torch.no_grad():
         z, ctx = split.features_and_context(x)
-    _check_features(z, split.layer)
+    _check_features(z, split)
     var_z = spatial_variance(z)
     idx = torch.arange(x.shape[0]) if indices is None else indices.cpu()
     shape = (z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape[1:])
@@ -384,8 +393,9 @@ def distill_population(
     var_sum, n = None, 0
     with frozen(model), torch.no_grad():
         for x, _ in tqdm(batches, desc="σ_z²", total=total, unit="batch", disable=not progress, leave=False):
+            _check_images(x)
             z = split.features(x)
-            _check_features(z, split.layer)
+            _check_features(z, split)
             v = spatial_variance(z).sum(0)
             var_sum = v if var_sum is None else var_sum + v
             n += x.shape[0]
@@ -471,11 +481,15 @@ def split_dataset(
     """
     import hashlib
 
-    from .io import StreamingTensorFile, write_json
+    from .io import StreamingTensorFile, check_output_path, write_json
 
-    out = Path(out)
+    out = check_output_path(out)
     n = len(dataset)
     check(n > 0, "the data set is empty")
+    with frozen(split.model), torch.no_grad():  # a layer the bottleneck cannot use fails here, before any file is written
+        z = split.features(next(dataset.batches(1, device=device))[0])
+    require_4d(z, split.layer, split.model)
+    channels = z.shape[1]
     meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, **(info or {})}
     if config.protocol == "population":
         res = distill_population(split, _Batches(lambda: dataset.batches(batch_size, device=device)), config,
@@ -490,25 +504,29 @@ def split_dataset(
         channels = res.sigma.shape[0]
         robust_counts = res.robust_mask.float().sum().expand(n)
     else:
-        with frozen(split.model), torch.no_grad():
-            channels = split.features(dataset.batches(1, device=device).__next__()[0]).shape[1]
         fingerprint = hashlib.sha256(json.dumps({**meta, "batch_size": batch_size}, sort_keys=True, default=str).encode()).hexdigest()
         per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
         specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
                  **{k: (torch.int64, (n,)) for k in ("y", "pred", "pred_robust", "pred_nonrobust")}}
         writer = StreamingTensorFile(out, specs, meta, fingerprint)
         bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
-        for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
-            start = writer.rows_done
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
-                res = distill(split, x, y, config, indices=torch.arange(start, start + x.shape[0]))
-            p = masked_predictions(split, res, x)
-            writer.write(start, {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8),
-                                 "threshold": res.threshold, "y": y, "pred": p["int"], "pred_robust": p["robust"],
-                                 "pred_nonrobust": p["nonrobust"]})
-            bar.update(x.shape[0])
-        bar.close()
+        try:
+            for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
+                start = writer.rows_done
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
+                    res = distill(split, x, y, config, indices=torch.arange(start, start + x.shape[0]))
+                p = masked_predictions(split, res, x)
+                writer.write(start, {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8),
+                                     "threshold": res.threshold, "y": y, "pred": p["int"], "pred_robust": p["robust"],
+                                     "pred_nonrobust": p["nonrobust"]})
+                bar.update(x.shape[0])
+        except BaseException:
+            if writer.rows_done == 0:  # failed before finishing a batch: nothing worth resuming, leave no files
+                writer.discard()
+            raise
+        finally:
+            bar.close()  # before the caller prints the error, so the bar does not land on its line
         writer.finish()
         t, _ = load_tensors(out, keys=("y", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
         preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}

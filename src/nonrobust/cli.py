@@ -232,7 +232,8 @@ def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
 
 def _print_headline(results: dict, out: Path) -> None:
     h = results["headline"]
-    print(f"{results['arch']} at {results['layer']} on {h['n']} {results['data']['name']} images: clean {h['clean_accuracy']:.1%}")
+    clean = "" if h["clean_accuracy"] is None else f": clean {h['clean_accuracy']:.1%}"
+    print(f"{results['arch']} at {results['layer']} on {h['n']} {results['data']['name']} images{clean}")
     for name, acc in h["robust_accuracy"].items():
         print(f"  {name:<16} {acc:.1%}")
     ref = results["reference_attack"]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .attacks import Attack, perturbation_norms
 from .errors import check
-from .io import StreamingTensorFile, load_tensors, write_json
+from .io import StreamingTensorFile, check_output_path, load_tensors, write_json
 from .runtime import make_generator
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def attack_to_file(
     :func:`batch_generator` ``(seed, i)``, so the result does not depend on where a
     run was interrupted. Memory use does not grow with ``N``.
     """
-    out = Path(out)
+    out = check_output_path(out)
     n = len(dataset)
     check(n > 0, "the data set is empty")
     settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size, "n": n, **(info or {})}
@@ -186,17 +186,23 @@ def attack_to_file(
         log.info("resuming %s at image %d of %d", out, writer.rows_done, n)
     t0 = time.perf_counter()
     bar = tqdm(total=n, initial=writer.rows_done, desc=settings["attack"]["name"], unit="img", disable=not progress)
-    for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
-        x_adv = attack(model, x, y, generator=batch_generator(seed, writer.rows_done // batch_size, x.device))
-        with torch.no_grad():
-            clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
-        delta, flat = (x_adv - x).flatten(1), x_adv.flatten(1)
-        writer.write(writer.rows_done, {
-            "x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,
-            "nan": (~torch.isfinite(flat)).sum(1), "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
-            "min": flat.amin(1), "max": flat.amax(1)})
-        bar.update(x.shape[0])
-    bar.close()
+    try:
+        for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
+            x_adv = attack(model, x, y, generator=batch_generator(seed, writer.rows_done // batch_size, x.device))
+            with torch.no_grad():
+                clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+            delta, flat = (x_adv - x).flatten(1), x_adv.flatten(1)
+            writer.write(writer.rows_done, {
+                "x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,
+                "nan": (~torch.isfinite(flat)).sum(1), "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
+                "min": flat.amin(1), "max": flat.amax(1)})
+            bar.update(x.shape[0])
+    except BaseException:
+        if writer.rows_done == 0:  # failed before finishing a batch: nothing worth resuming, leave no files
+            writer.discard()
+        raise
+    finally:
+        bar.close()  # before the caller prints the error, so the bar does not land on its line
     writer.finish()
     summary = summarise_file(out)
     summary["seconds_this_run"] = round(time.perf_counter() - t0, 3)

@@ -25,6 +25,7 @@ __all__ = [
     "read_json",
     "save_tensors",
     "load_tensors",
+    "check_output_path",
 ]
 
 
@@ -35,8 +36,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file: give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or path.parent}); choose another output path") from None
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -117,6 +123,21 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu",
     return tensors, metadata
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path`, checked as the output of a command that writes ``path`` and a ``.json`` summary beside it.
+
+    Raises :class:`UserError` when ``path`` is a folder, or ends in ``.json`` (the
+    summary would overwrite the results).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file: give a file path such as {path / 'out.safetensors'}")
+    if path.suffix.lower() == ".json":
+        raise UserError(f"{path}: the JSON summary is written beside the output as {path.with_suffix('.json').name}, "
+                        f"so the output itself cannot end in .json: use {path.with_suffix('.safetensors')}")
+    return path
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
@@ -150,6 +171,8 @@ class StreamingTensorFile:
     def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
                  metadata: dict[str, Any], fingerprint: str) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"{self.path} is a folder: give a file name inside it, e.g. {self.path / 'out.safetensors'}")
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.progress_path = self.path.with_name(self.path.name + ".progress.json")
         self.fingerprint = fingerprint
@@ -212,6 +235,12 @@ class StreamingTensorFile:
     @property
     def complete(self) -> bool:
         return self.rows_done >= self.n_rows
+
+    def discard(self) -> None:
+        """Remove the partial file and its progress record (a run that failed before finishing any row)."""
+        for p in (self.progress_path, self.partial):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
 
     def finish(self) -> Path:
         """Rename the complete file into place and drop the progress record."""

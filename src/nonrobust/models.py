@@ -407,14 +407,36 @@ def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta) -> Non
     log.debug("saved %s to %s", meta.describe(), path)
 
 
+def _zip_names(path: str | os.PathLike) -> list[str]:
+    """The member names of the zip archive at ``path`` (its directory only: nothing is extracted), or ``[]``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return []
+
+
 def _looks_pickled(path: str | os.PathLike) -> bool:
-    """Whether ``path`` starts like a torch.save zip archive or a raw pickle (only the first bytes are read)."""
+    """Whether ``path`` is a torch.save zip archive (it has a ``data.pkl`` member) or a raw pickle (first byte 0x80).
+
+    Only the first bytes and, for a zip, its directory are read; nothing is unpickled.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
     except OSError:
         return False
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    if head.startswith(b"PK\x03\x04"):
+        return any(name == "data.pkl" or name.endswith("/data.pkl") for name in _zip_names(path))
+    return head[:1] == b"\x80"
+
+
+def _looks_like_npz(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zip of ``.npy`` arrays (a NumPy ``.npz``: a data set, not a model)."""
+    names = _zip_names(path)
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def load_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
@@ -436,6 +458,9 @@ def load_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu") 
         if _looks_pickled(path):
             raise UserError(f"{exc}; it looks like a pickled PyTorch file, which nonrobust never loads (unpickling can run code): "
                             "torch.load it with weights_only=True yourself, load_state_dict into models.build(...), then models.save") from None
+        if _looks_like_npz(path):
+            raise UserError(f"{path}: a NumPy .npz file (a data set?), not a model checkpoint: pass a .safetensors checkpoint "
+                            f"written by nonrobust as the model, and the .npz as --data npz:{path}") from None
         raise
     meta = CheckpointMeta.from_dict(raw, source=str(path))
     try:

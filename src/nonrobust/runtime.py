@@ -38,9 +38,13 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed`` (the global RNG is never touched)."""
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed`` (the global RNG is never touched).
+
+    Any integer is accepted: it is taken modulo 2⁶⁴, which is how torch itself reads
+    the seeds it accepts (negative ones included), so those seed exactly as before.
+    """
     gen = torch.Generator(device=torch.device(device))
-    gen.manual_seed(int(seed))
+    gen.manual_seed(int(seed) % 2**64)
     return gen
 
 

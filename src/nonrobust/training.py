@@ -760,6 +760,7 @@ class _Run:
 def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> bool:
     """Check ``out`` against ``cfg``; return whether a committed state exists to resume from."""
     config_path, state_path = out / _FILES["config"], out / _FILES["state"]
+    check(not out.exists() or out.is_dir(), f"{out} is a file, not a folder: pass a folder (new or holding a run) to --out")
     if not resume:
         if config_path.is_file():
             saved = read_json(config_path)
@@ -820,10 +821,6 @@ def train(
         device = dist.device(cfg.device)
         dist.init(device)
         has_state = _check_out_dir(out, cfg, resume)
-        dist.barrier()  # every rank has checked the folder before rank 0 writes to it
-        if dist.main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / _FILES["config"], cfg.to_dict())
         train_set = (dataset or load_dataset(cfg.data, "train", cfg.data_dir, image_size=cfg.image_size)).first(cfg.train_subset)
         eval_set = None
         if dist.main:
@@ -833,6 +830,12 @@ def train(
             torch.random.default_generator.manual_seed(_seed(cfg.seed, "init"))
             model = models.build(cfg.arch, train_set.num_classes, train_set.input_shape[0], cfg.mean, cfg.std, **cfg.arch_options)
         model = model.to(device, memory_format=torch.channels_last) if cfg.channels_last else model.to(device)
+        # Only now, with the data loaded and the model built, does the run folder get written: a mistake
+        # in the settings leaves no half-made run behind (which a rerun would take for a run to --resume).
+        dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / _FILES["config"], cfg.to_dict())
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         run = _Run(cfg, out, dist, device, progress, list(command) if command is not None else None, train_set, eval_set, model, optimizer)
         if has_state:
