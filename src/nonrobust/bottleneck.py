@@ -201,11 +201,17 @@ def _check_features(z: Tensor, split: LayerSplit) -> None:
 
 
 def _check_images(x: Tensor) -> None:
-    """Images for the bottleneck: finite and in [0,1] (normalisation lives inside the model)."""
-    check(bool(torch.isfinite(x).all()), "the bottleneck's input images contain NaN or inf pixels")
+    """The bottleneck's inputs: NaN or inf is an error; values outside [0,1] a warning.
+
+    Only a warning, because the bottleneck also serves models whose inputs are not
+    images; for an image model they are almost always normalised tensors fed to a
+    model that normalises itself.
+    """
+    check(bool(torch.isfinite(x).all()), "the bottleneck's input images contain NaN or inf pixels: check the data")
     lo, hi = float(x.min()), float(x.max())
-    check(lo >= 0.0 and hi <= 1.0, f"the bottleneck's input images must lie in [0,1], got [{lo:.3g}, {hi:.3g}]: "
-          "pass images, not normalised tensors (normalisation lives inside the model)")
+    if lo < 0.0 or hi > 1.0:
+        warnings.warn(f"the bottleneck's inputs lie in [{lo:.3g}, {hi:.3g}], not [0,1]: for an image model pass images, "
+                      "not normalised tensors (normalisation lives inside the model)", stacklevel=3)
 
 
 class _PerImageNoise:
@@ -510,7 +516,7 @@ def split_dataset(
                  **{k: (torch.int64, (n,)) for k in ("y", "pred", "pred_robust", "pred_nonrobust")}}
         writer = StreamingTensorFile(out, specs, meta, fingerprint)
         bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
-        try:
+        with writer.guard(bar):
             for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
                 start = writer.rows_done
                 with warnings.catch_warnings():
@@ -521,12 +527,6 @@ def split_dataset(
                                      "threshold": res.threshold, "y": y, "pred": p["int"], "pred_robust": p["robust"],
                                      "pred_nonrobust": p["nonrobust"]})
                 bar.update(x.shape[0])
-        except BaseException:
-            if writer.rows_done == 0:  # failed before finishing a batch: nothing worth resuming, leave no files
-                writer.discard()
-            raise
-        finally:
-            bar.close()  # before the caller prints the error, so the bar does not land on its line
         writer.finish()
         t, _ = load_tensors(out, keys=("y", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
         preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}

@@ -377,8 +377,16 @@ def _train_methods() -> list[str]:
     return list(METHODS)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors end, like every other user mistake, in one ``error: …`` line (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nonrobust",
         description="Find the robust and non-robust features of an image classifier with an information "
         "bottleneck, and attack the non-robust ones (Kim, Lee, Ro, NeurIPS 2021).",

@@ -587,10 +587,19 @@ def _folder_index(root: Path, split: str) -> tuple[list[Path], list[int], list[s
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     check(path.is_file(), f"npz:{path}: no such file; give a .npz with x_train, y_train, x_test, y_test")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    # np.load would return a bare array for a .npy file, and for anything else suggest unpickling it
+    check(head != b"\x93NUMPY", f"npz:{path}: not a readable .npz file (it is a single .npy array): save the four arrays together with "
+          "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    check(head.startswith(b"PK"), f"npz:{path}: not a readable .npz file (a .npz is a zip of arrays; this file is not a zip): save the data with "
+          "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
     try:
-        return np.load(path, allow_pickle=False)
+        npz = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise UserError(f"npz:{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    check(isinstance(npz, np.lib.npyio.NpzFile), f"npz:{path}: not a readable .npz file")
+    return npz
 
 
 def _npz_get(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:

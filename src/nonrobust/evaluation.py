@@ -186,7 +186,7 @@ def attack_to_file(
         log.info("resuming %s at image %d of %d", out, writer.rows_done, n)
     t0 = time.perf_counter()
     bar = tqdm(total=n, initial=writer.rows_done, desc=settings["attack"]["name"], unit="img", disable=not progress)
-    try:
+    with writer.guard(bar):
         for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
             x_adv = attack(model, x, y, generator=batch_generator(seed, writer.rows_done // batch_size, x.device))
             with torch.no_grad():
@@ -197,12 +197,6 @@ def attack_to_file(
                 "nan": (~torch.isfinite(flat)).sum(1), "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
                 "min": flat.amin(1), "max": flat.amax(1)})
             bar.update(x.shape[0])
-    except BaseException:
-        if writer.rows_done == 0:  # failed before finishing a batch: nothing worth resuming, leave no files
-            writer.discard()
-        raise
-    finally:
-        bar.close()  # before the caller prints the error, so the bar does not land on its line
     writer.finish()
     summary = summarise_file(out)
     summary["seconds_this_run"] = round(time.perf_counter() - t0, 3)

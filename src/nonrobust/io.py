@@ -172,7 +172,7 @@ class StreamingTensorFile:
                  metadata: dict[str, Any], fingerprint: str) -> None:
         self.path = Path(path)
         if self.path.is_dir():
-            raise UserError(f"{self.path} is a folder: give a file name inside it, e.g. {self.path / 'out.safetensors'}")
+            raise UserError(f"{self.path} is a folder, not a file: give a file path such as {self.path / 'out.safetensors'}")
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.progress_path = self.path.with_name(self.path.name + ".progress.json")
         self.fingerprint = fingerprint
@@ -241,6 +241,23 @@ class StreamingTensorFile:
         for p in (self.progress_path, self.partial):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+    @contextlib.contextmanager
+    def guard(self, bar: Any = None) -> Iterator["StreamingTensorFile"]:
+        """Wrap the writing loop: a run that fails before finishing its first rows leaves no files.
+
+        ``bar`` (a progress bar) is closed on the way out, before the caller reports an error,
+        so the bar does not land on the error's line.
+        """
+        try:
+            yield self
+        except BaseException:
+            if self.rows_done == 0:  # nothing worth resuming
+                self.discard()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
 
     def finish(self) -> Path:
         """Rename the complete file into place and drop the progress record."""

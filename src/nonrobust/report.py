@@ -215,7 +215,8 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
                     path.unlink()
                 continue
             raise UserError(f"{out_dir} is being written by another report (pid {other.get('pid', '?')} on "
-                            f"{other.get('host', '?')} since {other.get('since', '?')}): wait for it, or pass another --out") from None
+                            f"{other.get('host', '?')} since {other.get('since', '?')}): wait for it, or pass another --out "
+                            f"(if that process is gone, delete {path})") from None
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(me))
         break
@@ -321,20 +322,25 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     from . import data, models
     from .bottleneck import IBConfig
     from .runtime import environment, resolve_device
-    from .split import split_model
+    from .split import feature_shape, list_layers, split_model
 
     out = Path(out_dir)
+    check(not out.exists() or out.is_dir(), f"{out} is a file, not a folder: pass a folder to --out")
+    t_start = time.perf_counter()
+    # everything a user can get wrong is checked before the folder is touched
+    device = resolve_device(settings.device)
+    full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size)
+    ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
+    model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape)
+    models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
+    layer = settings.layer or meta.split_layer
+    check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
+    split = split_model(model, layer)
+    z_shape = feature_shape(split, ds.input_shape)
+    check(len(z_shape) == 3, f"layer {layer!r} outputs shape {list(z_shape)} per image: the bottleneck needs a 4-D feature map "
+          f"[B, C, H, W]; choose a convolutional layer such as {', '.join(list_layers(model, 'conv')[-3:])}")
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
-        t_start = time.perf_counter()
-        device = resolve_device(settings.device)
-        full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size)
-        ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
-        model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape)
-        models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
-        layer = settings.layer or meta.split_layer
-        check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
-        split = split_model(model, layer)
         ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed)
         base = {"model": tensor_fingerprint(iter(model.state_dict().items())),
                 "data": tensor_fingerprint(iter([("x", ds.images), ("y", ds.labels)])),
@@ -361,10 +367,9 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
             population = _population(ctx, full)
             results["population"] = population["summary"]
             stored = _stored(ctx, settings.attacks)
-            if "table1" in wanted:
-                results["table1"] = {p: _table1(ctx, stored, p, population) for p in (settings.protocol, "population")}
-            if "table2" in wanted:
-                results["table2"] = {p: _table2(ctx, stored, p, population) for p in (settings.protocol, "population")}
+            for which in ("table1", "table2"):
+                if which in wanted:
+                    results[which] = {p: _feature_table(ctx, which, stored, p, population) for p in (settings.protocol, "population")}
         if "sigma" in wanted:
             results["sigma"] = _sigma(ctx)
         if "beta" in wanted:
@@ -475,23 +480,15 @@ def _population(ctx: _Context, full) -> dict:
     return {"summary": summary, "result": IBResult.load(path, ctx.device)}
 
 
-def _table1(ctx: _Context, stored: dict, protocol: str, population: dict) -> dict:
-    from .analyses import feature_accuracy
+def _feature_table(ctx: _Context, which: str, stored: dict, protocol: str, population: dict) -> dict:
+    """Table 1 (``which="table1"``) or Table 2 (``"table2"``) under one protocol, from the stored adversarial examples."""
+    from .analyses import adversarial_agreement, feature_accuracy
 
+    analysis = feature_accuracy if which == "table1" else adversarial_agreement
     kwargs = {"population": population["result"]} if protocol == "population" else {"config": ctx.ib}
     params = {"protocol": protocol, "ib": asdict(ctx.ib), "attacks": {k: v.describe() for k, v in stored.items()},
               "population": population["summary"] if protocol == "population" else None}
-    return ctx.steps.run(f"table1-{protocol}", params, lambda: feature_accuracy(
-        ctx.model, ctx.split, ctx.batches(), stored, seed=ctx.settings.seed, total=len(ctx.ds), progress=ctx.progress, **kwargs))
-
-
-def _table2(ctx: _Context, stored: dict, protocol: str, population: dict) -> dict:
-    from .analyses import adversarial_agreement
-
-    kwargs = {"population": population["result"]} if protocol == "population" else {"config": ctx.ib}
-    params = {"protocol": protocol, "ib": asdict(ctx.ib), "attacks": {k: v.describe() for k, v in stored.items()},
-              "population": population["summary"] if protocol == "population" else None}
-    return ctx.steps.run(f"table2-{protocol}", params, lambda: adversarial_agreement(
+    return ctx.steps.run(f"{which}-{protocol}", params, lambda: analysis(
         ctx.model, ctx.split, ctx.batches(), stored, seed=ctx.settings.seed, total=len(ctx.ds), progress=ctx.progress, **kwargs))
 
 
