@@ -327,6 +327,9 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
 
     out = Path(out_dir)
     check(not out.exists() or out.is_dir(), f"{out} is a file, not a folder: pass a folder to --out")
+    wanted = set(SECTIONS) if only is None else set(only)
+    unknown = sorted(wanted - set(SECTIONS))
+    check(not unknown, f"unknown report section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     t_start = time.perf_counter()
     # everything a user can get wrong is checked before the folder is touched
     device = resolve_device(settings.device)
@@ -353,9 +356,6 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
             "environment": environment(device), "model_metrics": {k: v for k, v in (meta.metrics or {}).items()
                                                                    if k not in ("training_history", "environment")},
         }
-        wanted = set(SECTIONS) if only is None else set(only)
-        unknown = sorted(wanted - set(SECTIONS))
-        check(not unknown, f"unknown report section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
         pgd = _reference_attack(settings.attacks)
         results["reference_attack"] = REPORT_ATTACKS[pgd].label
         if wanted & {"table3", "table1", "table2"}:
