@@ -275,3 +275,18 @@ def test_reproduce_chains_training_and_report_on_grey_non_square_images(tmp_path
     # a second call resumes: training is complete, every report step is reused
     again = rp.reproduce("test-grey", tmp_path / "run", device="cpu", epochs=2, report_overrides=report, progress=False)
     assert all(v["reused"] for v in again["report"]["steps"].values())
+
+
+def test_sigterm_stops_a_report_cleanly(tmp_path):
+    """SIGTERM (kill, timeout, a scheduler) is handled like Ctrl-C: exit 130, the folder lock released."""
+    proc = subprocess.Popen([sys.executable, "-m", "nonrobust", "report", *REPORT_ARGS, "--out", str(tmp_path / "r")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while not (tmp_path / "r" / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "r" / ".lock").exists()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / ".lock").exists()

@@ -507,6 +507,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_cleanly_on_sigterm() -> None:
+    """Treat SIGTERM (``kill``, ``timeout``, a batch scheduler) like Ctrl-C: cleanup code runs, resume points stay."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nonrobust`` command. Returns the exit code."""
     parser = build_parser()
@@ -522,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runtime import setup_logging
 
     setup_logging(args.verbose)
+    _stop_cleanly_on_sigterm()
     try:
         return int(func(args) or 0)
     except UserError as exc:
