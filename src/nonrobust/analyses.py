@@ -22,6 +22,7 @@ batch ``i`` uses :func:`~nonrobust.evaluation.batch_generator` ``(seed, i)``.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Callable, Iterable
 
 import torch
@@ -241,8 +242,6 @@ def beta_sweep(
     row per β: ``{"beta", "robust_channels", "nonrobust_channels", "rows"}`` with
     ``rows`` as in :func:`feature_accuracy` (clean and each attack).
     """
-    from dataclasses import replace
-
     out = []
     for beta in tqdm(list(betas), desc="β sweep", disable=not progress, leave=False):
         res = feature_accuracy(model, split, make_batches(), attacks, config=replace(config, beta=float(beta)),

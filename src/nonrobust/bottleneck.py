@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from .errors import UserError, check
 from .io import load_tensors, save_tensors
 from .runtime import frozen, make_generator
-from .split import LayerSplit, require_4d
+from .split import LayerSplit, check_feature_map, require_4d
 
 if TYPE_CHECKING:
     from .data import ImageDataset
@@ -492,10 +492,8 @@ def split_dataset(
     out = check_output_path(out)
     n = len(dataset)
     check(n > 0, "the data set is empty")
-    with frozen(split.model), torch.no_grad():  # a layer the bottleneck cannot use fails here, before any file is written
-        z = split.features(next(dataset.batches(1, device=device))[0])
-    require_4d(z, split.layer, split.model)
-    channels = z.shape[1]
+    # a layer the bottleneck cannot use fails here, before any file is written
+    channels = check_feature_map(split, next(dataset.batches(1, device=device))[0]).shape[1]
     meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, **(info or {})}
     if config.protocol == "population":
         res = distill_population(split, _Batches(lambda: dataset.batches(batch_size, device=device)), config,

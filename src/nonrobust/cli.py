@@ -236,12 +236,10 @@ def _print_headline(results: dict, out: Path) -> None:
     print(f"{results['arch']} at {results['layer']} on {h['n']} {results['data']['name']} images{clean}")
     for name, acc in h["robust_accuracy"].items():
         print(f"  {name:<16} {acc:.1%}")
-    ref = results["reference_attack"]
-    for protocol, t in results.get("table1", {}).items():
-        row = t["rows"][ref]
+    ref = h["reference_attack"]
+    for protocol, row in h["table1"].items():
         print(f"  Table 1 ({protocol}) under {ref}: Int {row['int']:.1%}, R {row['robust']:.1%}, NR {row['nonrobust']:.1%}")
-    for protocol, t in results.get("table2", {}).items():
-        r = t["rows"][ref]
+    for protocol, r in h["table2"].items():
         if r["nonrobust_agrees"] is not None:
             print(f"  Table 2 ({protocol}): NR features predict {ref}'s label on {r['nonrobust_agrees']:.1%} of {r['fooled']} fooled points")
     print(f"wrote {out / 'report.html'} ({results['wall_seconds']:.0f} s)")

@@ -230,9 +230,8 @@ def summarise_file(path: str | Path) -> dict:
         },
         "perturbation_fooled": {  # the points the attack turned from correct to wrong: an unbounded attack's size
             "points": int(fooled.sum()),
-            "linf_max": float(t["linf"][fooled].max()) if fooled.any() else None,
-            "l2_median": float(t["l2"][fooled].median()) if fooled.any() else None,
-            "l2_max": float(t["l2"][fooled].max()) if fooled.any() else None,
+            **{key: float(reduce(t[col][fooled])) if fooled.any() else None
+               for key, col, reduce in (("linf_max", "linf", torch.max), ("l2_median", "l2", torch.median), ("l2_max", "l2", torch.max))},
         },
     }
 

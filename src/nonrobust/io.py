@@ -26,6 +26,7 @@ __all__ = [
     "save_tensors",
     "load_tensors",
     "check_output_path",
+    "check_output_folder",
 ]
 
 
@@ -35,9 +36,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
     On an exception the temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a file: give a file path")
+    path = _not_a_folder(Path(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -129,12 +128,24 @@ def check_output_path(path: str | os.PathLike) -> Path:
     Raises :class:`UserError` when ``path`` is a folder, or ends in ``.json`` (the
     summary would overwrite the results).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a file: give a file path such as {path / 'out.safetensors'}")
+    path = _not_a_folder(Path(path))
     if path.suffix.lower() == ".json":
         raise UserError(f"{path}: the JSON summary is written beside the output as {path.with_suffix('.json').name}, "
                         f"so the output itself cannot end in .json: use {path.with_suffix('.safetensors')}")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path`, checked as an output folder: :class:`UserError` when it is an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder: pass a folder to --out")
+    return path
+
+
+def _not_a_folder(path: Path) -> Path:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file: give a file path such as {path / 'out.safetensors'}")
     return path
 
 
@@ -170,9 +181,7 @@ class StreamingTensorFile:
 
     def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
                  metadata: dict[str, Any], fingerprint: str) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise UserError(f"{self.path} is a folder, not a file: give a file path such as {self.path / 'out.safetensors'}")
+        self.path = _not_a_folder(Path(path))
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.progress_path = self.path.with_name(self.path.name + ".progress.json")
         self.fingerprint = fingerprint

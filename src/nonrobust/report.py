@@ -47,7 +47,7 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError, check
-from .io import atomic_write, load_tensors, read_json, save_tensors, write_json
+from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
 
 __all__ = ["ReportSettings", "REPORT_ATTACKS", "PROFILES", "run_report", "profile"]
 
@@ -323,10 +323,9 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     from . import data, models
     from .bottleneck import IBConfig
     from .runtime import environment, resolve_device
-    from .split import feature_shape, list_layers, split_model
+    from .split import check_feature_map, split_model
 
-    out = Path(out_dir)
-    check(not out.exists() or out.is_dir(), f"{out} is a file, not a folder: pass a folder to --out")
+    out = check_output_folder(out_dir)
     wanted = set(SECTIONS) if only is None else set(only)
     unknown = sorted(wanted - set(SECTIONS))
     check(not unknown, f"unknown report section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
@@ -340,9 +339,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     layer = settings.layer or meta.split_layer
     check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
     split = split_model(model, layer)
-    z_shape = feature_shape(split, ds.input_shape)
-    check(len(z_shape) == 3, f"layer {layer!r} outputs shape {list(z_shape)} per image: the bottleneck needs a 4-D feature map "
-          f"[B, C, H, W]; choose a convolutional layer such as {', '.join(list_layers(model, 'conv')[-3:])}")
+    check_feature_map(split, next(ds.batches(1, device=device))[0])
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed)
@@ -452,7 +449,9 @@ def _population(ctx: _Context, full) -> dict:
     s = ctx.settings
     source = "train split"
     try:
-        fit = data.load_dataset(s.data, "train", s.data_dir, image_size=s.image_size) if s.split == "test" else None
+        with warnings.catch_warnings():  # a training split smaller than population_n is simply used whole
+            warnings.filterwarnings("ignore", message=".*has only .* images; using all of them")
+            fit = data.load_dataset(s.data, "train", s.data_dir, n=s.population_n, image_size=s.image_size) if s.split == "test" else None
     except UserError:
         fit = None
     if fit is None or fit.input_shape != ctx.ds.input_shape:
@@ -598,17 +597,14 @@ def _pct(v: float | None) -> str:
 
 
 def headline(results: dict) -> dict[str, Any]:
-    """The few numbers ``nonrobust demo`` prints: accuracies clean and under each attack, Table 1 under the reference attack."""
+    """The few numbers ``nonrobust demo`` prints: accuracies clean and under each attack, and Table 1's and
+    Table 2's rows for the reference attack (PGD-20 when it ran), per protocol."""
     t3 = results.get("table3", {"clean_accuracy": None, "rows": []})
     ref = results["reference_attack"]
-    out: dict[str, Any] = {"n": results["n"], "clean_accuracy": t3["clean_accuracy"],
-                           "robust_accuracy": {r["label"]: r["robust_accuracy"] for r in t3["rows"]}}
-    for protocol, t in results.get("table1", {}).items():
-        row = t["rows"].get(ref, {})
-        out[f"table1_{protocol}_{ref}"] = {k: row.get(k) for k in ("int", "robust", "nonrobust")}
-    for protocol, t in results.get("table2", {}).items():
-        out[f"table2_{protocol}_{ref}_nonrobust_agrees"] = t["rows"].get(ref, {}).get("nonrobust_agrees")
-    return out
+    return {"n": results["n"], "clean_accuracy": t3["clean_accuracy"],
+            "robust_accuracy": {r["label"]: r["robust_accuracy"] for r in t3["rows"]}, "reference_attack": ref,
+            "table1": {p: t["rows"][ref] for p, t in results.get("table1", {}).items()},
+            "table2": {p: t["rows"][ref] for p, t in results.get("table2", {}).items()}}
 
 
 def readings(results: dict) -> dict[str, str]:

@@ -272,6 +272,12 @@ def feature_shape(split: LayerSplit, input_shape: tuple[int, int, int]) -> tuple
     return tuple(z.shape[1:])
 
 
+def check_feature_map(split: LayerSplit, x: Tensor) -> Tensor:
+    """``Z = f_l(x)`` (eval mode, no grad; modes left unchanged), checked by :func:`require_4d` before any work starts."""
+    with torch.no_grad(), _eval_mode(split.model):
+        return require_4d(split.features(x), split.layer, split.model)
+
+
 def require_4d(z: Tensor, layer: str, model: nn.Module | None = None) -> Tensor:
     """Return ``z`` if it is a 4-D feature map [B, C, H, W], else raise :class:`UserError`.
 

@@ -74,7 +74,7 @@ from . import models
 from .attacks import PGD, Ball, optimise
 from .data import DATASETS, ImageDataset, augment, load_dataset
 from .errors import UserError, check
-from .io import atomic_write, load_tensors, read_json, save_tensors, write_json
+from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
 from .runtime import environment, frozen, make_generator, resolve_device
 
 __all__ = [
@@ -760,7 +760,7 @@ class _Run:
 def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> bool:
     """Check ``out`` against ``cfg``; return whether a committed state exists to resume from."""
     config_path, state_path = out / _FILES["config"], out / _FILES["state"]
-    check(not out.exists() or out.is_dir(), f"{out} is a file, not a folder: pass a folder (new or holding a run) to --out")
+    check_output_folder(out)
     if not resume:
         if config_path.is_file():
             saved = read_json(config_path)
