@@ -70,22 +70,37 @@ def reference_ib(head, z, y, noise, beta=0.3, iters=200, lr=0.1):
     return sigma, sigma**2 > var_z.max()
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.3])
-def test_paper_protocol_reproduces_a_plain_reference_implementation(beta):
+@pytest.mark.parametrize("beta, size, noise_kind", [(0.0, 16, "channel"), (0.3, 16, "channel"), (0.3, 8, "channel"), (0.3, 8, "unit")])
+def test_paper_protocol_reproduces_a_plain_reference_implementation(beta, size, noise_kind):
+    """Inputs of 16 px give an 8×8 map (64 units), 8 px a 4×4 one (16 units): the two ways the spatial sum is taken."""
     torch.manual_seed(0)
     model = models.build("tiny_cnn").eval()
     split = split_model(model, "features.5")
-    x, y = torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 5])
+    x, y = torch.rand(6, 3, size, size), torch.tensor([0, 1, 2, 3, 4, 5])
     with torch.no_grad():
         z = split.features(x)
-    noise = torch.randn(200, 6, z.shape[1], 1, 1, generator=torch.Generator().manual_seed(3))
-    ours = distill(split, x, y, IBConfig(beta=beta), noise=noise)
+    shape = (1, 1) if noise_kind == "channel" else tuple(z.shape[2:])
+    noise = torch.randn(200, 6, z.shape[1], *shape, generator=torch.Generator().manual_seed(3))
+    ours = distill(split, x, y, IBConfig(beta=beta, noise=noise_kind), noise=noise)
     head = lambda t: split.head(t)  # noqa: E731
     sigma, robust = reference_ib(head, z, y, noise, beta=beta)
     # ours sums each image's loss where the reference averages over the batch: Adam is
     # scale-invariant, so σ agrees up to Adam's ε.
     assert torch.allclose(ours.sigma, sigma, rtol=1e-3, atol=1e-4)
     assert (ours.robust_mask == robust).float().mean() > 0.99
+
+
+def test_a_head_that_works_in_place_gives_the_same_split():
+    """A user's head may start with ReLU(inplace=True): the bottleneck must not let it overwrite what it differentiates."""
+    weights = torch.tensor([[5.0, 0, 0.1, 0], [0, 5.0, 0, 0.1]])
+    z = 0.5 * torch.randn(8, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 2
+    plain = split_model(feature_head_model(weights), "1")
+    in_place = feature_head_model(weights)
+    in_place[2] = nn.ReLU(inplace=True)
+    a = distill(plain, z, y, IBConfig(iterations=30))
+    b = distill(split_model(in_place, "1"), z, y, IBConfig(iterations=30))
+    assert torch.equal(a.sigma, b.sigma)
 
 
 def test_split_is_independent_of_batching_except_the_paper_threshold():

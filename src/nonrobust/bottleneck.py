@@ -314,24 +314,44 @@ class _IBLoss:
     def grad(self, lam: Tensor, eps: Tensor, per_image: bool) -> Tensor:
         """∂loss/∂λ for σ = softplus(λ) (``[B, C]``, or ``[C]`` shared by the batch).
 
-        Autograd runs only through the head and the cross-entropy; the KL's gradient
-        is closed-form: ∂/∂σ ½ (a/b + log b) = σ (b − a) / b², and ∂σ/∂λ = sigmoid(λ).
-        Fewer operations per step matter here: the loop's cost is mostly per-operation overhead.
+        Autograd runs only through the head and the cross-entropy, down to the noisy
+        features ``Z̃ = Z + σ·ε``; the rest is closed-form: ∂/∂σ = Σ_space ∂/∂Z̃ · ε,
+        the KL's ∂/∂σ ½ (a/b + log b) = σ (b − a) / b², and ∂σ/∂λ = sigmoid(λ).
+        Fewer operations per step matter here: the loop's cost is mostly per-operation
+        overhead and torch's slow kernels for small feature maps (BENCHMARKS.md).
         """
         with torch.no_grad():
-            s = F.softplus(lam).expand_as(self.a).contiguous()
+            s = F.softplus(lam).expand_as(self.a)
+            noisy = torch.addcmul(self.z, s[:, :, None, None], eps)
         with torch.enable_grad():  # also when the caller is under torch.no_grad()
-            s.requires_grad_(True)
-            logits = self.split.head(torch.addcmul(self.z, s[:, :, None, None], eps), self.ctx, consume=True)
-            (g,) = torch.autograd.grad(F.cross_entropy(logits, self.y, reduction="sum"), s)
+            noisy.requires_grad_(True)
+            # `+ 0`: the head may work in place on its input (ReLU(inplace=True)), which a leaf forbids
+            logits = self.split.head(noisy + 0, self.ctx, consume=True)
+            (g_noisy,) = torch.autograd.grad(F.cross_entropy(logits, self.y, reduction="sum"), noisy)
         with torch.no_grad():
-            s = s.detach()
+            if eps.shape[2:] == (1, 1):  # channel noise: ε is constant over space
+                g = _spatial_sum(g_noisy).mul_(eps.view(s.shape))
+            else:
+                g = _spatial_sum(g_noisy.mul_(eps))
             b = s.square().add_(VAR_EPS)
             g.addcdiv_(s * (b - self.a), b.square(), value=2 * self.config.beta * self.kl_scale)
             if lam.dim() == 1:
                 g = g.sum(0)
             g.mul_(torch.sigmoid(lam))
             return g if per_image else g.div_(self.z.shape[0])
+
+
+def _spatial_sum(t: Tensor) -> Tensor:
+    """``t [B, C, H, W]`` summed over space: ``[B, C]``.
+
+    On maps of up to 16 units a matrix-vector product: torch's reduction over a
+    short innermost axis is much slower there (a 2×2 map of [128, 256]: about
+    40 µs against 80–130 µs on the 2-core CPU of BENCHMARKS.md).
+    """
+    b, c, units = t.shape[0], t.shape[1], t.shape[2] * t.shape[3]
+    if units <= 16:
+        return (t.reshape(b * c, units) @ t.new_ones(units)).view(b, c)
+    return t.sum((2, 3))
 
 
 class _Adam:
