@@ -218,6 +218,32 @@ def test_population_protocol_gives_one_label_free_split():
     assert torch.allclose(res.var_z, var.detach(), atol=1e-6)
 
 
+def test_population_protocol_reproduces_a_plain_reference_loop():
+    """One λ per channel, Adam over the mini-batches in turn, mean CE + β·mean KL, ε from one generator seeded with the config's seed."""
+    torch.manual_seed(0)
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(12, 3, 8, 8), torch.randint(0, 10, (12,))
+    batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 12, 4)]
+    config = IBConfig(protocol="population", iterations=20, beta=0.5, seed=7)
+    ours = distill_population(split, batches, config, progress=False)
+    gen = torch.Generator().manual_seed(7)
+    lam = torch.zeros(16, requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=0.1)
+    for step in range(20):
+        xb, yb = batches[step % 3]
+        with torch.no_grad():
+            z = split.features(xb)
+        eps = torch.randn(4, 16, 1, 1, generator=gen)
+        sigma = F.softplus(lam)
+        var = z.var(dim=(2, 3)) + 1e-10
+        kl = 0.5 * (var / (sigma**2 + 1e-10) + torch.log((sigma**2 + 1e-10) / var) - 1)
+        loss = F.cross_entropy(split.head(z + sigma[None, :, None, None] * eps), yb) + 0.5 * kl.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(ours.sigma, F.softplus(lam.detach()), rtol=1e-4, atol=1e-5)
+
+
 def test_unit_noise_and_summed_kl_options_run():
     split = split_model(models.build("tiny_cnn").eval(), "features.5")
     x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 1, 2])
