@@ -45,6 +45,8 @@ __all__ = [
     "optimise",
     "frozen",
     "perturbation_norms",
+    "exact_delta",
+    "Ball",
     "ce_loss",
     "margin_loss",
 ]
@@ -101,6 +103,42 @@ class Ball:
             delta = delta * _view(scale, delta)
         return (x + delta).clamp(0.0, 1.0)
 
+    @torch.no_grad()
+    def fit(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """``x_adv`` with the fewest changes needed for ``x_adv − x`` to lie in the ball.
+
+        :meth:`project` computes ``x + δ`` in float32, which rounds: a coordinate can land
+        up to half a unit in the last place outside the ball (2.8e-8 past 8/255 at pixel
+        values near 1), so that ``(x_adv - x).abs().max().item() <= eps`` fails. Here the
+        size must be within ``eps`` both exactly (float64, where the difference of two
+        float32 numbers is exact) and as computed in the images' own dtype. Coordinates
+        past ``eps`` (L∞) move one float step at a time towards ``x``; an image past
+        ``eps`` (L2) has its perturbation scaled down by a little more each round.
+        Points still outside after a few rounds (never seen) fall back to ``x``.
+        """
+        x64 = _exact(x)
+
+        def outside(x_adv: Tensor) -> Tensor:
+            delta64, delta = _exact(x_adv) - x64, _exact(x_adv - x)
+            if self.norm == "linf":
+                return ((delta64.abs() > self.eps) | (delta.abs() > self.eps)).to(x_adv.device)
+            size = torch.maximum(_flat_norm(delta64, "l2"), _exact(_flat_norm(x_adv - x, "l2")))
+            return (size > self.eps).to(x_adv.device)
+
+        for round_ in range(_FIT_ROUNDS):
+            over = outside(x_adv)
+            if not bool(over.any()):
+                return x_adv
+            if self.norm == "linf":
+                x_adv = torch.where(over, torch.nextafter(x_adv, x), x_adv)
+            else:
+                delta = _exact(x_adv) - x64
+                scale = self.eps / _flat_norm(delta, "l2").clamp_min(1e-300) * (1 - 1e-7 * 4**round_)
+                shrunk = (x64 + delta * _view(scale, delta)).to(x_adv.dtype).to(x_adv.device)
+                x_adv = torch.where(_view(over, x_adv), shrunk, x_adv)
+        over = outside(x_adv)
+        return torch.where(over if self.norm == "linf" else _view(over, x_adv), x, x_adv)
+
     def ascent(self, grad: Tensor, alpha: float) -> Tensor:
         """Steepest-ascent step of size ``alpha`` in this norm."""
         if self.norm == "linf":
@@ -116,6 +154,19 @@ class Ball:
         g = g / _view(_flat_norm(g, "l2").clamp_min(1e-12), g)
         r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / x[0].numel())
         return self.project(x + g * _view(r * self.eps, g), x)
+
+
+_FIT_ROUNDS = 8
+
+
+def _exact(t: Tensor) -> Tensor:
+    """``t`` in float64 (on the CPU for MPS, which has no float64): differences of float32 values are exact there."""
+    return (t.cpu() if t.device.type == "mps" else t).double()
+
+
+def exact_delta(x_adv: Tensor, x: Tensor) -> Tensor:
+    """``x_adv − x`` in float64: exact for float32 images, so its sizes are the true ones (on the CPU for MPS)."""
+    return _exact(x_adv) - _exact(x)
 
 
 # --------------------------------------------------------------------------- the shared loop
@@ -241,11 +292,23 @@ class _Base:
         d["norm"] = self.norm  # type: ignore[attr-defined]
         return d
 
+    def budget(self) -> Ball | None:
+        """The ball the attack's output must lie in (None for an unbounded attack)."""
+        eps = getattr(self, "eps", None)
+        return Ball(self.norm, eps) if eps is not None else None  # type: ignore[attr-defined]
+
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Adversarial images ``[B,C,H,W]`` in [0,1] for ``x`` (same shape, in [0,1]) and labels ``y [B]``.
+
+        The output of a bounded attack lies in its ball exactly, as measured in float64 (:meth:`Ball.fit`).
+        """
         _validate(x, y)
         y = y.to(x.device)
+        x = x.detach()
         with frozen(model), torch.enable_grad():  # also when the caller is under torch.no_grad()
-            return self._run(model, x.detach(), y, generator)
+            x_adv = self._run(model, x, y, generator)
+        ball = self.budget()
+        return ball.fit(x_adv, x) if ball is not None else x_adv
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
@@ -438,6 +501,9 @@ class NRF(_Base):
     def norm(self) -> str:  # type: ignore[override]
         return "linf" if self.form == "linf" else "l2"
 
+    def budget(self) -> Ball | None:
+        return Ball("linf", self.eps) if self.form == "linf" else None  # the L2 forms are unbounded
+
     def describe(self) -> dict:
         d = {k: getattr(self, k) for k in ("form", "sign", "c", "steps", "lr", "eps", "alpha", "random_start", "early_stop")}
         d.update(name=self.name, norm=self.norm, layer=getattr(self.split, "layer", None), channels=self.channels,
@@ -620,7 +686,7 @@ def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, float]:
     Returns ``linf_max``, ``l2_median``, ``l2_max`` (over the batch), ``nan`` (count of
     non-finite values in ``x_adv``) and ``min``/``max`` (value range of ``x_adv``).
     """
-    delta = (x_adv - x).flatten(1)
+    delta = exact_delta(x_adv, x).flatten(1)  # float32 arithmetic would round the sizes
     l2 = delta.norm(dim=1)
     return {
         "linf_max": float(delta.abs().amax()) if delta.numel() else 0.0,

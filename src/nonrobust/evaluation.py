@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack, perturbation_norms
+from .attacks import Attack, exact_delta, perturbation_norms
 from .errors import check
 from .io import StreamingTensorFile, check_output_path, load_tensors, write_json
 from .runtime import make_generator
@@ -167,7 +167,8 @@ def attack_to_file(
 
     ``out`` (safetensors) holds ``x_adv`` (float32 ``[N, C, H, W]`` in [0,1]), ``y``,
     ``clean_pred``, ``adv_pred`` (int64 ``[N]``) and the per-point measurements
-    ``linf``, ``l2``, ``min``, ``max`` (float32 ``[N]``) and ``nan`` (int64 ``[N]``);
+    ``linf``, ``l2`` (float64 ``[N]``: exact sizes of ``x_adv − x``), ``min``, ``max``
+    (float32 ``[N]``) and ``nan`` (int64 ``[N]``);
     the summary goes to ``out`` with suffix ``.json`` and is returned. A killed run
     resumes at its first unfinished batch; batch ``i`` always uses
     :func:`batch_generator` ``(seed, i)``, so the result does not depend on where a
@@ -178,7 +179,8 @@ def attack_to_file(
     check(n > 0, "the data set is empty")
     settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size, "n": n, **(info or {})}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    per_point = {k: (torch.float32, (n,)) for k in ("linf", "l2", "min", "max")}
+    # sizes in float64: the exact difference of float32 images; a float32 size could round past the budget
+    per_point = {"linf": (torch.float64, (n,)), "l2": (torch.float64, (n,)), "min": (torch.float32, (n,)), "max": (torch.float32, (n,))}
     specs = {"x_adv": (torch.float32, (n, *dataset.input_shape)), "y": (torch.int64, (n,)),
              "clean_pred": (torch.int64, (n,)), "adv_pred": (torch.int64, (n,)), "nan": (torch.int64, (n,)), **per_point}
     writer = StreamingTensorFile(out, specs, settings, fingerprint)
@@ -191,7 +193,7 @@ def attack_to_file(
             x_adv = attack(model, x, y, generator=batch_generator(seed, writer.rows_done // batch_size, x.device))
             with torch.no_grad():
                 clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
-            delta, flat = (x_adv - x).flatten(1), x_adv.flatten(1)
+            delta, flat = exact_delta(x_adv, x).flatten(1), x_adv.flatten(1)
             writer.write(writer.rows_done, {
                 "x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,
                 "nan": (~torch.isfinite(flat)).sum(1), "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),

@@ -9,6 +9,7 @@ new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -163,7 +164,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-_ST_DTYPES = {torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8", torch.float16: "F16", torch.bool: "BOOL", torch.int32: "I32"}
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8", torch.float16: "F16", torch.bool: "BOOL", torch.int32: "I32"}
 
 
 class StreamingTensorFile:
@@ -184,7 +185,6 @@ class StreamingTensorFile:
         self.path = _not_a_folder(Path(path))
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.progress_path = self.path.with_name(self.path.name + ".progress.json")
-        self.fingerprint = fingerprint
         rows = {shape[0] for _, shape in specs.values()}
         if len(rows) != 1:
             raise ValueError("all tensors need the same number of rows")
@@ -199,11 +199,13 @@ class StreamingTensorFile:
             offset += row_bytes * shape[0]
         blob = json.dumps(header).encode()
         blob += b" " * (-len(blob) % 8)
+        # a partial file continues only under the same settings *and* the same layout
+        self.fingerprint = hashlib.sha256((fingerprint + json.dumps({k: v for k, v in header.items() if k != "__metadata__"})).encode()).hexdigest()
         self._data_start = 8 + len(blob)
         self.rows_done = 0
         state = self._read_progress()
         if state is not None and self.partial.is_file():
-            if state.get("fingerprint") != fingerprint:
+            if state.get("fingerprint") != self.fingerprint:
                 raise UserError(f"{self.partial} is left from a run with other settings: delete it (and {self.progress_path.name}) or rerun with the same settings")
             self.rows_done = int(state["rows"])
         else:
