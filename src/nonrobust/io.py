@@ -175,7 +175,7 @@ class StreamingTensorFile:
     (header first, then each tensor's bytes at fixed offsets); :meth:`write` puts
     rows ``[start, start+k)`` of every tensor in place, syncs them, then records
     the number of finished rows in ``PATH.progress.json`` (atomically). A new
-    writer with the same ``fingerprint`` continues from there; :meth:`finish`
+    writer with the same ``fingerprint`` and ``specs`` continues from there; :meth:`finish`
     renames the completed file to ``PATH``. Memory use does not grow with the
     number of rows. ``PATH`` itself is never half-written.
     """
