@@ -139,6 +139,20 @@ class Ball:
         over = outside(x_adv)
         return torch.where(over if self.norm == "linf" else _view(over, x_adv), x, x_adv)
 
+    @torch.no_grad()
+    def projector(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """Projection onto this ball around ``x`` ∩ [0,1] whose outputs lie in the ball exactly (see :meth:`fit`).
+
+        L∞: the ball ∩ [0,1] is a box of float values ``[lo, hi]`` per coordinate, found once
+        here, so each projection is one clamp. L2: :meth:`project`, then :meth:`fit`.
+        """
+        if self.norm == "linf":
+            x64 = _exact(x)
+            lo = self.fit((x64 - self.eps).clamp_min(0.0).to(x.dtype).to(x.device), x)
+            hi = self.fit((x64 + self.eps).clamp_max(1.0).to(x.dtype).to(x.device), x)
+            return lambda v: torch.maximum(torch.minimum(v, hi), lo)
+        return lambda v: self.fit(self.project(v, x), x)
+
     def ascent(self, grad: Tensor, alpha: float) -> Tensor:
         """Steepest-ascent step of size ``alpha`` in this norm."""
         if self.norm == "linf":
@@ -229,7 +243,9 @@ def optimise(
     if (adam_lr is None) == (ball is None or alpha is None):
         raise ValueError("optimise needs exactly one step rule: ball and alpha, or adam_lr")
     variable = variable or Variable()
-    v = variable.init(x if start is None else start).detach().requires_grad_(True)
+    project = ball.projector(x) if ball is not None else None
+    start = x if start is None else start
+    v = variable.init(project(start) if project is not None else start).detach().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=adam_lr) if adam_lr is not None else None
     best = x.clone()
     best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device)
@@ -259,7 +275,7 @@ def optimise(
         else:
             (grad,) = torch.autograd.grad(value, v)
             with torch.no_grad():
-                v = ball.project(v + ball.ascent(grad, alpha), x)
+                v = project(v + ball.ascent(grad, alpha))
             v.requires_grad_(True)
     x_final = variable.image(v).detach()
     if select == "min_l2_success":
