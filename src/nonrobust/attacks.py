@@ -45,6 +45,7 @@ __all__ = [
     "optimise",
     "frozen",
     "perturbation_norms",
+    "point_sizes",
     "exact_delta",
     "Ball",
     "ce_loss",
@@ -308,23 +309,16 @@ class _Base:
         d["norm"] = self.norm  # type: ignore[attr-defined]
         return d
 
-    def budget(self) -> Ball | None:
-        """The ball the attack's output must lie in (None for an unbounded attack)."""
-        eps = getattr(self, "eps", None)
-        return Ball(self.norm, eps) if eps is not None else None  # type: ignore[attr-defined]
-
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Adversarial images ``[B,C,H,W]`` in [0,1] for ``x`` (same shape, in [0,1]) and labels ``y [B]``.
 
-        The output of a bounded attack lies in its ball exactly, as measured in float64 (:meth:`Ball.fit`).
+        The output of a bounded attack lies in its ball exactly, as measured in float64
+        (:meth:`Ball.projector` in the shared loop, :meth:`Ball.fit` on AutoAttack's output).
         """
         _validate(x, y)
         y = y.to(x.device)
-        x = x.detach()
         with frozen(model), torch.enable_grad():  # also when the caller is under torch.no_grad()
-            x_adv = self._run(model, x, y, generator)
-        ball = self.budget()
-        return ball.fit(x_adv, x) if ball is not None else x_adv
+            return self._run(model, x.detach(), y, generator)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
@@ -517,9 +511,6 @@ class NRF(_Base):
     def norm(self) -> str:  # type: ignore[override]
         return "linf" if self.form == "linf" else "l2"
 
-    def budget(self) -> Ball | None:
-        return Ball("linf", self.eps) if self.form == "linf" else None  # the L2 forms are unbounded
-
     def describe(self) -> dict:
         d = {k: getattr(self, k) for k in ("form", "sign", "c", "steps", "lr", "eps", "alpha", "random_start", "early_stop")}
         d.update(name=self.name, norm=self.norm, layer=getattr(self.split, "layer", None), channels=self.channels,
@@ -632,7 +623,7 @@ class AutoAttackRunner(_Base):
             if self.apgd_restarts is not None:
                 aa.apgd.n_restarts = self.apgd_restarts
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
-        return x_adv.detach()
+        return Ball(self.norm, self.eps).fit(x_adv.detach(), x)  # AutoAttack projects in float32: undo its rounding
 
 
 # --------------------------------------------------------------------------- registry
@@ -696,22 +687,29 @@ def make_attack(name: str, **overrides) -> Attack:
     return spec.factory(**settings)
 
 
+def point_sizes(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    """Per-image measurements of an attack's output, each ``[B]``.
+
+    ``linf``, ``l2``: sizes of ``x_adv − x`` in float64 (exact: float32 arithmetic would
+    round them, possibly past the budget); ``nan``: count of non-finite values in
+    ``x_adv`` (int64); ``min``, ``max``: value range of ``x_adv`` (its dtype).
+    """
+    delta, flat = exact_delta(x_adv, x).flatten(1), x_adv.flatten(1)
+    return {"linf": delta.abs().amax(1), "l2": delta.norm(dim=1), "nan": (~torch.isfinite(flat)).sum(1),
+            "min": flat.amin(1), "max": flat.amax(1)}
+
+
 def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, float]:
-    """Measured sizes of ``x_adv − x`` as AutoAttack reports them.
+    """Measured sizes of ``x_adv − x`` as AutoAttack reports them (from :func:`point_sizes`).
 
     Returns ``linf_max``, ``l2_median``, ``l2_max`` (over the batch), ``nan`` (count of
     non-finite values in ``x_adv``) and ``min``/``max`` (value range of ``x_adv``).
     """
-    delta = exact_delta(x_adv, x).flatten(1)  # float32 arithmetic would round the sizes
-    l2 = delta.norm(dim=1)
-    return {
-        "linf_max": float(delta.abs().amax()) if delta.numel() else 0.0,
-        "l2_median": float(l2.median()) if l2.numel() else 0.0,
-        "l2_max": float(l2.max()) if l2.numel() else 0.0,
-        "nan": int((~torch.isfinite(x_adv)).sum()),
-        "min": float(x_adv.min()) if x_adv.numel() else 0.0,
-        "max": float(x_adv.max()) if x_adv.numel() else 0.0,
-    }
+    if x_adv.shape[0] == 0:
+        return {"linf_max": 0.0, "l2_median": 0.0, "l2_max": 0.0, "nan": 0, "min": 0.0, "max": 0.0}
+    sizes = point_sizes(x, x_adv)
+    return {"linf_max": float(sizes["linf"].max()), "l2_median": float(sizes["l2"].median()), "l2_max": float(sizes["l2"].max()),
+            "nan": int(sizes["nan"].sum()), "min": float(sizes["min"].min()), "max": float(sizes["max"].max())}
 
 
 # --------------------------------------------------------------------------- named lists of attacks

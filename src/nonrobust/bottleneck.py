@@ -525,7 +525,6 @@ def split_dataset(
                 preds[k].append(v.cpu())
         preds = {k: torch.cat(v) for k, v in preds.items()}
         res.save(out)
-        channels = res.sigma.shape[0]
         robust_counts = res.robust_mask.float().sum().expand(n)
     else:
         fingerprint = hashlib.sha256(json.dumps({**meta, "batch_size": batch_size}, sort_keys=True, default=str).encode()).hexdigest()
