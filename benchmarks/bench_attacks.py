@@ -3,7 +3,8 @@
 1. PGD-k throughput against its bound: k forward+backward passes (gradient with
    respect to the input, parameters frozen, as in any attack) of the model itself.
 2. NRF step cost (surrogate, exact, linf) against a PGD step.
-3. Peak memory of `attack_to_file` on 1,000 and 10,000 images (does it grow?).
+
+Memory of a streamed attack is measured by bench_memory.py.
 
 Usage: python benchmarks/bench_attacks.py [--quick] [--out FILE.json]
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -86,39 +85,6 @@ def bench_nrf(arch: str, batch: int, steps: int, repeats: int) -> dict:
     return out
 
 
-def peak_rss_attack(n: int) -> tuple[float, float, float]:
-    """(RSS before the attack, peak RSS during it, size of the uint8 data set), MiB, in a fresh process.
-
-    The peak is Linux's VmHWM, reset (``/proc/self/clear_refs``) just before the attack starts.
-    """
-    code = f"""
-import os, tempfile, torch
-import numpy as np
-from nonrobust import models
-from nonrobust.attacks import PGD
-from nonrobust.data import ImageDataset
-from nonrobust.evaluation import attack_to_file
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-
-g = np.random.default_rng(0)
-ds = ImageDataset("bench", "test", torch.from_numpy(g.integers(0, 256, ({n}, 3, 32, 32), dtype=np.uint8)),
-                  torch.from_numpy(g.integers(0, 10, {n})).long(), [str(i) for i in range(10)])
-model = models.build("small_cnn").eval()
-with tempfile.TemporaryDirectory() as d:
-    attack_to_file(model, ds, PGD(steps=1), os.path.join(d, "warm.safetensors"), batch_size=256, progress=False)
-    before = status("VmRSS")
-    open("/proc/self/clear_refs", "w").write("5")
-    attack_to_file(model, ds, PGD(steps=1), os.path.join(d, "adv.safetensors"), batch_size=256, progress=False)
-    print(before, status("VmHWM"), ds.images.numel() / 2**20)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    return float(out[0]), float(out[1]), float(out[2])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
@@ -126,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     batch = 16 if args.quick else 128
     repeats = 1 if args.quick else 3
-    result = {"environment": environment(torch.device("cpu")), "pgd": [], "nrf": [], "memory": []}
+    result = {"environment": environment(torch.device("cpu")), "pgd": [], "nrf": []}
     for arch in ("small_cnn", "vgg16"):
         r = bench_pgd(arch, batch, 10, 1 if args.quick else 7)
         print(f"PGD-10 {arch}: {r['pgd_img_per_s']:.1f} img/s, bound {r['bound_img_per_s']:.1f} img/s (medians), ratio {r['ratio_throughput']:.3f} "
@@ -136,11 +102,6 @@ def main() -> None:
         r = bench_nrf(arch, batch, 2 if args.quick else 5, repeats)
         print(f"NRF step / PGD step {arch}: surrogate {r['surrogate_ratio']:.2f}, exact {r['exact_ratio']:.2f}, linf {r['linf_ratio']:.2f}", flush=True)
         result["nrf"].append(r)
-    for n in ((500, 2000) if args.quick else (1000, 10000)):
-        before, peak, data_mib = peak_rss_attack(n)
-        print(f"attack_to_file on {n} images: RSS {before:.0f} MiB before, peak {peak:.0f} MiB during (+{peak - before:.0f}); "
-              f"the uint8 data set itself {data_mib:.1f} MiB, its float32 adversarial examples {4 * data_mib:.0f} MiB", flush=True)
-        result["memory"].append({"n": n, "rss_before_mib": before, "peak_rss_mib": peak, "growth_mib": peak - before, "dataset_mib": data_mib})
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)
