@@ -119,6 +119,29 @@ def test_changed_setting_recomputes_only_what_depends_on_it(tiny_report, tmp_pat
     assert again["beta_sweep"]["rows"][1]["beta"] == 3.0
 
 
+def test_steps_that_read_an_attack_rerun_when_its_settings_change(tiny_report, tmp_path):
+    settings, out, results = tiny_report
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = run_report(replace(settings, eps=4 / 255), copy, only=("tsne", "featvis"), progress=False)
+    assert not again["steps"]["attack-pgd-20"]["reused"]
+    assert not again["steps"]["tsne"]["reused"] and not again["steps"]["featvis"]["reused"]
+
+
+def test_table1_reading_compares_the_protocols_also_when_one_has_no_robust_channel():
+    from nonrobust.report import _reading_table1
+
+    def protocol(robust_channels, r_adv):
+        rows = {"clean": {"robust": 0.3, "nonrobust": 0.7, "int": 0.7}, "PGD-20": {"robust": r_adv, "nonrobust": 0.3, "int": 0.35}}
+        return {"rows": rows, "channels": {"robust": robust_channels, "total": 256}}
+
+    text = _reading_table1({"paper": protocol(1.6, 0.2), "population": protocol(0.0, 0.1)}, "PGD-20", 0.1)
+    assert "fewer than one channel" in text
+    assert "10.0 points less robust-feature accuracy" in text
+
+
 def test_only_one_section(tmp_path):
     results = run_report(ReportSettings(**TINY), tmp_path, only=("sigma",), progress=False)
     assert "sigma" in results and "table1" not in results and "table3" not in results

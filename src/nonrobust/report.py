@@ -546,7 +546,8 @@ def _tsne(ctx: _Context, pgd: str) -> dict:
         save_tensors(path, {"y": feats["y"], **emb})
         return {"n": n, "attack": label, "method": "scikit-learn TSNE, 2-D, PCA init, perplexity min(30, (n-1)/3)"}
 
-    return ctx.steps.run("tsne", {"n": n, "ib": asdict(ctx.ib), "attack": label}, compute, files=(path,))
+    attack = _stored(ctx, (pgd,))[label].describe()  # the settings, so that other adversarial examples are not mistaken for these
+    return ctx.steps.run("tsne", {"n": n, "ib": asdict(ctx.ib), "attack": label, "settings": attack}, compute, files=(path,))
 
 
 def _featvis(ctx: _Context, pgd: str) -> dict:
@@ -587,8 +588,9 @@ def _featvis(ctx: _Context, pgd: str) -> dict:
         save_tensors(path, {"inputs": torch.stack(inputs), "visuals": visuals.view(len(inputs), 3, *ctx.ds.input_shape)})
         return {"images": pick, "captions": captions, "rows": rows, "config": asdict(config)}
 
-    return ctx.steps.run("featvis", {"config": asdict(config), "ib": asdict(ctx.ib), "n": s.featvis_images, "attack": pgd},
-                         compute, files=(path,))
+    attack = StoredAdversarial(ctx.adv_path(pgd)).describe()
+    return ctx.steps.run("featvis", {"config": asdict(config), "ib": asdict(ctx.ib), "n": s.featvis_images, "attack": pgd,
+                                     "settings": attack}, compute, files=(path,))
 
 
 # --------------------------------------------------------------------------- reading the numbers
@@ -683,7 +685,7 @@ def _reading_table1(table1: dict, ref: str, chance: float) -> str:
                      f"{_pct(a['nonrobust'])}; the whole layer {_pct(c['int'])} and {_pct(a['int'])}. The paper's pattern "
                      f"(robust features keep at least 80% of their clean accuracy under attack, non-robust ones lose at least half) "
                      f"{verdict} here.")
-    if len(parts) == 2:
+    if len(table1) == 2 and all(ref in t["rows"] for t in table1.values()):  # both protocols: compare them
         p = list(table1)
         gap = table1[p[0]]["rows"][ref]["robust"] - table1[p[1]]["rows"][ref]["robust"]
         if gap > 0:
