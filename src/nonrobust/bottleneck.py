@@ -38,7 +38,6 @@ the optimisation runs through the head only.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -505,9 +504,7 @@ def split_dataset(
     Returns the summary: mean robust / non-robust channel counts, and the accuracy
     of ``f_l+(Z)``, ``f_l+(Z_r)`` and ``f_l+(Z_nr)``.
     """
-    import hashlib
-
-    from .io import StreamingTensorFile, check_output_path, write_json
+    from .io import StreamingTensorFile, check_output_path, digest, write_json
 
     out = check_output_path(out)
     n = len(dataset)
@@ -527,7 +524,7 @@ def split_dataset(
         res.save(out)
         robust_counts = res.robust_mask.float().sum().expand(n)
     else:
-        fingerprint = hashlib.sha256(json.dumps({**meta, "batch_size": batch_size}, sort_keys=True, default=str).encode()).hexdigest()
+        fingerprint = digest({**meta, "batch_size": batch_size})
         per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
         specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
                  **{k: (torch.int64, (n,)) for k in ("y", "pred", "pred_robust", "pred_nonrobust")}}

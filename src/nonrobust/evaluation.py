@@ -9,8 +9,6 @@ examples to a safetensors file, batch by batch, and resumes a killed run.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .attacks import Attack, point_sizes
 from .errors import check
-from .io import StreamingTensorFile, check_output_path, load_tensors, write_json
+from .io import StreamingTensorFile, check_output_path, digest, load_tensors, write_json
 from .runtime import make_generator
 
 if TYPE_CHECKING:
@@ -178,7 +176,7 @@ def attack_to_file(
     n = len(dataset)
     check(n > 0, "the data set is empty")
     settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size, "n": n, **(info or {})}
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = digest(settings)
     # sizes in float64, as point_sizes measures them
     per_point = {"linf": (torch.float64, (n,)), "l2": (torch.float64, (n,)), "min": (torch.float32, (n,)), "max": (torch.float32, (n,))}
     specs = {"x_adv": (torch.float32, (n, *dataset.input_shape)), "y": (torch.int64, (n,)),

@@ -28,6 +28,7 @@ __all__ = [
     "load_tensors",
     "check_output_path",
     "check_output_folder",
+    "digest",
 ]
 
 
@@ -148,6 +149,11 @@ def _not_a_folder(path: Path) -> Path:
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a file: give a file path such as {path / 'out.safetensors'}")
     return path
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as sorted JSON: the key under which a result of these settings is stored or resumed."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _json_default(obj: Any) -> Any:

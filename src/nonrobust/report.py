@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import hashlib
 import html
 import io
@@ -47,7 +48,7 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError, check
-from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
+from .io import atomic_write, check_output_folder, digest, load_tensors, read_json, save_tensors, write_json
 
 __all__ = ["ReportSettings", "REPORT_ATTACKS", "PROFILES", "run_report", "profile"]
 
@@ -239,10 +240,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def tensor_fingerprint(tensors: Iterator[tuple[str, torch.Tensor]]) -> str:
     """SHA-256 over names and raw bytes of tensors (model weights, images)."""
     h = hashlib.sha256()
@@ -263,7 +260,7 @@ class _Steps:
         self.timings: dict[str, dict] = {}
 
     def run(self, name: str, params: dict, fn: Callable[[], dict], files: tuple[Path, ...] = ()) -> dict:
-        key = _digest({"base": self.base, "step": name, "params": params})
+        key = digest({"base": self.base, "step": name, "params": params})
         path = self.dir / f"{name}.json"
         if path.is_file():
             try:
@@ -271,8 +268,7 @@ class _Steps:
             except UserError:
                 record = {}
             if record.get("key") == key and all(Path(f).is_file() for f in files):
-                # a step met twice in one run (NRF-L2 is in Table 3 and Table 4) keeps its first record
-                self.timings.setdefault(name, {"seconds": record["seconds"], "reused": True})
+                self.timings[name] = {"seconds": record["seconds"], "reused": True}
                 log.info("step %s: reusing %s", name, path)
                 return record["result"]
         log.info("step %s", name)
@@ -283,6 +279,10 @@ class _Steps:
         self.timings[name] = {"seconds": seconds, "reused": False}
         return result
 
+    def file(self, name: str) -> Path:
+        """Where step ``name`` keeps its tensors."""
+        return self.dir / f"{name}.safetensors"
+
 
 # --------------------------------------------------------------------------- the run
 @dataclass
@@ -290,7 +290,6 @@ class _Context:
     settings: ReportSettings
     out: Path
     model: nn.Module
-    meta: Any
     split: Any
     ds: Any
     device: torch.device
@@ -298,6 +297,7 @@ class _Context:
     steps: _Steps
     progress: bool
     notes: list[str] = field(default_factory=list)
+    attack_rows: dict[str, dict] = field(default_factory=dict)  # each attack's Table 3 row, once per run
 
     def batches(self, n: int | None = None):
         ds = self.ds if n is None else self.ds.first(min(n, len(self.ds)))
@@ -305,6 +305,16 @@ class _Context:
 
     def adv_path(self, key: str) -> Path:
         return self.out / "adversarial" / f"{key}.safetensors"
+
+    @functools.cached_property
+    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``(x, y, split)``: the first batch and its bottleneck split (per-image protocol), shared by the σ² plot and Fig. 3."""
+        from .bottleneck import distill
+
+        x, y = next(iter(self.batches()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return x, y, distill(self.split, x, y, self.ib)
 
 
 SECTIONS = ("table3", "table4", "table1", "table2", "tsne", "featvis", "beta", "sigma")
@@ -346,7 +356,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
         base = {"model": tensor_fingerprint(iter(model.state_dict().items())),
                 "data": tensor_fingerprint(iter([("x", ds.images), ("y", ds.labels)])),
                 "layer": layer, "seed": settings.seed, "batch_size": settings.batch_size, "version": __version__}
-        ctx = _Context(settings, out, model, meta, split, ds, device, ib, _Steps(out, base), progress)
+        ctx = _Context(settings, out, model, split, ds, device, ib, _Steps(out, base), progress)
         results: dict[str, Any] = {
             "settings": asdict(settings), "layer": layer, "arch": meta.arch, "n": len(ds), "classes": ds.classes,
             "data": {"name": ds.name, "split": ds.split, "input_shape": list(ds.input_shape), "n_available": len(full)},
@@ -407,11 +417,11 @@ def _table_attacks(ctx: _Context, keys: tuple[str, ...]) -> dict:
     """Run (or reuse) each attack over the images; rows of accuracy and measured perturbation sizes."""
     from .evaluation import attack_to_file, summarise_file, worst_case
 
-    rows = []
     for key in keys:
+        if key in ctx.attack_rows:  # met before in this run (NRF-L2 is in Table 3 and Table 4)
+            continue
         attack = _make_attack(ctx, key)
         path = ctx.adv_path(key)
-        path.parent.mkdir(exist_ok=True)
         desc = attack.describe()
 
         def compute(attack=attack, path=path) -> dict:
@@ -422,13 +432,13 @@ def _table_attacks(ctx: _Context, keys: tuple[str, ...]) -> dict:
         timing = ctx.steps.run(f"attack-{key}", {"attack": desc}, compute, files=(path,))
         s = summarise_file(path)
         p, pf = s["perturbation"], s["perturbation_fooled"]
-        rows.append({"label": REPORT_ATTACKS[key].label, "attack": key, "norm": attack.norm,
-                     "eps": desc.get("eps") if attack.norm == "linf" or desc.get("eps") else None,
-                     "settings": desc, "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
-                     "success_rate": s["success_rate"], "linf_max": p["linf_max"], "l2_median": p["l2_median"],
-                     "l2_max": p["l2_max"], "nan": p["nan"], "min": p["min"], "max": p["max"],
-                     "fooled": pf["points"], "l2_median_fooled": pf["l2_median"],
-                     "seconds": timing.get("seconds_attacking")})
+        ctx.attack_rows[key] = {
+            "label": REPORT_ATTACKS[key].label, "attack": key, "norm": attack.norm, "eps": desc["eps"],
+            "settings": desc, "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+            "success_rate": s["success_rate"], "linf_max": p["linf_max"], "l2_median": p["l2_median"],
+            "l2_max": p["l2_max"], "nan": p["nan"], "min": p["min"], "max": p["max"],
+            "fooled": pf["points"], "l2_median_fooled": pf["l2_median"], "seconds": timing.get("seconds_attacking")}
+    rows = [ctx.attack_rows[key] for key in keys]
     linf = [ctx.adv_path(r["attack"]) for r in rows if r["norm"] == "linf"]
     clean = rows[0]["clean_accuracy"] if rows else None
     return {"n": len(ctx.ds), "clean_accuracy": clean, "rows": rows,
@@ -456,7 +466,7 @@ def _population(ctx: _Context, full) -> dict:
         fit = None
     if fit is None or fit.input_shape != ctx.ds.input_shape:
         if len(full) > len(ctx.ds):
-            rest = slice(len(ctx.ds), None)
+            rest = slice(len(ctx.ds), len(ctx.ds) + s.population_n)  # copy only the images the fit uses
             fit = data.ImageDataset(full.name, full.split, full.images[rest].clone(), full.labels[rest].clone(), list(full.classes))
             source = f"{full.split} split, images {len(ctx.ds)}…{len(full) - 1} (not evaluated)"
         else:
@@ -494,15 +504,10 @@ def _feature_table(ctx: _Context, which: str, stored: dict, protocol: str, popul
 
 def _sigma(ctx: _Context) -> dict:
     """σ², σ_z², T and masks of the first batch (per-image protocol), for the σ² plot."""
-    from .bottleneck import distill
-
-    path = ctx.out / "steps" / "sigma.safetensors"
+    path = ctx.steps.file("sigma")
 
     def compute() -> dict:
-        x, y = next(iter(ctx.batches()))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = distill(ctx.split, x, y, ctx.ib, indices=torch.arange(x.shape[0]))
+        x, _, res = ctx.first_batch
         save_tensors(path, {"sigma": res.sigma, "var_z": res.var_z, "threshold": res.threshold, "robust": res.robust_mask.to(torch.uint8)})
         sq = res.sigma.pow(2)
         return {"images": int(x.shape[0]), "threshold": float(res.threshold[0]), **res.counts(),
@@ -534,7 +539,7 @@ def _tsne(ctx: _Context, pgd: str) -> dict:
     s = ctx.settings
     n = min(s.tsne_n, len(ctx.ds))
     label = REPORT_ATTACKS[pgd].label
-    path = ctx.out / "steps" / "tsne.safetensors"
+    path = ctx.steps.file("tsne")
 
     def compute() -> dict:
         feats = pooled_features(ctx.model, ctx.split, ctx.batches(n), _stored(ctx, (pgd,)), config=ctx.ib, seed=s.seed,
@@ -552,45 +557,44 @@ def _tsne(ctx: _Context, pgd: str) -> dict:
 
 def _featvis(ctx: _Context, pgd: str) -> dict:
     """Fig. 3 on the first images of the first batch that the attack fooled (masks from each input's own batch)."""
-    from .bottleneck import distill
+    from .bottleneck import distill, masked_predictions
     from .evaluation import StoredAdversarial
     from .featvis import FeatVisConfig, invert_features
 
     s = ctx.settings
-    path = ctx.out / "steps" / "featvis.safetensors"
+    path = ctx.steps.file("featvis")
     config = FeatVisConfig(steps=s.featvis_steps, seed=s.seed)
+    stored = StoredAdversarial(ctx.adv_path(pgd))
 
     def compute() -> dict:
-        x, y = next(iter(ctx.batches()))
-        x_adv = StoredAdversarial(ctx.adv_path(pgd)).rows(0, y)
-        with torch.no_grad():
-            clean_pred, adv_pred = ctx.model(x).argmax(1), ctx.model(x_adv).argmax(1)
-        fooled = ((clean_pred == y) & (adv_pred != y)).nonzero().squeeze(1).tolist()
+        x, y, clean_masks = ctx.first_batch
+        x_adv = stored.rows(0, y)
+        t, _ = load_tensors(stored.path, keys=("clean_pred", "adv_pred"))  # the model's predictions, stored with the attack
+        clean_pred, adv_pred = t["clean_pred"][: len(y)], t["adv_pred"][: len(y)]
+        fooled = ((clean_pred == y.cpu()) & (adv_pred != y.cpu())).nonzero().squeeze(1).tolist()
         others = [i for i in range(len(y)) if i not in fooled]
         pick = (fooled + others)[: s.featvis_images]
-        idx = torch.arange(x.shape[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            masks = {"clean": distill(ctx.split, x, y, ctx.ib, indices=idx), "adv": distill(ctx.split, x_adv, y, ctx.ib, indices=idx)}
+            masks = {"clean": clean_masks, "adv": distill(ctx.split, x_adv, y, ctx.ib)}
+        heads = {"clean": masked_predictions(ctx.split, masks["clean"], x), "adv": masked_predictions(ctx.split, masks["adv"], x_adv)}
         targets, captions, inputs, rows = [], [], [], []
         for i in pick:
             for kind, xi, pred in (("clean", x, clean_pred), ("adv", x_adv, adv_pred)):
                 res = masks[kind].select(slice(i, i + 1))
                 with torch.no_grad():
-                    z, ctxv = ctx.split.features_and_context(xi[i:i + 1])
-                    parts = [z, res.robust(z), res.nonrobust(z)]
-                    heads = [int(ctx.split.head(p, ctxv).argmax(1)) for p in parts]
-                targets += parts
+                    z = ctx.split.features(xi[i:i + 1])
+                targets += [z, res.robust(z), res.nonrobust(z)]
                 inputs.append(xi[i])
-                captions.append([f"model: {ctx.ds.classes[int(pred[i])]}"] + [f"head: {ctx.ds.classes[h]}" for h in heads])
+                captions.append([f"model: {ctx.ds.classes[int(pred[i])]}"]
+                                + [f"head: {ctx.ds.classes[int(heads[kind][part][i])]}" for part in ("int", "robust", "nonrobust")])
                 rows.append(f"#{i} {'clean' if kind == 'clean' else REPORT_ATTACKS[pgd].label} (true {ctx.ds.classes[int(y[i])]})")
         visuals = invert_features(ctx.split, torch.cat(targets), ctx.ds.input_shape, config, progress=ctx.progress)
         save_tensors(path, {"inputs": torch.stack(inputs), "visuals": visuals.view(len(inputs), 3, *ctx.ds.input_shape)})
         return {"images": pick, "captions": captions, "rows": rows, "config": asdict(config)}
 
-    attack = StoredAdversarial(ctx.adv_path(pgd)).describe()
     return ctx.steps.run("featvis", {"config": asdict(config), "ib": asdict(ctx.ib), "n": s.featvis_images, "attack": pgd,
-                                     "settings": attack}, compute, files=(path,))
+                                     "settings": stored.describe()}, compute, files=(path,))
 
 
 # --------------------------------------------------------------------------- reading the numbers
@@ -714,21 +718,20 @@ def _write_outputs(ctx: _Context, results: dict) -> None:
     from . import figures
 
     out = ctx.out
-    steps = out / "steps"
     figs: dict[str, bytes] = {}
     if "table1" in results:
         figs["table1"] = figures.table1_figure(results["table1"])
     if "tsne" in results:
-        t, _ = load_tensors(steps / "tsne.safetensors")
+        t, _ = load_tensors(ctx.steps.file("tsne"))
         figs["tsne"] = figures.tsne_figure({k: v for k, v in t.items() if k != "y"}, t["y"].long(), ctx.ds.classes, "attack",
                                            attack_label=results["tsne"]["attack"])
     if "beta_sweep" in results:
         figs["beta"] = figures.beta_figure(results["beta_sweep"]["rows"], results["beta_sweep"]["attack"])
     if "sigma" in results:
-        sg, _ = load_tensors(steps / "sigma.safetensors")
+        sg, _ = load_tensors(ctx.steps.file("sigma"))
         figs["sigma"] = figures.sigma_figure(sg["sigma"], sg["var_z"], float(sg["threshold"][0]), sg["robust"].bool())
     if results.get("featvis"):
-        fv, _ = load_tensors(steps / "featvis.safetensors")
+        fv, _ = load_tensors(ctx.steps.file("featvis"))
         figs["featvis"] = figures.featvis_figure(fv["inputs"], fv["visuals"], results["featvis"]["captions"], results["featvis"]["rows"])
     (out / "figures").mkdir(exist_ok=True)
     for name, png in figs.items():
@@ -840,9 +843,9 @@ def render_html(results: dict, figs: dict[str, bytes]) -> str:
                      + "".join(f"<li>{html.escape(t)}</li>" for t in s["trimmed"]) + "</ul>Run the full analysis for publishable numbers.</div>")
     for note in results["notes"]:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
-    for section in ("table3", "table1", "table2", "table4", "tsne", "featvis", "beta_sweep", "sigma", "population"):
+    for section, render in _SECTION_HTML.items():
         if results.get(section):
-            parts += _SECTION_HTML[section](results, figs)
+            parts += render(results, figs)
     if results.get("model_metrics"):
         parts.append("<h2>The model's recorded measurements</h2>")
         parts.append(f"<pre>{html.escape(json.dumps(results['model_metrics'], indent=1, default=str))}</pre>")
