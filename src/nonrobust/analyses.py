@@ -33,6 +33,7 @@ from .attacks import Attack
 from .bottleneck import IBConfig, IBResult, distill, masked_predictions
 from .errors import check
 from .evaluation import StoredAdversarial, batch_generator
+from .runtime import frozen
 from .split import LayerSplit
 
 __all__ = ["feature_accuracy", "adversarial_agreement", "pooled_features", "tsne_embedding", "beta_sweep", "Adversarial"]
@@ -197,7 +198,7 @@ def pooled_features(
         out["y"].append(y.cpu())
         for name in ["clean", *attacks]:
             x_in = x if name == "clean" else _adversarial(attacks[name], model, x, y, i, n, seed)
-            with torch.no_grad():
+            with frozen(split.model), torch.no_grad():  # eval mode, as the masks were computed
                 z = split.features(x_in)
             for part, masked in (("robust", res.robust(z)), ("nonrobust", res.nonrobust(z))):
                 out.setdefault(f"{name}/{part}", []).append(masked.mean((2, 3)).float().cpu())

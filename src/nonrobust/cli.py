@@ -245,25 +245,22 @@ def _print_headline(results: dict, out: Path) -> None:
     print(f"wrote {out / 'report.html'} ({results['wall_seconds']:.0f} s)")
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _report_and_headline(settings, out: str, only: tuple[str, ...] | None = None) -> int:
     from .report import run_report
 
-    results = run_report(_report_settings(args), args.out)
-    _print_headline(results, Path(args.out))
+    _print_headline(run_report(settings, out, only=only), Path(out))
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return _report_and_headline(_report_settings(args), args.out)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .report import run_report
-
-    results = run_report(_report_settings(args), args.out, only=(args.section,))
-    _print_headline(results, Path(args.out))
-    return 0
+    return _report_and_headline(_report_settings(args), args.out, only=(args.section,))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .report import run_report
-
     if args.full:
         settings = _report_settings(args, "full")
     else:
@@ -271,9 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("demo: the shipped robust model on the shipped CIFAR-10 slice, trimmed to finish in a few minutes on a CPU:")
         for item in settings.trimmed:
             print(f"  - {item}")
-    results = run_report(settings, args.out)
-    _print_headline(results, Path(args.out))
-    return 0
+    return _report_and_headline(settings, args.out)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

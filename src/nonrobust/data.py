@@ -595,11 +595,9 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     check(head.startswith(b"PK"), f"npz:{path}: not a readable .npz file (a .npz is a zip of arrays; this file is not a zip): save the data with "
           "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
     try:
-        npz = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)  # a zip: always an NpzFile
     except Exception as exc:
         raise UserError(f"npz:{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
-    check(isinstance(npz, np.lib.npyio.NpzFile), f"npz:{path}: not a readable .npz file")
-    return npz
 
 
 def _npz_get(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -187,7 +187,7 @@ class FeatVisConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as plain values (for recording with results)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return asdict(self)
 
 
 class FourierImage(nn.Module):
