@@ -1,12 +1,16 @@
 """Measure a trained run's best checkpoint and ship it as a pretrained asset.
 
     python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-small-at [--pgd-n 10000] [--aa-n 1000]
+    python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-vgg16-at --dtype float16 --aa-n 0 --apgd-n 1000
 
 Clean accuracy on the whole CIFAR-10 test set, PGD-20 (L∞ 8/255, α 2/255, random
 start) on the first ``--pgd-n`` test images and AutoAttack (standard, L∞ 8/255) on
 the first ``--aa-n`` (0 skips it) are measured with nonrobust's own evaluation
 code and written into the checkpoint's metadata, which is then saved to
-``src/nonrobust/assets/NAME.safetensors``. The data is the JPEG-re-encoded copy of
+``src/nonrobust/assets/NAME.safetensors``. With ``--dtype float16`` the weights are
+stored in half precision: clean accuracy is measured on the whole test set before
+and after the rounding (recorded as ``metrics.weight_rounding``), and every other
+figure is measured on the rounded weights, i.e. on the model as it is shipped. The data is the JPEG-re-encoded copy of
 CIFAR-10 prepared from ``shared/data`` (recorded in the metadata).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +43,7 @@ def main() -> None:
     ap.add_argument("--aa-n", type=int, default=1000)
     ap.add_argument("--apgd-n", type=int, default=0, help="APGD-CE alone on the first N (an upper bound on AutoAttack accuracy)")
     ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="precision of the stored weights")
     ap.add_argument("--add-to-shipped", action="store_true",
                     help="keep the shipped asset's measurements and only add AutoAttack's (--aa-n)")
     args = ap.parse_args()
@@ -51,6 +57,9 @@ def main() -> None:
     test = data.load_dataset("cifar10", "test")
     measured: dict = {"data": "CIFAR-10 test set, JPEG-re-encoded copy (shared/data/cifar10_from_jpeg.py), class-balanced order",
                       "environment": environment(torch.device("cpu"))}
+    dtype = getattr(torch, args.dtype)
+    if dtype != torch.float32:
+        model, measured["weight_rounding"] = round_weights(model, meta, test, dtype, args.batch_size)
     t0 = time.perf_counter()
     pgd = {"PGD-20": make_attack("pgd-20", eps=EPS)} if args.pgd_n else {}
     res = evaluate_attacks(model, test.first(args.pgd_n or len(test)).batches(args.batch_size), pgd, seed=0)
@@ -72,9 +81,23 @@ def main() -> None:
                     "training_seconds": round(sum(h.get("seconds", 0) for h in history), 1)}
     meta.recipe = {**meta.recipe, "shipped_by": f"python scripts/ship_pretrained.py --run {args.run} --name {args.name}"}
     ASSETS.mkdir(parents=True, exist_ok=True)
-    models.save(model, ASSETS / f"{args.name}.safetensors", meta)
+    models.save(model, ASSETS / f"{args.name}.safetensors", meta, dtype=dtype)
     write_json(args.run / f"{args.name}.measured.json", measured)
     print(json.dumps({k: v for k, v in measured.items() if k != "environment"}, indent=2))
+
+
+def round_weights(model: torch.nn.Module, meta: models.CheckpointMeta, test: data.ImageDataset, dtype: torch.dtype,
+                  batch_size: int) -> tuple[torch.nn.Module, dict]:
+    """The model as it loads from a file saved with ``dtype``, and clean accuracy on ``test`` before and after the rounding."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rounded.safetensors"
+        models.save(model, path, meta, dtype=dtype)
+        rounded = models.load(path)
+    before = evaluate_attacks(model, test.batches(batch_size), {}, seed=0)
+    after = evaluate_attacks(rounded, test.batches(batch_size), {}, seed=0)
+    return rounded, {"dtype": str(dtype).removeprefix("torch."), "n": before["n"], "clean_accuracy_float32": before["clean_accuracy"],
+                     "clean_accuracy_rounded": after["clean_accuracy"],
+                     "change_points": round(100 * (after["clean_accuracy"] - before["clean_accuracy"]), 3)}
 
 
 def measure(model: torch.nn.Module, test: data.ImageDataset, attack: str, label: str, n: int, batch_size: int) -> dict:

@@ -242,6 +242,56 @@ def test_save_checks_meta_against_model(tmp_path):
     assert list(load(path).state_dict()) == list(model.state_dict())
 
 
+def test_half_precision_round_trip(tmp_path, images):
+    """dtype=float16 stores every float weight rounded once to half precision, keeps the normalisation exact, loads as float32."""
+    model = _randomise_buffers(build("tiny_cnn", mean=[0.4914, 0.4822, 0.4465], std=[0.2471, 0.2435, 0.2616])).eval()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    save(model, full, make_meta(model))
+    save(model, half, make_meta(model), dtype=torch.float16)
+    from safetensors import safe_open
+
+    with safe_open(str(half), framework="pt") as fh:
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    for key, value in model.state_dict().items():
+        if key.startswith("normalize."):
+            assert stored[key].dtype == torch.float32 and torch.equal(stored[key], value), key
+        elif value.is_floating_point():
+            assert stored[key].dtype == torch.float16, key
+            assert torch.equal(stored[key], value.half()), key  # round to nearest, once
+        else:
+            assert torch.equal(stored[key], value), key  # num_batches_tracked stays an integer
+    loaded = load(half)
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == model.state_dict()[key].dtype, key  # rebuilt in the model's own precision
+        assert torch.equal(value, model.state_dict()[key].half().to(value.dtype) if value.is_floating_point() and not key.startswith("normalize.")
+                           else model.state_dict()[key]), key
+    with torch.no_grad():
+        assert not torch.equal(loaded(images), model(images))  # the rounding is real ...
+        assert torch.allclose(loaded(images), model(images), atol=5e-2)  # ... and small
+    def data_bytes(tensors):
+        return sum(v.numel() * v.element_size() for v in tensors.values())
+
+    float_bytes = sum(v.numel() * 4 for k, v in model.state_dict().items() if v.is_floating_point() and not k.startswith("normalize."))
+    assert data_bytes(model.state_dict()) - data_bytes(stored) == float_bytes // 2
+    with pytest.raises(UserError, match="floating-point"):
+        save(model, tmp_path / "int.safetensors", make_meta(model), dtype=torch.int8)
+
+
+def test_pretrained_meta_reads_the_header_only_and_headline(monkeypatch, tmp_path):
+    model = build("tiny_cnn").eval()
+    metrics = {"clean_accuracy": {"n": 10000, "value": 0.7215}, "pgd20_accuracy": {"n": 10000, "value": 0.3767},
+               "autoattack_accuracy": "not measured", "apgd_ce_accuracy": {"n": 1000, "value": 0.376}}
+    spec = replace(PRETRAINED["cifar10-small-std"], name="unit-test-model", asset="unit.safetensors")
+    monkeypatch.setattr(models, "_assets_dir", lambda: tmp_path)
+    with pytest.raises(UserError, match="not shipped"):
+        spec.meta()
+    save(model, tmp_path / spec.asset, make_meta(model, metrics=metrics))
+    meta = spec.meta()
+    assert meta.metrics == metrics and meta.arch == "tiny_cnn"
+    assert models.headline(meta) == "clean 72.2% (n=10000), PGD-20 37.7% (n=10000), APGD-CE 37.6% (n=1000)"
+    assert models.headline(make_meta(model)) == ""
+
+
 # --------------------------------------------------------------------------- bad checkpoint files
 
 

@@ -265,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings = _report_settings(args, "full")
     else:
         settings = _report_settings(args, "demo")
-        print("demo: the shipped robust model on the shipped CIFAR-10 slice, trimmed to finish in a few minutes on a CPU:")
+        print(f"demo: {settings.model} on the shipped CIFAR-10 slice, trimmed to finish in a few minutes on a CPU:")
         for item in settings.trimmed:
             print(f"  - {item}")
     return _report_and_headline(settings, args.out)
@@ -294,6 +294,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     print("pretrained models (--model NAME):")
     for name, spec in models.PRETRAINED.items():
         print(f"  {name:<20} {spec.description}{'' if spec.available() else '  (not shipped in this build)'}")
+        measured = models.headline(spec.meta()) if spec.available() else ""
+        if measured:
+            print(f"  {'':<20} measured: {measured}")
     return 0
 
 
@@ -472,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole analysis on the shipped robust model and CIFAR-10 slice, in a few minutes on a CPU")
     p.add_argument("--full", action="store_true", help="full size: the whole CIFAR-10 test set (needs --data-dir or $NONROBUST_DATA) and every attack")
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10 lives, for --full")
-    p.add_argument("--model", metavar="CKPT", help="another model (default: the shipped cifar10-small-at)")
+    p.add_argument("--model", metavar="NAME|CKPT", help="another shipped model (e.g. cifar10-vgg16-at: see `nonrobust models list`) "
+                   "or checkpoint (default: the shipped cifar10-small-at)")
     p.add_argument("--out", default="nonrobust-demo", metavar="DIR", help="report folder (default ./nonrobust-demo)")
     add_device_arg(p)
     p.set_defaults(func=cmd_demo)

@@ -52,6 +52,7 @@ __all__ = [
     "PretrainedSpec",
     "PRETRAINED",
     "pretrained",
+    "headline",
     "resolve",
     "is_python_spec",
     "load_python_model",
@@ -379,17 +380,27 @@ def _mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tens
     return f"weights do not match {meta.describe()}: {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape; first: {first}"
 
 
-def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta) -> None:
+def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta, *, dtype: torch.dtype | None = None) -> None:
     """Write ``model``'s weights and ``meta`` as a safetensors checkpoint at ``path``, atomically.
 
     The weights are ``model.state_dict()`` (moved to CPU, contiguous); wrappers
     (DataParallel, DDP, ``torch.compile``) are looked through. ``meta`` is
     checked against the model first (use :func:`make_meta` to fill it).
 
+    Args:
+        dtype: store the floating-point weights in this precision (e.g.
+            ``torch.float16``, half the file size); the normalisation buffers
+            stay exact. :func:`load` always rebuilds the model in its own
+            precision (float32), so the stored values are rounded once. Measure
+            what the rounding costs before shipping such a file.
+
     Raises:
         UserError: ``meta`` is invalid or does not describe ``model`` (arch,
-            options, classes, normalisation or split layer).
+            options, classes, normalisation or split layer), or ``dtype`` is not
+            a floating-point type.
     """
+    if dtype is not None and not dtype.is_floating_point:
+        raise UserError(f"save: dtype must be a floating-point type (e.g. torch.float16), got {dtype}")
     meta = CheckpointMeta.from_dict(asdict(meta), source="save")
     model = _unwrap(model)
     state = model.state_dict()
@@ -403,6 +414,8 @@ def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta) -> Non
         buffer = state[f"normalize.{key}"].detach().cpu().flatten()
         if not torch.allclose(buffer, torch.tensor(getattr(meta, key), dtype=buffer.dtype)):
             raise UserError(f"save: meta.{key} {getattr(meta, key)} differs from the model's normalisation {buffer.tolist()}: make the metadata with make_meta(model)")
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() and not k.startswith("normalize.") else v for k, v in state.items()}
     save_tensors(path, state, asdict(meta))
     log.debug("saved %s to %s", meta.describe(), path)
 
@@ -510,12 +523,46 @@ class PretrainedSpec:
         """Whether this build ships the checkpoint."""
         return (_assets_dir() / self.asset).is_file()
 
+    def path(self) -> Path:
+        """The shipped checkpoint's file; :class:`UserError` if this build does not ship it."""
+        path = _assets_dir() / self.asset
+        if not path.is_file():
+            raise UserError(f"pretrained model {self.name!r} is registered but its asset {self.asset} is not shipped in this build: "
+                            "train one and pass its checkpoint path instead")
+        return path
+
+    def meta(self) -> CheckpointMeta:
+        """The shipped checkpoint's metadata, read from its header alone (no weights are loaded).
+
+        Raises:
+            UserError: the asset is not shipped in this build, or is not a nonrobust checkpoint.
+        """
+        path = self.path()
+        return CheckpointMeta.from_dict(load_tensors(path, keys=())[1], source=str(path))
+
+
+_HEADLINE_METRICS = (("clean_accuracy", "clean"), ("pgd20_accuracy", "PGD-20"), ("autoattack_accuracy", "AutoAttack"),
+                     ("apgd_ce_accuracy", "APGD-CE"))
+"""The measured accuracies :func:`headline` names, as (metadata key, label); each entry is ``{"n": images, "value": accuracy}``."""
+
+
+def headline(meta: CheckpointMeta) -> str:
+    """One line of a checkpoint's measured accuracies, e.g. ``clean 72.2% (n=10000), PGD-20 37.7% (n=10000)``; ``""`` if none."""
+    parts = []
+    for key, label in _HEADLINE_METRICS:
+        entry = meta.metrics.get(key)
+        if isinstance(entry, Mapping) and isinstance(entry.get("value"), (int, float)):
+            parts.append(f"{label} {entry['value']:.1%} (n={entry.get('n', '?')})")
+    return ", ".join(parts)
+
 
 PRETRAINED: dict[str, PretrainedSpec] = {
     spec.name: spec
     for spec in (
         PretrainedSpec("cifar10-small-at", "cifar10-small-at.safetensors", "small_cnn on CIFAR-10, fast adversarial training (L-inf, eps 8/255)"),
         PretrainedSpec("cifar10-small-std", "cifar10-small-std.safetensors", "small_cnn on CIFAR-10, standard training"),
+        PretrainedSpec("cifar10-vgg16-at", "cifar10-vgg16-at.safetensors",
+                       "the paper's VGG-16-BN on CIFAR-10, fast adversarial training (L-inf, eps 8/255); float16 weights"),
     )
 }
 
@@ -528,10 +575,7 @@ def _assets_dir() -> Path:
 def _pretrained_with_meta(name: str, device: str | torch.device) -> tuple[nn.Module, CheckpointMeta]:
     if name not in PRETRAINED:
         raise UserError(f"unknown pretrained model {name!r}: choose one of {', '.join(PRETRAINED) or '(none)'}")
-    path = _assets_dir() / PRETRAINED[name].asset
-    if not path.is_file():
-        raise UserError(f"pretrained model {name!r} is registered but its asset {PRETRAINED[name].asset} is not shipped in this build: train one and pass its checkpoint path instead")
-    return load_with_meta(path, device)
+    return load_with_meta(PRETRAINED[name].path(), device)
 
 
 def pretrained(name: str, device: str | torch.device = "cpu") -> nn.Module:
