@@ -378,3 +378,74 @@ def test_attacks_work_under_no_grad():
     with torch.no_grad():
         x_adv = PGD(steps=2)(model, x, y)
     assert (x_adv - x).abs().max() > 0
+
+
+def test_describe_is_a_complete_settings_key():
+    """Changing any one setting of NRF (every bottleneck setting and the mask's contents included) changes its key.
+
+    Before 0.1.2 the key left out the bottleneck's iterations, lr, noise and kl and recorded only a
+    given mask's channel count, so a report or a resumed attack reused examples made otherwise.
+    """
+    from dataclasses import fields as dc_fields, replace
+
+    from nonrobust.bottleneck import IBConfig
+    from nonrobust.io import digest
+
+    model = small_model()
+    other_split = _Split(model)
+    other_split.layer = "0"
+    base = NRF(split=_Split(model), ib=IBConfig(), form="surrogate")
+    key = digest(base.describe())
+    changes = dict(split=other_split, mask=torch.tensor([1, 0, 1, 0, 1, 0]), channels="robust", ib=None, form="exact", sign=-1, c=0.2,
+                   steps=7, lr=0.05, eps=0.1, alpha=0.01, random_start=False, early_stop=False, name="nrf-renamed")
+    assert set(changes) == {f.name for f in dc_fields(NRF)}, "a new NRF setting needs a changed value here"
+    for name, value in changes.items():
+        if name == "ib":
+            continue
+        assert digest(replace(base, **{name: value}).describe()) != key, name
+    ib_changes = dict(protocol="batch-free", beta=0.5, iterations=50, lr=0.2, noise="unit", kl="sum", seed=1)
+    assert set(ib_changes) == {f.name for f in dc_fields(IBConfig)}
+    for name, value in ib_changes.items():
+        assert digest(replace(base, ib=replace(IBConfig(), **{name: value})).describe()) != key, f"ib.{name}"
+    # two masks with the same number of channels are different settings
+    one, two = torch.tensor([1, 1, 0, 0, 0, 0]), torch.tensor([0, 0, 1, 1, 0, 0])
+    assert digest(replace(base, mask=one).describe()) != digest(replace(base, mask=two).describe())
+    assert digest(replace(base, mask=one).describe()) == digest(replace(base, mask=one.clone()).describe())
+
+
+def test_every_attack_describes_every_setting():
+    for name, spec in ATTACKS.items():
+        kwargs = {"split": _Split(small_model())} if spec.needs_split else {}
+        attack = make_attack(name, **kwargs)
+        info = attack.describe()
+        from dataclasses import fields as dc_fields
+
+        missing = {f.name for f in dc_fields(attack)} - set(info) - {"lr", "split"}  # NRF-L∞ leaves out the Adam lr it never uses; split is "layer"
+        assert not missing, (name, missing)
+
+
+@pytest.mark.filterwarnings("ignore:no channel came out robust")
+def test_nrf_seeds_the_bottleneck_by_image_index_like_table1(tmp_path):
+    """The same image gets the same bottleneck noise in an attack run as in Table 1: seeded by its index in the data set."""
+    from nonrobust.bottleneck import IBConfig, distill
+    from nonrobust.data import ImageDataset
+    from nonrobust.evaluation import attack_to_file, batch_generator
+
+    model, x, y = trained_blobs()
+    model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()
+    x, y = (x[:16] * 255).round() / 255, y[:16]
+    split, ib = _Split(model), IBConfig(protocol="batch-free", beta=10.0, iterations=30)
+    attack = make_attack("nrf-linf", split=split, ib=ib, eps=0.1, steps=3)
+    second = torch.arange(8, 16)
+    by_index = distill(split, x[8:], y[8:], ib, indices=second)
+    by_position = distill(split, x[8:], y[8:], ib)
+    assert not torch.equal(by_index.robust_mask, by_position.robust_mask)  # the masks really depend on the seeding
+    assert torch.equal(attack._channel_mask(x[8:], y[8:], second), by_index.nonrobust_mask.float())
+    ds = ImageDataset("blobs", "test", (x * 255).round().to(torch.uint8), y, ["a", "b", "c"])
+    attack_to_file(model, ds, attack, tmp_path / "adv.safetensors", batch_size=8, progress=False)
+    from nonrobust.io import load_tensors
+
+    stored = load_tensors(tmp_path / "adv.safetensors", keys=["x_adv"])[0]["x_adv"]
+    direct = attack(model, x[8:], y[8:], generator=batch_generator(0, 1), indices=second)
+    assert torch.equal(stored[8:], direct)
+    assert not torch.equal(stored[8:], attack(model, x[8:], y[8:], generator=batch_generator(0, 1)))  # 0.1.1 seeded by position

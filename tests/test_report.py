@@ -130,6 +130,20 @@ def test_steps_that_read_an_attack_rerun_when_its_settings_change(tiny_report, t
     assert not again["steps"]["tsne"]["reused"] and not again["steps"]["featvis"]["reused"]
 
 
+def test_bottleneck_settings_recompute_the_nrf_attacks(tiny_report, tmp_path):
+    """0.1.1 keyed NRF's examples without the bottleneck's iterations: a rerun with other --ib-iterations reused them."""
+    settings, out, results = tiny_report
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = run_report(replace(settings, ib_iterations=settings.ib_iterations + 1), copy, only=("table3",), progress=False)
+    assert not again["steps"]["attack-nrf-linf"]["reused"] and not again["steps"]["attack-nrf"]["reused"]
+    assert again["steps"]["attack-fgsm"]["reused"] and again["steps"]["attack-pgd-20"]["reused"]
+    row = next(r for r in again["table3"]["rows"] if r["attack"] == "nrf-linf")
+    assert row["settings"]["ib"]["iterations"] == settings.ib_iterations + 1
+
+
 def test_table1_reading_compares_the_protocols_also_when_one_has_no_robust_channel():
     from nonrobust.report import _reading_table1
 

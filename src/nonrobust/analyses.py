@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack
+from .attacks import Attack, run_attack
 from .bottleneck import IBConfig, IBResult, distill, masked_predictions
 from .errors import check
 from .evaluation import StoredAdversarial, batch_generator
@@ -46,7 +46,7 @@ def _adversarial(source: Adversarial, model: nn.Module, x: Tensor, y: Tensor, ba
     """Batch ``batch`` (images ``start …``) under ``source``: read from its file or attacked now."""
     if isinstance(source, StoredAdversarial):
         return source.rows(start, y)
-    return source(model, x, y, generator=batch_generator(seed, batch, x.device))
+    return run_attack(source, model, x, y, batch_generator(seed, batch, x.device), start)
 
 
 def _masks(split: LayerSplit, x: Tensor, y: Tensor, config: IBConfig | None, population: IBResult | None,

@@ -20,14 +20,17 @@ afterwards, also when they raise. Randomness comes only from ``generator``.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass, field, fields
-from typing import Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError, check
+from .io import tensor_fingerprint
 from .runtime import frozen
 
 __all__ = [
@@ -42,6 +45,8 @@ __all__ = [
     "ATTACK_SETS",
     "AttackSet",
     "make_attack_set",
+    "setting_value",
+    "run_attack",
     "optimise",
     "frozen",
     "perturbation_norms",
@@ -291,7 +296,8 @@ class Attack(Protocol):
     name: str
     norm: str
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                 indices: Tensor | None = None) -> Tensor: ...
 
     def describe(self) -> dict: ...
 
@@ -302,26 +308,67 @@ class _Base:
     name = "attack"
 
     def describe(self) -> dict:
-        """Every setting of this attack, with its name, norm and budget (``eps`` None = unbounded)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        """Every setting of this attack, with its name, norm and budget (``eps`` None = unbounded).
+
+        Built from *every* dataclass field (see :func:`setting_value`), so it is a complete
+        cache and resume key by construction: a new field can never be left out of it.
+        """
+        d = {f.name: setting_value(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
         d["name"] = self.name
         d.setdefault("eps", None)
         d["norm"] = self.norm  # type: ignore[attr-defined]
         return d
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                 indices: Tensor | None = None) -> Tensor:
         """Adversarial images ``[B,C,H,W]`` in [0,1] for ``x`` (same shape, in [0,1]) and labels ``y [B]``.
+
+        ``indices`` (int64 ``[B]``, default ``0 … B−1``) are the images' positions in
+        their data set; attacks that run the bottleneck (NRF) seed its noise with
+        them, as Table 1 does, so an image gets the same noise wherever it is attacked.
 
         The output of a bounded attack lies in its ball exactly, as measured in float64
         (:meth:`Ball.projector` in the shared loop, :meth:`Ball.fit` on AutoAttack's output).
         """
         _validate(x, y)
+        check(indices is None or tuple(indices.shape) == (x.shape[0],), f"indices must have shape [{x.shape[0]}], got {None if indices is None else list(indices.shape)}")
         y = y.to(x.device)
         with frozen(model), torch.enable_grad():  # also when the caller is under torch.no_grad()
-            return self._run(model, x.detach(), y, generator)
+            return self._run(model, x.detach(), y, generator, indices)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+
+def run_attack(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, start: int,
+               positions: Tensor | None = None) -> Tensor:
+    """``attack(model, x, y, generator=generator, indices=...)`` for images that sit at ``start + positions`` of their data set.
+
+    ``positions`` (int64 ``[B]``) are the images' places in their batch (default ``0 … B−1``), so an
+    attack run on the survivors of a batch still learns each image's index in the data set. An attack
+    of a user's whose ``__call__`` has no ``indices`` parameter is called without it.
+    """
+    positions = torch.arange(x.shape[0]) if positions is None else positions.cpu()
+    if "indices" in inspect.signature(attack.__call__).parameters:
+        return attack(model, x, y, generator=generator, indices=start + positions)
+    return attack(model, x, y, generator=generator)
+
+
+def setting_value(value: Any) -> Any:
+    """An attack setting as JSON-able data that identifies it completely.
+
+    A dataclass (e.g. an :class:`~nonrobust.bottleneck.IBConfig`) becomes all of its
+    fields; a tensor (e.g. a given mask) its shape, dtype and SHA-256 digest; a model
+    split its layer's name; anything else is kept as it is.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: setting_value(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Tensor):
+        return {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
+                "sha256": tensor_fingerprint([("", value)])}
+    if hasattr(value, "features_and_context") and hasattr(value, "layer"):
+        return {"layer": value.layer}
+    return value
 
 
 @dataclass
@@ -363,7 +410,7 @@ class PGD(_Base):
         loss = LOSSES[self.loss](logits, y)
         return (-loss if self.targeted else loss).sum(), logits
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
         ball = Ball(self.norm, self.eps)
         self._model = model
         try:
@@ -427,7 +474,7 @@ class CWL2(_Base):
 
         return value
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
         c = torch.full((x.shape[0],), self.c, device=x.device)
         lo = torch.zeros_like(c)
         hi = torch.full_like(c, float("inf"))
@@ -512,19 +559,21 @@ class NRF(_Base):
         return "linf" if self.form == "linf" else "l2"
 
     def describe(self) -> dict:
-        d = {k: getattr(self, k) for k in ("form", "sign", "c", "steps", "lr", "eps", "alpha", "random_start", "early_stop")}
-        d.update(name=self.name, norm=self.norm, layer=getattr(self.split, "layer", None), channels=self.channels,
+        """Every setting (:meth:`_Base.describe`: the whole bottleneck config, a given mask's digest), plus readable ``layer``,
+        ``masks`` and ``masked_channels``; the linf form leaves out Adam's ``lr``, which it does not use."""
+        d = super().describe()
+        d.update(layer=d.pop("split")["layer"],
                  masks="given" if self.mask is not None else f"bottleneck on the clean batch ({self.ib.protocol}, beta {self.ib.beta})",
                  masked_channels=int(self.mask.float().sum(-1).mean()) if self.mask is not None else None)
         if self.form == "linf":
             d.pop("lr")
         return d
 
-    def _channel_mask(self, x: Tensor, y: Tensor) -> Tensor:
+    def _channel_mask(self, x: Tensor, y: Tensor, indices: Tensor | None) -> Tensor:
         if self.mask is None:
             from .bottleneck import distill
 
-            res = distill(self.split, x, y, self.ib)
+            res = distill(self.split, x, y, self.ib, indices=indices)
             m = res.nonrobust_mask if self.channels == "nonrobust" else res.robust_mask
         else:
             m = self.mask
@@ -557,8 +606,8 @@ class NRF(_Base):
 
         return value
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-        objective = self._objective(self._channel_mask(x, y))
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
+        objective = self._objective(self._channel_mask(x, y, indices))
         if self.form == "linf":
             ball = Ball("linf", self.eps)
             start = ball.random_start(x, generator) if self.random_start else x
@@ -603,7 +652,7 @@ class AutoAttackRunner(_Base):
         check(self.version in ("standard", "custom"), f"version must be standard or custom, got {self.version!r}")
         check(self.version == "standard" or bool(self.components), "a custom AutoAttack run needs components")
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
         try:
             from pyautoattack import AutoAttack
         except ImportError:  # pragma: no cover - declared dependency

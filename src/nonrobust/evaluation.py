@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack, point_sizes
+from .attacks import Attack, point_sizes, run_attack
 from .errors import check
 from .io import StreamingTensorFile, check_output_path, digest, load_tensors, write_json
 from .runtime import make_generator
@@ -92,7 +92,8 @@ def evaluate_attacks(
         model: maps [0,1] images to logits.
         batches: yields ``(x [B,C,H,W] in [0,1], y int64 [B])`` on the model's device.
         attacks: display name -> attack.
-        seed: batch ``i`` uses :func:`batch_generator` ``(seed, i)`` for every attack.
+        seed: batch ``i`` uses :func:`batch_generator` ``(seed, i)`` for every attack; each attack also
+            gets the images' positions in ``batches`` (``indices``, which seed NRF's bottleneck).
         total: number of images, for the progress bar.
 
     Returns:
@@ -119,7 +120,7 @@ def evaluate_attacks(
                 continue
             xs, ys = x[idx], y[idx]
             t0 = time.perf_counter()
-            x_adv = attack(model, xs, ys, generator=batch_generator(seed, i, x.device))
+            x_adv = run_attack(attack, model, xs, ys, batch_generator(seed, i, x.device), n - x.shape[0], idx)
             seconds[name] += time.perf_counter() - t0
             with torch.no_grad():
                 still = model(x_adv).argmax(1) == ys
@@ -188,7 +189,7 @@ def attack_to_file(
     bar = tqdm(total=n, initial=writer.rows_done, desc=settings["attack"]["name"], unit="img", disable=not progress)
     with writer.guard(bar):
         for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
-            x_adv = attack(model, x, y, generator=batch_generator(seed, writer.rows_done // batch_size, x.device))
+            x_adv = run_attack(attack, model, x, y, batch_generator(seed, writer.rows_done // batch_size, x.device), writer.rows_done)
             with torch.no_grad():
                 clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
             writer.write(writer.rows_done, {"x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,

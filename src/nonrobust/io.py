@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -29,6 +29,7 @@ __all__ = [
     "check_output_path",
     "check_output_folder",
     "digest",
+    "tensor_fingerprint",
 ]
 
 
@@ -154,6 +155,16 @@ def _not_a_folder(path: Path) -> Path:
 def digest(obj: Any) -> str:
     """SHA-256 (hex) of ``obj`` as sorted JSON: the key under which a result of these settings is stored or resumed."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tensor_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 (hex) over the names, dtypes and raw bytes of named tensors (model weights, images, masks)."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _json_default(obj: Any) -> Any:

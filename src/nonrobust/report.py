@@ -30,7 +30,6 @@ import base64
 import contextlib
 import csv
 import functools
-import hashlib
 import html
 import io
 import json
@@ -48,7 +47,7 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError, check
-from .io import atomic_write, check_output_folder, digest, load_tensors, read_json, save_tensors, write_json
+from .io import atomic_write, check_output_folder, digest, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
 
 __all__ = ["ReportSettings", "REPORT_ATTACKS", "PROFILES", "run_report", "profile"]
 
@@ -238,16 +237,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def tensor_fingerprint(tensors: Iterator[tuple[str, torch.Tensor]]) -> str:
-    """SHA-256 over names and raw bytes of tensors (model weights, images)."""
-    h = hashlib.sha256()
-    for name, t in tensors:
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class _Steps:
