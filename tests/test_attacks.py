@@ -395,14 +395,17 @@ def test_describe_is_a_complete_settings_key():
     other_split = _Split(model)
     other_split.layer = "0"
     base = NRF(split=_Split(model), ib=IBConfig(), form="surrogate")
+    linf = NRF(split=_Split(model), ib=IBConfig(), form="linf", eps=0.1)
     key = digest(base.describe())
     changes = dict(split=other_split, mask=torch.tensor([1, 0, 1, 0, 1, 0]), channels="robust", ib=None, form="exact", sign=-1, c=0.2,
-                   steps=7, lr=0.05, eps=0.1, alpha=0.01, random_start=False, early_stop=False, name="nrf-renamed")
+                   steps=7, lr=0.05, eps=0.1, alpha=0.01, alpha_factor=3.0, random_start=False, early_stop=False, name="nrf-renamed")
     assert set(changes) == {f.name for f in dc_fields(NRF)}, "a new NRF setting needs a changed value here"
     for name, value in changes.items():
         if name == "ib":
             continue
-        assert digest(replace(base, **{name: value}).describe()) != key, name
+        # the L2 forms take no step size (Adam's lr instead): alpha_factor is checked on the linf form, which has no lr
+        start = linf if name == "alpha_factor" else base
+        assert digest(replace(start, **{name: value}).describe()) != digest(start.describe()), name
     ib_changes = dict(protocol="batch-free", beta=0.5, iterations=50, lr=0.2, noise="unit", kl="sum", seed=1)
     assert set(ib_changes) == {f.name for f in dc_fields(IBConfig)}
     for name, value in ib_changes.items():
@@ -420,7 +423,7 @@ def test_every_attack_describes_every_setting():
         info = attack.describe()
         from dataclasses import fields as dc_fields
 
-        missing = {f.name for f in dc_fields(attack)} - set(info) - {"lr", "split"}  # NRF-L∞ leaves out the Adam lr it never uses; split is "layer"
+        missing = {f.name for f in dc_fields(attack)} - set(info) - {"lr", "alpha_factor", "split"}  # NRF leaves out the lr or α factor its form never uses; split is "layer"
         assert not missing, (name, missing)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,10 @@ from torch import Tensor, nn
 from .errors import UserError, check
 from .io import tensor_fingerprint
 from .runtime import frozen
+
+if TYPE_CHECKING:
+    from .bottleneck import IBConfig
+    from .split import LayerSplit
 
 __all__ = [
     "Attack",
@@ -45,6 +49,8 @@ __all__ = [
     "ATTACK_SETS",
     "AttackSet",
     "make_attack_set",
+    "STEP_FACTORS",
+    "step_size",
     "setting_value",
     "run_attack",
     "optimise",
@@ -302,6 +308,28 @@ class Attack(Protocol):
     def describe(self) -> dict: ...
 
 
+# --------------------------------------------------------------------------- step size
+STEP_FACTORS: dict[str, float] = {
+    "reference": 2.3,  # the reference code's PGD: 0.0069 at eps 0.03 and 10 steps
+    "madry": 2.5,      # Madry et al.'s rule: adversarial training's inner PGD and its per-epoch check
+    "quarter": 5.0,    # α = eps/4 at 20 steps (2/255 at 8/255): PGD-20 and NRF-L∞, so the two compare
+    "fast": 1.25,      # fast AT's single FGSM step from a random start (Wong et al. 2020)
+    "fgsm": 1.0,       # one step of the whole budget
+}
+"""The named step-size factors: every default step size in nonrobust is :func:`step_size` with one of these."""
+
+
+def step_size(eps: float, steps: int, factor: float | str) -> float:
+    """nonrobust's one step-size convention: ``α = factor · eps / steps``.
+
+    Args:
+        eps: the budget (L∞ or L2, in [0,1] pixel units); steps: number of steps (≥ 1);
+        factor: a number, or a key of :data:`STEP_FACTORS` (e.g. ``"madry"``).
+    """
+    value = STEP_FACTORS[factor] if isinstance(factor, str) else factor
+    return value * eps / steps
+
+
 class _Base:
     """Shared plumbing: validation, freezing the model, restarts and a settings record."""
 
@@ -377,8 +405,8 @@ class PGD(_Base):
 
     Maximises ``loss`` (``ce`` = cross-entropy; ``margin`` = CW margin, which makes
     this "CW∞") with steepest-ascent steps of size ``alpha`` projected onto the
-    ``eps`` ball ∩ [0,1]. ``alpha=None`` means the reference code's 2.3·eps/steps
-    (``eps`` for a single step).
+    ``eps`` ball ∩ [0,1]. ``alpha=None`` means :func:`step_size` ``(eps, steps,
+    alpha_factor)``, by default the reference code's 2.3·eps/steps.
     FGSM (Goodfellow et al. 2015) is ``PGD(steps=1, alpha=eps, random_start=False)``
     and BIM (Kurakin et al. 2017) is ``PGD(alpha=1/255, steps=9, random_start=False)``.
     With ``restarts > 1`` each point keeps the first restart that fools the model.
@@ -388,6 +416,7 @@ class PGD(_Base):
     eps: float = 8 / 255
     steps: int = 10
     alpha: float | None = None
+    alpha_factor: float = STEP_FACTORS["reference"]
     norm: Norm = "linf"
     loss: Literal["ce", "margin"] = "ce"
     random_start: bool = True
@@ -402,7 +431,7 @@ class PGD(_Base):
         check(self.restarts >= 1, f"restarts must be ≥ 1, got {self.restarts}")
         check(self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
         if self.alpha is None:
-            self.alpha = self.eps if self.steps == 1 else 2.3 * self.eps / self.steps
+            self.alpha = step_size(self.eps, self.steps, self.alpha_factor)
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
 
     def objective(self, x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -520,14 +549,15 @@ class NRF(_Base):
       (``create_graph=True``), as Eq. 8 is written. Unbounded L2.
     * ``linf`` — ``c·f − sign·‖G‖`` (per sample, surrogate gradient) maximised by
       projected sign steps inside the L∞ ``eps`` ball (PGD's schedule: ``steps``,
-      ``alpha`` = 2.3·eps/steps, random start), so it is comparable with PGD and
-      AutoAttack at one budget.
+      ``alpha`` = :func:`step_size` ``(eps, steps, alpha_factor)``, random start), so it
+      is comparable with PGD and AutoAttack at one budget (the registered ``nrf-linf``
+      runs PGD-20's 20 steps of eps/4).
     """
 
-    split: object = None
+    split: LayerSplit | None = None
     mask: Tensor | None = None
     channels: Literal["nonrobust", "robust"] = "nonrobust"
-    ib: object = None
+    ib: IBConfig | None = None
     form: Literal["surrogate", "exact", "linf"] = "surrogate"
     sign: int = 1
     c: float = 0.1
@@ -535,6 +565,7 @@ class NRF(_Base):
     lr: float = 0.1
     eps: float | None = None
     alpha: float | None = None
+    alpha_factor: float = STEP_FACTORS["reference"]
     random_start: bool = True
     early_stop: bool = True
     name: str = "nrf"
@@ -552,7 +583,7 @@ class NRF(_Base):
         if self.form == "linf":
             check(self.eps is not None and self.eps > 0, f"the linf form needs eps > 0, got {self.eps}")
             if self.alpha is None:
-                self.alpha = 2.3 * self.eps / self.steps
+                self.alpha = step_size(self.eps, self.steps, self.alpha_factor)
 
     @property
     def norm(self) -> str:  # type: ignore[override]
@@ -567,6 +598,8 @@ class NRF(_Base):
                  masked_channels=int(self.mask.float().sum(-1).mean()) if self.mask is not None else None)
         if self.form == "linf":
             d.pop("lr")
+        else:
+            d.pop("alpha_factor")
         return d
 
     def _channel_mask(self, x: Tensor, y: Tensor, indices: Tensor | None) -> Tensor:
@@ -678,44 +711,51 @@ class AutoAttackRunner(_Base):
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class AttackSpec:
-    """A registered attack: how to build it, its norm, and what it is."""
+    """A registered attack: how to build it, its norm, its display label and what it is."""
 
     name: str
     factory: Callable[..., Attack]
     defaults: dict = field(default_factory=dict)
     norm: str = "linf"
+    label: str = ""
     description: str = ""
     needs_split: bool = False
 
 
-def _spec(name: str, factory: Callable[..., Attack], threat: str, description: str, needs_split: bool = False, **defaults) -> AttackSpec:
-    return AttackSpec(name, factory, dict(defaults, name=name), threat, description, needs_split)
+def _spec(name: str, factory: Callable[..., Attack], threat: str, label: str, description: str, needs_split: bool = False,
+          **defaults) -> AttackSpec:
+    return AttackSpec(name, factory, dict(defaults, name=name), threat, label, description, needs_split)
 
 
 _REF = "reference code's setting, as in the paper's Table 3"
+_F = STEP_FACTORS
 ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
-    _spec("fgsm", PGD, "linf", "FGSM: one signed-gradient step of size eps", steps=1, random_start=False),
-    _spec("bim", PGD, "linf", f"BIM: 9 steps of 1/255 without random start ({_REF})", steps=9, alpha=1 / 255, random_start=False),
-    _spec("pgd", PGD, "linf", f"PGD-10, CE, α = 2.3·eps/steps, random start ({_REF})", steps=10),
-    _spec("pgd-20", PGD, "linf", "PGD-20, CE, α = 2/255, random start (Madry et al.)", steps=20, alpha=2 / 255),
-    _spec("pgd-l2", PGD, "l2", "PGD in the L2 ball, CE, 20 steps, α = 2.5·eps/steps, random start", norm="l2", eps=0.5, steps=20, alpha=0.0625),
-    _spec("cw-inf", PGD, "linf", "CW∞: PGD-20 on the CW margin loss, α = 2/255", loss="margin", steps=20, alpha=2 / 255),
-    _spec("cw-l2", CWL2, "l2", f"Carlini–Wagner L2, c 0.1, Adam lr 0.1, 200 steps, unbounded ({_REF})"),
-    _spec("autoattack", AutoAttackRunner, "linf", "AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)"),
-    _spec("apgd-ce", AutoAttackRunner, "linf", "APGD-CE (AutoAttack component, 1 restart)", components=("apgd-ce",)),
-    _spec("apgd-t", AutoAttackRunner, "linf", "APGD-T, 9 target classes (AutoAttack component)", components=("apgd-t",)),
-    _spec("fab-t", AutoAttackRunner, "linf", "FAB-T, 9 target classes (AutoAttack component)", components=("fab-t",)),
-    _spec("fab", AutoAttackRunner, "linf", f"FAB, untargeted, 5 restarts (AutoAttack component; {_REF})", components=("fab",)),
-    _spec("square", AutoAttackRunner, "linf", "Square, 5000 queries (AutoAttack component)", components=("square",)),
-    _spec("aa-reference", AutoAttackRunner, "linf",
+    _spec("fgsm", PGD, "linf", "FGSM", "FGSM: one signed-gradient step of size eps", steps=1, alpha_factor=_F["fgsm"], random_start=False),
+    _spec("bim", PGD, "linf", "BIM", f"BIM: 9 steps of 1/255 without random start ({_REF})", steps=9, alpha=1 / 255, random_start=False),
+    _spec("pgd", PGD, "linf", "PGD-10", f"PGD-10, CE, α = 2.3·eps/steps, random start ({_REF})", steps=10),
+    _spec("pgd-20", PGD, "linf", "PGD-20", "PGD-20, CE, α = eps/4 (2/255 at 8/255, Madry et al.), random start",
+          steps=20, alpha_factor=_F["quarter"]),
+    _spec("pgd-l2", PGD, "l2", "PGD-L2", "PGD in the L2 ball, CE, 20 steps, α = 2.5·eps/steps, random start", norm="l2", eps=0.5,
+          steps=20, alpha_factor=_F["madry"]),
+    _spec("cw-inf", PGD, "linf", "CW∞", "CW∞: PGD-20 on the CW margin loss, α = eps/4", loss="margin", steps=20, alpha_factor=_F["quarter"]),
+    _spec("cw-l2", CWL2, "l2", "CW-L2", f"Carlini–Wagner L2, c 0.1, Adam lr 0.1, 200 steps, unbounded ({_REF})"),
+    _spec("autoattack", AutoAttackRunner, "linf", "AutoAttack", "AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)"),
+    _spec("apgd-ce", AutoAttackRunner, "linf", "APGD-CE", "APGD-CE (AutoAttack component, 1 restart)", components=("apgd-ce",)),
+    _spec("apgd-t", AutoAttackRunner, "linf", "APGD-T", "APGD-T, 9 target classes (AutoAttack component)", components=("apgd-t",)),
+    _spec("fab-t", AutoAttackRunner, "linf", "FAB-T", "FAB-T, 9 target classes (AutoAttack component)", components=("fab-t",)),
+    _spec("fab", AutoAttackRunner, "linf", "FAB", f"FAB, untargeted, 5 restarts (AutoAttack component; {_REF})", components=("fab",)),
+    _spec("square", AutoAttackRunner, "linf", "Square", "Square, 5000 queries (AutoAttack component)", components=("square",)),
+    _spec("aa-reference", AutoAttackRunner, "linf", "AA (reference: APGD-CE)",
           "the reference code's 'AA': APGD-CE alone with 1 restart — NOT AutoAttack", components=("apgd-ce",), apgd_restarts=1),
-    _spec("nrf", NRF, "l2", "NRF, reference surrogate form: maximise ‖G_nr‖, unbounded L2 (compare with cw-l2)", True, form="surrogate"),
-    _spec("nrf-exact", NRF, "l2", "NRF, exact Eq. 8 (gradient-norm term differentiated through), unbounded L2", True, form="exact"),
-    _spec("nrf-linf", NRF, "linf", "NRF objective on projected sign steps in the L∞ eps ball (PGD's schedule)", True,
-          form="linf", eps=8 / 255, steps=10),
-    _spec("nrf2", NRF, "l2", "Table 4: minimise ‖G_nr‖ (surrogate form)", True, form="surrogate", sign=-1),
-    _spec("rf", NRF, "l2", "Table 4: maximise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust"),
-    _spec("rf2", NRF, "l2", "Table 4: minimise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust", sign=-1),
+    _spec("nrf", NRF, "l2", "NRF-L2", "NRF, reference surrogate form: maximise ‖G_nr‖, unbounded L2 (compare with cw-l2)", True,
+          form="surrogate"),
+    _spec("nrf-exact", NRF, "l2", "NRF-L2 (exact)", "NRF, exact Eq. 8 (gradient-norm term differentiated through), unbounded L2", True,
+          form="exact"),
+    _spec("nrf-linf", NRF, "linf", "NRF-L∞", "NRF objective on PGD-20's schedule in the L∞ eps ball (20 steps of eps/4, random start)",
+          True, form="linf", eps=8 / 255, steps=20, alpha_factor=_F["quarter"]),
+    _spec("nrf2", NRF, "l2", "G_nr ↓ (NRF2)", "Table 4: minimise ‖G_nr‖ (surrogate form)", True, form="surrogate", sign=-1),
+    _spec("rf", NRF, "l2", "G_r ↑ (RF)", "Table 4: maximise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust"),
+    _spec("rf2", NRF, "l2", "G_r ↓ (RF2)", "Table 4: minimise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust", sign=-1),
 ]}
 
 
@@ -764,31 +804,38 @@ def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, float]:
 # --------------------------------------------------------------------------- named lists of attacks
 @dataclass(frozen=True)
 class AttackSet:
-    """A named list of ``(display name, attack name, settings)``, e.g. one table of the paper."""
+    """A named list of ``(attack name, settings, display label)``, e.g. one table of the paper.
+
+    A label of ``None`` means the attack's registered :attr:`AttackSpec.label`.
+    """
 
     name: str
     description: str
-    attacks: tuple[tuple[str, str, dict], ...]
+    attacks: tuple[tuple[str, dict, str | None], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The registered attack names, in order."""
+        return tuple(a for a, _, _ in self.attacks)
 
 
 _P = 0.03  # the reference code's eps for every attack
 ATTACK_SETS: dict[str, AttackSet] = {s.name: s for s in [
     AttackSet("paper-table3", "the paper's Table 3 as the reference code ran it: eps 0.03, its PGD/BIM/CW settings, "
               "'AA' = APGD-CE with 1 restart (not AutoAttack), NRF unbounded L2 (compare it with CW only)", (
-        ("FGSM", "fgsm", {"eps": _P}), ("BIM", "bim", {"eps": _P}), ("PGD", "pgd", {"eps": _P}),
-        ("CW", "cw-l2", {}), ("AA (reference: APGD-CE)", "aa-reference", {"eps": _P}),
-        ("FAB", "fab", {"eps": _P}), ("NRF (L2, unbounded)", "nrf", {}))),
+        ("fgsm", {"eps": _P}, None), ("bim", {"eps": _P}, None), ("pgd", {"eps": _P}, "PGD"),
+        ("cw-l2", {}, "CW"), ("aa-reference", {"eps": _P}, None),
+        ("fab", {"eps": _P}, None), ("nrf", {}, "NRF (L2, unbounded)"))),
     AttackSet("standard", "one L∞ budget for every attack (eps 8/255): PGD-20, CW∞, AutoAttack and NRF in its L∞ "
               "form, so the numbers compare", (
-        ("FGSM", "fgsm", {}), ("PGD-20", "pgd-20", {}), ("CW∞", "cw-inf", {}),
-        ("AutoAttack", "autoattack", {}), ("NRF-L∞", "nrf-linf", {}))),
+        ("fgsm", {}, None), ("pgd-20", {}, None), ("cw-inf", {}, None), ("autoattack", {}, None), ("nrf-linf", {}, None))),
     AttackSet("table4", "the paper's Table 4: maximise / minimise the gradient norm of non-robust / robust features "
               "(surrogate form, unbounded L2)", (
-        ("G_nr ↑ (NRF)", "nrf", {}), ("G_nr ↓ (NRF2)", "nrf2", {}), ("G_r ↑ (RF)", "rf", {}), ("G_r ↓ (RF2)", "rf2", {}))),
+        ("nrf", {}, None), ("nrf2", {}, None), ("rf", {}, None), ("rf2", {}, None))),
 ]}
 
 
-def make_attack_set(name: str, split: object = None, **overrides) -> dict[str, Attack]:
+def make_attack_set(name: str, split: LayerSplit | None = None, **overrides) -> dict[str, Attack]:
     """Build every attack of :data:`ATTACK_SETS` ``[name]``: display name -> attack.
 
     ``split`` (a :class:`nonrobust.split.LayerSplit`) is handed to the NRF family;
@@ -798,7 +845,8 @@ def make_attack_set(name: str, split: object = None, **overrides) -> dict[str, A
     if spec is None:
         raise UserError(f"unknown attack set {name!r}: choose from {', '.join(ATTACK_SETS)}")
     out = {}
-    for label, attack, settings in spec.attacks:
+    for attack, settings, label in spec.attacks:
+        label = label or ATTACKS[attack].label
         allowed = {f.name for f in fields(ATTACKS[attack].factory)}
         extra = {k: v for k, v in overrides.items() if k in allowed}
         if ATTACKS[attack].needs_split:

@@ -319,11 +319,10 @@ def cmd_models_layers(args: argparse.Namespace) -> int:
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
-    from .report import REPORT_ATTACKS
+    from .report import TABLE3_ATTACKS, ReportSettings
 
-    table3 = [k for k, a in REPORT_ATTACKS.items() if a.table == "table3"]
-    p.add_argument("--attacks", metavar="A,B,…", help="Table 3's attacks, comma-separated, from: " + ", ".join(table3)
-                   + " (default: fgsm,bim,pgd-20,cw-l2,autoattack,fab,nrf-linf,nrf)")
+    p.add_argument("--attacks", metavar="A,B,…", help="Table 3's attacks, comma-separated, from: " + ", ".join(TABLE3_ATTACKS)
+                   + f" (default: {','.join(ReportSettings.__dataclass_fields__['attacks'].default)})")
     p.add_argument("--no-table4", action="store_true", help="skip Table 4 (NRF, NRF2, RF, RF2)")
     p.add_argument("--eps", type=_positive_float, help="L∞ budget of every L∞ attack, in [0,1] pixel units (default 8/255)")
     p.add_argument("--l2-steps", type=_positive_int, help="Adam steps of CW-L2 and the NRF L2 family (default 200)")

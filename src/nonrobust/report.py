@@ -47,59 +47,27 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError, check
+from .attacks import ATTACK_SETS, ATTACKS
 from .io import atomic_write, check_output_folder, digest, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
 
-__all__ = ["ReportSettings", "REPORT_ATTACKS", "PROFILES", "run_report", "profile"]
+__all__ = ["ReportSettings", "TABLE3_ATTACKS", "TABLE4", "PROFILES", "run_report", "profile"]
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class ReportAttack:
-    """An attack of the report: its display label, registered attack, and settings from the report's."""
+TABLE3_ATTACKS = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "apgd-ce", "fab", "nrf-linf", "nrf")
+"""The registered attacks (:data:`nonrobust.attacks.ATTACKS`) Table 3 can run, with their registered settings and labels.
+The L∞ ones take the report's ``eps`` (PGD-20 and NRF-L∞ both run 20 steps of eps/4, so they compare);
+CW-L2 and the NRF L2 family share c 0.1, Adam lr 0.1 and the report's ``l2_steps``."""
 
-    label: str
-    attack: str
-    settings: Callable[["ReportSettings"], dict]
-    table: str  # "table3" or "table4"
-
-
-def _linf(steps: int | None = None, step_fraction: float | None = None) -> Callable[["ReportSettings"], dict]:
-    def make(s: "ReportSettings") -> dict:
-        out: dict[str, Any] = {"eps": s.eps}
-        if steps is not None:
-            out["steps"] = steps
-        if step_fraction is not None:
-            out["alpha"] = s.eps * step_fraction
-        return out
-
-    return make
+TABLE4 = ATTACK_SETS["table4"].names
+"""Table 4's attacks: :data:`nonrobust.attacks.ATTACK_SETS` ``["table4"]``."""
 
 
-def _l2(s: "ReportSettings") -> dict:
-    return {"steps": s.l2_steps}
-
-
-REPORT_ATTACKS: dict[str, ReportAttack] = {a.attack: a for a in [
-    ReportAttack("FGSM", "fgsm", _linf(), "table3"),
-    ReportAttack("BIM", "bim", _linf(), "table3"),
-    ReportAttack("PGD-20", "pgd-20", _linf(step_fraction=0.25), "table3"),
-    ReportAttack("CW-L2", "cw-l2", _l2, "table3"),
-    ReportAttack("AutoAttack", "autoattack", _linf(), "table3"),
-    ReportAttack("APGD-CE", "apgd-ce", _linf(), "table3"),
-    ReportAttack("FAB", "fab", _linf(), "table3"),
-    ReportAttack("NRF-L∞", "nrf-linf", _linf(steps=20, step_fraction=0.25), "table3"),
-    ReportAttack("NRF-L2", "nrf", _l2, "table3"),
-    ReportAttack("G_nr ↓ (NRF2)", "nrf2", _l2, "table4"),
-    ReportAttack("G_r ↑ (RF)", "rf", _l2, "table4"),
-    ReportAttack("G_r ↓ (RF2)", "rf2", _l2, "table4"),
-]}
-"""Attacks a report can run, by registered attack name. L∞ ones use the report's ``eps``
-(PGD-20 and NRF-L∞ with α = eps/4, 20 steps, so they compare); CW-L2 and the NRF L2
-family share c 0.1, Adam lr 0.1 and ``l2_steps``."""
-
-TABLE4 = ("nrf", "nrf2", "rf", "rf2")
+def _attack_overrides(key: str, s: "ReportSettings") -> dict[str, Any]:
+    """The report's settings for registered attack ``key``: its ``eps`` for an L∞ attack, ``l2_steps`` for an unbounded L2 one."""
+    return {"eps": s.eps} if ATTACKS[key].norm == "linf" else {"steps": s.l2_steps}
 
 
 @dataclass(frozen=True)
@@ -110,7 +78,7 @@ class ReportSettings:
         model: a checkpoint, a shipped pretrained name or ``file.py:function``.
         data, split, data_dir, image_size: the data set (see :func:`nonrobust.data.load_dataset`).
         n: evaluate the first ``n`` images (None: all).
-        attacks: Table 3's attacks, keys of :data:`REPORT_ATTACKS`.
+        attacks: Table 3's attacks, from :data:`TABLE3_ATTACKS`.
         table4: also run Table 4 (NRF, NRF2, RF, RF2).
         eps: L∞ budget of every L∞ attack, in [0,1] pixel units.
         l2_steps: Adam steps of CW-L2 and the NRF L2 family.
@@ -151,9 +119,8 @@ class ReportSettings:
     trimmed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.attacks if a not in REPORT_ATTACKS or REPORT_ATTACKS[a].table != "table3"]
-        check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from "
-              + ", ".join(k for k, a in REPORT_ATTACKS.items() if a.table == "table3"))
+        unknown = [a for a in self.attacks if a not in TABLE3_ATTACKS]
+        check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
         check(len(self.attacks) > 0, "a report needs at least one attack")
         check(0 < self.eps <= 1, f"eps must be in (0, 1] (pixel units), got {self.eps}")
         check(self.protocol in ("paper", "batch-free"), f"the per-image protocol must be paper or batch-free, got {self.protocol!r}")
@@ -353,7 +320,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
                                                                    if k not in ("training_history", "environment")},
         }
         pgd = _reference_attack(settings.attacks)
-        results["reference_attack"] = REPORT_ATTACKS[pgd].label
+        results["reference_attack"] = ATTACKS[pgd].label
         if wanted & {"table3", "table1", "table2"}:
             results["table3"] = _table_attacks(ctx, settings.attacks)
         elif wanted & {"tsne", "featvis", "beta"}:
@@ -393,13 +360,12 @@ def _reference_attack(attacks: tuple[str, ...]) -> str:
 
 
 def _make_attack(ctx: _Context, key: str):
-    from .attacks import ATTACKS, make_attack
+    from .attacks import make_attack
 
-    spec = REPORT_ATTACKS[key]
-    overrides = spec.settings(ctx.settings)
-    if ATTACKS[spec.attack].needs_split:
+    overrides = _attack_overrides(key, ctx.settings)
+    if ATTACKS[key].needs_split:
         overrides.update(split=ctx.split, ib=ctx.ib)
-    return make_attack(spec.attack, **overrides)
+    return make_attack(key, **overrides)
 
 
 def _table_attacks(ctx: _Context, keys: tuple[str, ...]) -> dict:
@@ -422,7 +388,7 @@ def _table_attacks(ctx: _Context, keys: tuple[str, ...]) -> dict:
         s = summarise_file(path)
         p, pf = s["perturbation"], s["perturbation_fooled"]
         ctx.attack_rows[key] = {
-            "label": REPORT_ATTACKS[key].label, "attack": key, "norm": attack.norm, "eps": desc["eps"],
+            "label": ATTACKS[key].label, "attack": key, "norm": attack.norm, "eps": desc["eps"],
             "settings": desc, "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
             "success_rate": s["success_rate"], "linf_max": p["linf_max"], "l2_median": p["l2_median"],
             "l2_max": p["l2_max"], "nan": p["nan"], "min": p["min"], "max": p["max"],
@@ -437,7 +403,7 @@ def _table_attacks(ctx: _Context, keys: tuple[str, ...]) -> dict:
 def _stored(ctx: _Context, keys: tuple[str, ...]) -> dict:
     from .evaluation import StoredAdversarial
 
-    return {REPORT_ATTACKS[k].label: StoredAdversarial(ctx.adv_path(k)) for k in keys}
+    return {ATTACKS[k].label: StoredAdversarial(ctx.adv_path(k)) for k in keys}
 
 
 def _population(ctx: _Context, full) -> dict:
@@ -516,10 +482,10 @@ def _beta_sweep(ctx: _Context, pgd: str) -> dict:
     def compute() -> dict:
         rows = beta_sweep(ctx.model, ctx.split, lambda: ctx.batches(n), stored, s.betas, config=ctx.ib, seed=s.seed,
                           progress=ctx.progress)
-        return {"n": n, "attack": REPORT_ATTACKS[pgd].label, "rows": rows}
+        return {"n": n, "attack": ATTACKS[pgd].label, "rows": rows}
 
     return ctx.steps.run("beta-sweep", {"betas": list(s.betas), "n": n, "ib": asdict(ctx.ib),
-                                        "attack": stored[REPORT_ATTACKS[pgd].label].describe()}, compute)
+                                        "attack": stored[ATTACKS[pgd].label].describe()}, compute)
 
 
 def _tsne(ctx: _Context, pgd: str) -> dict:
@@ -527,7 +493,7 @@ def _tsne(ctx: _Context, pgd: str) -> dict:
 
     s = ctx.settings
     n = min(s.tsne_n, len(ctx.ds))
-    label = REPORT_ATTACKS[pgd].label
+    label = ATTACKS[pgd].label
     path = ctx.steps.file("tsne")
 
     def compute() -> dict:
@@ -577,7 +543,7 @@ def _featvis(ctx: _Context, pgd: str) -> dict:
                 inputs.append(xi[i])
                 captions.append([f"model: {ctx.ds.classes[int(pred[i])]}"]
                                 + [f"head: {ctx.ds.classes[int(heads[kind][part][i])]}" for part in ("int", "robust", "nonrobust")])
-                rows.append(f"#{i} {'clean' if kind == 'clean' else REPORT_ATTACKS[pgd].label} (true {ctx.ds.classes[int(y[i])]})")
+                rows.append(f"#{i} {'clean' if kind == 'clean' else ATTACKS[pgd].label} (true {ctx.ds.classes[int(y[i])]})")
         visuals = invert_features(ctx.split, torch.cat(targets), ctx.ds.input_shape, config, progress=ctx.progress)
         save_tensors(path, {"inputs": torch.stack(inputs), "visuals": visuals.view(len(inputs), 3, *ctx.ds.input_shape)})
         return {"images": pick, "captions": captions, "rows": rows, "config": asdict(config)}

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import models
-from .attacks import PGD, Ball, optimise
+from .attacks import PGD, STEP_FACTORS, Ball, optimise, step_size
 from .data import DATASETS, ImageDataset, augment, load_dataset
 from .errors import UserError, check
 from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
@@ -201,7 +201,7 @@ class TrainConfig:
         return dataclasses.replace(
             self,
             steps=steps,
-            alpha=self.alpha if self.alpha is not None else spec.alpha_factor * self.eps / steps,
+            alpha=self.alpha if self.alpha is not None else step_size(self.eps, steps, spec.alpha_factor),
             beta=self.beta if self.beta is not None else spec.beta,
             inner=self.inner or spec.inners[0],
             flip=self.flip if self.flip is not None else (info.flip if info else True),
@@ -356,7 +356,7 @@ class MethodSpec:
         beta: default trade-off β (None: not used).
         inners: allowed inner maximisations, the default first.
         fixed_steps: the only allowed number of inner steps (fast AT: 1), or None.
-        alpha_factor: default α = alpha_factor·eps/steps.
+        alpha_factor: default α = :func:`nonrobust.attacks.step_size` ``(eps, steps, alpha_factor)``.
         select_by: ``pgd`` or ``clean``: held-out accuracy that picks ``best.safetensors``.
     """
 
@@ -366,7 +366,7 @@ class MethodSpec:
     beta: float | None = None
     inners: tuple[str, ...] = ("ce",)
     fixed_steps: int | None = None
-    alpha_factor: float = 2.5
+    alpha_factor: float = STEP_FACTORS["madry"]
     select_by: str = "pgd"
 
 
@@ -377,7 +377,7 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
                inners=("kl", "ce")),
     MethodSpec("mart", _mart_loss, "MART (Wang et al. 2020): BCE(f(x')) + β·KL(f(x) ‖ f(x'))·(1 − p_y(x)), x' from PGD", beta=6.0),
     MethodSpec("fast", _adversarial_ce_loss, "fast AT (Wong et al. 2020): CE on FGSM examples from a uniform random start, α = 1.25·eps",
-               fixed_steps=1, alpha_factor=1.25),
+               fixed_steps=1, alpha_factor=STEP_FACTORS["fast"]),
 )}
 
 
@@ -667,7 +667,7 @@ class _Run:
     def evaluate(self) -> dict[str, Any]:
         cfg, model = self.cfg, self.model
         assert self.eval_set is not None
-        attack = PGD(eps=cfg.eps, steps=cfg.eval_pgd_steps, alpha=2.5 * cfg.eps / cfg.eval_pgd_steps, random_start=True)
+        attack = PGD(eps=cfg.eps, steps=cfg.eval_pgd_steps, alpha_factor=STEP_FACTORS["madry"], random_start=True)
         gen = make_generator(_seed(cfg.seed, "eval"), self.device)
         clean = robust = 0
         model.eval()
