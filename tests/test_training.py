@@ -23,7 +23,7 @@ from nonrobust.training import (
     METHODS,
     PRESETS,
     TrainConfig,
-    kl_divergence,
+    prediction_kl,
     lr_factor,
     make_config,
     trades_adversary,
@@ -100,7 +100,7 @@ def test_trades_inner_maximisation_increases_the_kl():
     x_adv = trades_adversary(model, x, eps=8 / 255, steps=5, alpha=2 / 255, generator=gen)
     with torch.no_grad():
         clean = model(x)
-        kl_start, kl_adv = kl_divergence(clean, model(start)).sum(), kl_divergence(clean, model(x_adv)).sum()
+        kl_start, kl_adv = prediction_kl(clean, model(start)).sum(), prediction_kl(clean, model(x_adv)).sum()
     assert kl_adv > 10 * kl_start
     assert float((x_adv - x).abs().max()) <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert not model.training and all(p.requires_grad for p in model.parameters()), "the model's modes are restored"

@@ -434,34 +434,34 @@ class PGD(_Base):
             self.alpha = step_size(self.eps, self.steps, self.alpha_factor)
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
 
-    def objective(self, x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self._model(x_adv)
-        loss = LOSSES[self.loss](logits, y)
-        return (-loss if self.targeted else loss).sum(), logits
+    def _objective(self, model: nn.Module) -> Objective:
+        loss_fn, sign = LOSSES[self.loss], -1.0 if self.targeted else 1.0
+
+        def value(x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            logits = model(x_adv)
+            return sign * loss_fn(logits, y).sum(), logits
+
+        return value
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
-        ball = Ball(self.norm, self.eps)
-        self._model = model
-        try:
-            result = x.clone()
-            todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-            for _ in range(self.restarts):
-                xs, ys = x[todo], y[todo]
-                start = ball.random_start(xs, generator) if self.random_start else xs
-                adv = optimise(model, xs, ys, self.objective, steps=self.steps, ball=ball, alpha=self.alpha, start=start, targeted=self.targeted)
-                result[todo] = adv
-                if self.restarts == 1:
-                    break
-                with torch.no_grad():
-                    pred = model(adv).argmax(1)
-                fooled = (pred == ys) if self.targeted else (pred != ys)
-                idx = todo.nonzero().squeeze(1)
-                todo[idx[fooled]] = False
-                if not todo.any():
-                    break
-            return result
-        finally:
-            del self._model
+        ball, objective = Ball(self.norm, self.eps), self._objective(model)
+        result = x.clone()
+        todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            xs, ys = x[todo], y[todo]
+            start = ball.random_start(xs, generator) if self.random_start else xs
+            adv = optimise(model, xs, ys, objective, steps=self.steps, ball=ball, alpha=self.alpha, start=start, targeted=self.targeted)
+            result[todo] = adv
+            if self.restarts == 1:
+                break
+            with torch.no_grad():
+                pred = model(adv).argmax(1)
+            fooled = (pred == ys) if self.targeted else (pred != ys)
+            idx = todo.nonzero().squeeze(1)
+            todo[idx[fooled]] = False
+            if not todo.any():
+                break
+        return result
 
 
 @dataclass

@@ -58,7 +58,7 @@ from .split import LayerSplit, check_feature_map, require_4d
 if TYPE_CHECKING:
     from .data import ImageDataset
 
-__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "split_dataset", "masked_predictions", "kl_divergence", "PROTOCOLS"]
+__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "split_dataset", "masked_predictions", "gaussian_kl", "PROTOCOLS"]
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class IBResult:
                    t["robust_mask"].bool(), meta.get("loss", float("nan")), meta.get("extra", {}))
 
 
-def kl_divergence(var_z: Tensor, sigma_sq: Tensor) -> Tensor:
+def gaussian_kl(var_z: Tensor, sigma_sq: Tensor) -> Tensor:
     """KL(N(·, σ_z²) ‖ N(·, σ²)) per unit, with 1e-10 added to both variances (SPEC §2)."""
     a, b = var_z + VAR_EPS, sigma_sq + VAR_EPS
     return 0.5 * (a / b + torch.log(b / a) - 1)
@@ -291,7 +291,7 @@ class _IBLoss:
     """CE + β·KL for fixed features; the parts of the KL that do not depend on σ are computed once.
 
     KL summed over a channel row = ½ [Σ a/b + Σ log b − Σ (log a + 1)] with
-    a = σ_z² + 1e-10 and b = σ² + 1e-10 (:func:`kl_divergence`, regrouped).
+    a = σ_z² + 1e-10 and b = σ² + 1e-10 (:func:`gaussian_kl`, regrouped).
     """
 
     def __init__(self, split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, var_z: Tensor, config: IBConfig) -> None:

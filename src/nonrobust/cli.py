@@ -18,15 +18,15 @@ from .errors import UserError
 
 log = logging.getLogger("nonrobust")
 
-DATA_HELP = (
-    "data set: cifar10, cifar100, svhn, tiny-imagenet, cifar10-slice (1,000 test images shipped with the package), folder:PATH (class sub-folders of images) "
-    "or npz:PATH (x_train, y_train, x_test, y_test)"
-)
+def _data_help() -> str:
+    from .data import DATA_CHOICES_HELP
+
+    return "data set: " + DATA_CHOICES_HELP
 
 
 # --------------------------------------------------------------------------- shared options
 def add_data_args(p: argparse.ArgumentParser, default_split: str = "test") -> None:
-    p.add_argument("--data", required=True, metavar="NAME", help=DATA_HELP)
+    p.add_argument("--data", required=True, metavar="NAME", help=_data_help())
     p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
     p.add_argument("--split", choices=("train", "test"), default=default_split, help=f"which split (default {default_split})")
     p.add_argument("--n", type=_positive_int, metavar="N", help="use only the first N images")
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", metavar="NAME", help="start from a recipe: " + ", ".join(_train_presets()) + "; flags override it")
     p.add_argument("--arch", metavar="NAME", help="architecture (see `nonrobust models list`)")
     p.add_argument("--arch-option", action="append", metavar="KEY=VALUE", help="architecture option, e.g. width=16 (repeatable)")
-    p.add_argument("--data", metavar="NAME", help=DATA_HELP)
+    p.add_argument("--data", metavar="NAME", help=_data_help())
     p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
     p.add_argument("--n", type=_positive_int, metavar="N", help="train on the first N training images only")
     p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")

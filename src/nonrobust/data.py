@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import UserError, check
-from .io import atomic_write
+from .io import assets_dir as _assets_dir, atomic_write
 
 __all__ = [
     "DEFAULT_DATA_ENV",
@@ -461,7 +461,8 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 DATA_CHOICES_HELP = (
-    f"{', '.join(DATASETS)} (official release under --data-dir; fetch with `nonrobust data prepare NAME`), "
+    f"{', '.join(k for k, v in DATASETS.items() if not v.bundled)} (official release under --data-dir; fetch with "
+    f"`nonrobust data prepare NAME`), {', '.join(k for k, v in DATASETS.items() if v.bundled)} (shipped with the package), "
     "folder:PATH (one sub-folder of images per class, optionally inside train/ and test/), "
     "or npz:PATH (uint8 x_train, y_train, x_test, y_test arrays)"
 )
@@ -637,13 +638,6 @@ def _parse_name(name: str) -> tuple[str, Path | None]:
     if key not in DATASETS:
         raise UserError(f"unknown data set {name!r}: use one of {', '.join(DATASETS)}, folder:PATH or npz:PATH")
     return key, None
-
-
-def _assets_dir() -> Path:
-    """The folder of files shipped with the package (``nonrobust/assets``)."""
-    import importlib.resources
-
-    return Path(str(importlib.resources.files("nonrobust") / "assets"))
 
 
 def _load_bundled(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -29,6 +29,7 @@ __all__ = [
     "check_output_path",
     "check_output_folder",
     "digest",
+    "assets_dir",
     "tensor_fingerprint",
 ]
 
@@ -150,6 +151,13 @@ def _not_a_folder(path: Path) -> Path:
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a file: give a file path such as {path / 'out.safetensors'}")
     return path
+
+
+def assets_dir() -> Path:
+    """The folder of files shipped inside the package (``nonrobust/assets``: pretrained models, the CIFAR-10 slice)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("nonrobust") / "assets"))
 
 
 def digest(obj: Any) -> str:

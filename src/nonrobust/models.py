@@ -33,7 +33,7 @@ from torch import nn
 from . import __version__
 from . import architectures as arch_lib
 from .errors import UserError
-from .io import load_tensors, save_tensors
+from .io import assets_dir as _assets_dir, load_tensors, save_tensors
 from .runtime import resolve_device
 
 __all__ = [
@@ -565,11 +565,6 @@ PRETRAINED: dict[str, PretrainedSpec] = {
                        "the paper's VGG-16-BN on CIFAR-10, fast adversarial training (L-inf, eps 8/255); float16 weights"),
     )
 }
-
-
-def _assets_dir() -> Path:
-    """The folder of shipped assets (``nonrobust/assets``)."""
-    return Path(str(importlib.resources.files("nonrobust") / "assets"))
 
 
 def _pretrained_with_meta(name: str, device: str | torch.device) -> tuple[nn.Module, CheckpointMeta]:

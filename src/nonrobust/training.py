@@ -88,7 +88,7 @@ __all__ = [
     "load_config",
     "lr_factor",
     "trades_adversary",
-    "kl_divergence",
+    "prediction_kl",
     "train",
     "STATE_FORMAT",
 ]
@@ -276,7 +276,7 @@ class Batch:
         return self.attack(self.attack_model, self.x, self.y, generator=self.generator)
 
 
-def kl_divergence(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+def prediction_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     """Per-sample ``KL(softmax(p_logits) ‖ softmax(q_logits))`` ``[B]``."""
     log_p, log_q = F.log_softmax(p_logits.float(), 1), F.log_softmax(q_logits.float(), 1)
     return (log_p.exp() * (log_p - log_q)).sum(1)
@@ -301,7 +301,7 @@ def trades_adversary(model: nn.Module, x: Tensor, *, eps: float, steps: int, alp
 
         def objective(x_adv: Tensor, x_: Tensor, y_: Tensor) -> tuple[Tensor, Tensor]:
             logits = model(x_adv)
-            return kl_divergence(clean, logits).sum(), logits
+            return prediction_kl(clean, logits).sum(), logits
 
         return optimise(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device), objective,
                         steps=steps, ball=ball, alpha=alpha, start=start)
@@ -325,7 +325,7 @@ def _trades_loss(b: Batch) -> tuple[Tensor, Tensor]:
         x_adv = b.pgd()
     clean, adv = b.model(b.x), b.model(x_adv)
     natural = F.cross_entropy(adv if cfg.ce_on_adv else clean, b.y)
-    return natural + cfg.beta * kl_divergence(clean, adv).mean(), adv
+    return natural + cfg.beta * prediction_kl(clean, adv).mean(), adv
 
 
 def _mart_loss(b: Batch) -> tuple[Tensor, Tensor]:
@@ -338,7 +338,7 @@ def _mart_loss(b: Batch) -> tuple[Tensor, Tensor]:
         other = probs.masked_fill(F.one_hot(b.y, probs.shape[1]).bool(), float("-inf")).amax(1)
         ce = ce - torch.log(1.0001 - other + 1e-12).mean()
     p_true = F.softmax(clean.float(), 1).gather(1, b.y[:, None]).squeeze(1)
-    return ce + cfg.beta * (kl_divergence(clean, adv) * (1.0000001 - p_true)).mean(), adv
+    return ce + cfg.beta * (prediction_kl(clean, adv) * (1.0000001 - p_true)).mean(), adv
 
 
 LossFn = Callable[[Batch], "tuple[Tensor, Tensor]"]
