@@ -1,4 +1,4 @@
-"""The information bottleneck (SPEC §2): construction, exact reference, invariants, protocols."""
+"""The information bottleneck (docs/method.md §2): construction, exact reference, invariants, protocols."""
 
 from __future__ import annotations
 

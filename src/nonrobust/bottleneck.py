@@ -176,7 +176,7 @@ class IBResult:
 
 
 def gaussian_kl(var_z: Tensor, sigma_sq: Tensor) -> Tensor:
-    """KL(N(·, σ_z²) ‖ N(·, σ²)) per unit, with 1e-10 added to both variances (SPEC §2)."""
+    """KL(N(·, σ_z²) ‖ N(·, σ²)) per unit, with 1e-10 added to both variances (docs/method.md §2)."""
     a, b = var_z + VAR_EPS, sigma_sq + VAR_EPS
     return 0.5 * (a / b + torch.log(b / a) - 1)
 

@@ -397,7 +397,7 @@ _MADRY_SGD = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
 _PUBLISHED_LINF = dict(eps=8 / 255, alpha=2 / 255, steps=10)
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("reference", "the reference code (SPEC §5): PGD-AT, SGD lr 0.01 without momentum, wd 1e-2, StepLR(20, 0.2), "
+    Preset("reference", "the reference code (docs/method.md §5): PGD-AT, SGD lr 0.01 without momentum, wd 1e-2, StepLR(20, 0.2), "
            "60 epochs, batch 100, eps 0.03, α 0.0069, 10 steps, normalisation (x−0.5)/0.25", _REFERENCE),
     Preset("reference-trades", "the reference code's TRADES: as reference, CE inner maximisation, CE on adversarial inputs, β 0.5",
            {**_REFERENCE, "method": "trades", "beta": 0.5, "inner": "ce", "ce_on_adv": True}),
