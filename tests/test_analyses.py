@@ -8,7 +8,7 @@ from torch import nn
 
 from nonrobust.analyses import adversarial_agreement, feature_accuracy
 from nonrobust.attacks import make_attack
-from nonrobust.bottleneck import IBConfig, IBResult
+from nonrobust.bottleneck import IBConfig, IBResult, distill
 from nonrobust.errors import UserError
 from nonrobust.split import split_model
 
@@ -61,16 +61,24 @@ def test_table1_per_image_protocol_runs_and_reports_it():
 def test_table2_counts_fooled_points_and_shares():
     model, split, x, y = setup()
     pgd = make_attack("pgd", eps=0.3, steps=5)
-    res = adversarial_agreement(model, split, [(x, y)], {"PGD": pgd}, config=IBConfig(iterations=10), progress=False)
+    config = IBConfig(protocol="batch-free", beta=3.0, iterations=30)
+    res = adversarial_agreement(model, split, [(x, y)], {"PGD": pgd}, config=config, progress=False)
+    # independently: the points PGD leaves wrong, masks from their adversarial features with the true labels
+    x_adv = pgd(model, x, y, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        fooled = int((model(pgd(model, x, y, generator=torch.Generator().manual_seed(0))).argmax(1) != y).sum())
+        adv_pred = model(x_adv).argmax(1)
+    idx = (adv_pred != y).nonzero().squeeze(1)
+    masks = distill(split, x_adv[idx], y[idx], config, indices=idx)
+    with torch.no_grad():
+        z, ctx = split.features_and_context(x_adv[idx])
+        nr_pred = split.head(masks.nonrobust(z), ctx).argmax(1)
+        r_pred = split.head(masks.robust(z), ctx).argmax(1)
     row = res["rows"]["PGD"]
-    assert row["fooled"] > 0
-    for k in ("nonrobust_agrees", "robust_agrees"):
-        assert 0 <= row[k] <= 1
+    assert row["fooled"] == idx.numel() > 0
+    assert row["nonrobust_agrees"] == pytest.approx(float((nr_pred == adv_pred[idx]).float().mean()))
+    assert row["robust_agrees"] == pytest.approx(float((r_pred == adv_pred[idx]).float().mean()))
     all_robust = adversarial_agreement(model, split, [(x, y)], {"PGD": pgd}, population=fixed_split([True] * 6), progress=False)
     assert all_robust["rows"]["PGD"]["robust_agrees"] == 1.0  # Z_r = Z: the robust head is the model itself
-    assert fooled >= 0
 
 
 def test_protocol_arguments_are_checked():

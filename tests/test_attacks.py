@@ -297,14 +297,32 @@ def test_nrf_forms_respect_their_threat_model(form):
         assert float((model(x_adv).argmax(1) != y).float().mean()) > 0.5
 
 
-def test_nrf_surrogate_cost_has_the_value_and_gradient_the_spec_states():
-    # cost_NR = ‖Z − (Z.detach() − G.detach())‖: value ‖G‖, gradient G/‖G‖.
-    z = torch.randn(2, 3, 2, 2, requires_grad=True)
-    g = torch.randn(2, 3, 2, 2)
-    cost = (z - (z.detach() - g)).norm()
-    (grad,) = torch.autograd.grad(cost, z)
-    assert cost.item() == pytest.approx(g.norm().item(), rel=1e-6)
-    assert torch.allclose(grad, g / g.norm(), atol=1e-6)
+def test_nrf_surrogate_objective_has_the_value_and_gradient_of_method_md():
+    """NRF's surrogate objective is −(‖x'−x‖² + c·Σf − ‖G‖) with G = mask·∂(−Σf)/∂Z̄ over the whole batch,
+    and its gradient treats ‖G‖ as ‖Z̄ − (Z̄ − G)‖: the features are pushed along G/‖G‖."""
+    model, x, y = trained_blobs()
+    model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()
+    x, y = x[:6], y[:6]
+    mask = torch.tensor([1.0, 0, 1, 0, 1, 0, 1, 0]).expand(6, -1)
+    attack = NRF(split=_Split(model), mask=mask[0], form="surrogate", c=0.7)
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1).requires_grad_(True)
+    value, logits = attack._objective(mask)(x_adv, x, y)
+    (grad,) = torch.autograd.grad(value, x_adv)
+    # by hand
+    x2 = x_adv.detach().clone().requires_grad_(True)
+    z = model[:2](x2)
+    out = model[2:](z)
+    other = out.clone()
+    other[torch.arange(6), y] = float("-inf")
+    f = (out[torch.arange(6), y] - other.max(1).values).clamp_min(0)
+    (g,) = torch.autograd.grad(-f.sum(), z, retain_graph=True)
+    G = mask[:, :, None, None] * g
+    l2 = (x2 - x).pow(2).sum()
+    assert float(value) == pytest.approx(float(-(l2 + 0.7 * f.sum() - G.norm())), rel=1e-5)
+    surrogate = -(l2 + 0.7 * f.sum()) + (z * (G / G.norm())).sum()  # d‖G‖/dZ̄ taken as G/‖G‖
+    (expected,) = torch.autograd.grad(surrogate, x2)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    assert torch.allclose(logits, out, atol=1e-6)
 
 
 def test_make_attack_rejects_unknown_names_and_settings():
@@ -336,10 +354,13 @@ def test_every_registered_attack_describes_its_norm_and_budget():
     for name, spec in ATTACKS.items():
         if spec.needs_split:
             continue
-        info = make_attack(name).describe()
-        assert info["name"] == name
-        assert info["norm"] in ("linf", "l2")
-        assert "eps" in info
+        attack = make_attack(name)
+        info = attack.describe()
+        assert info["name"] == name and info["norm"] == spec.norm == attack.norm
+        if name == "cw-l2":
+            assert info["eps"] is None  # unbounded: its size is the measured perturbation
+        else:
+            assert info["eps"] == attack.eps > 0
 
 
 def test_nrf_without_a_mask_takes_the_bottleneck_split_of_the_clean_batch():
@@ -452,3 +473,30 @@ def test_nrf_seeds_the_bottleneck_by_image_index_like_table1(tmp_path):
     direct = attack(model, x[8:], y[8:], generator=batch_generator(0, 1), indices=second)
     assert torch.equal(stored[8:], direct)
     assert not torch.equal(stored[8:], attack(model, x[8:], y[8:], generator=batch_generator(0, 1)))  # 0.1.1 seeded by position
+
+
+def test_the_gradient_norm_term_of_nrf_matters():
+    """With an all-zero mask NRF is CW-L2 with the same settings; with a non-zero mask the surrogate form differs."""
+    model, x, y = trained_blobs()
+    model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()
+    x, y = x[:40], y[:40]
+    cw = CWL2(c=1.0, steps=30)(model, x, y)
+    zero = NRF(split=_Split(model), mask=torch.zeros(8), form="surrogate", steps=30, c=1.0)(model, x, y)
+    some = NRF(split=_Split(model), mask=torch.tensor([1, 0, 1, 0, 1, 0, 1, 0]), form="surrogate", steps=30, c=1.0)(model, x, y)
+    assert torch.equal(zero, cw)
+    assert (some - cw).abs().max() > 1e-3
+
+
+def test_exact_nrf_needs_a_smooth_head():
+    """A finding (docs/method.md §4): behind a piecewise-linear head (ReLU, pooling, linear: VGG-16's head at features.41)
+    ∂f/∂Z̄ is constant almost everywhere, so the gradient of the exact form's ‖G‖ vanishes and exact NRF is CW-L2.
+    Behind a smooth head it is not."""
+    model, x, y = trained_blobs()
+    relu_model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()
+    smooth_model = nn.Sequential(model[0], nn.Identity(), nn.Softplus(), *model[2:]).eval()
+    x, y = x[:40], y[:40]
+    mask = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
+    for m, same in ((relu_model, True), (smooth_model, False)):
+        cw = CWL2(c=1.0, steps=30)(m, x, y)
+        exact = NRF(split=_Split(m), mask=mask, form="exact", steps=30, c=1.0)(m, x, y)
+        assert torch.equal(exact, cw) is same

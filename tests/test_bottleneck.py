@@ -244,11 +244,34 @@ def test_population_protocol_reproduces_a_plain_reference_loop():
     assert torch.allclose(ours.sigma, F.softplus(lam.detach()), rtol=1e-4, atol=1e-5)
 
 
-def test_unit_noise_and_summed_kl_options_run():
+@pytest.mark.parametrize("noise", ["unit", "channel"])
+def test_summed_kl_matches_a_hand_written_loss(noise):
+    """kl="sum" (the paper's text): each image's loss is CE + β·Σ over its units of ½[σ_z²/σ² + log(σ²/σ_z²) − 1];
+    with channel noise a channel is one unit, with unit noise each of its H·W positions is."""
+    torch.manual_seed(0)
     split = split_model(models.build("tiny_cnn").eval(), "features.5")
-    x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 1, 2])
-    res = distill(split, x, y, IBConfig(noise="unit", kl="sum", iterations=5))
-    assert res.config.noise == "unit" and torch.isfinite(res.sigma).all()
+    x, y = torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        z = split.features(x)
+    b, c, h, w = z.shape
+    shape = (15, b, c, h, w) if noise == "unit" else (15, b, c, 1, 1)
+    eps = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    ours = distill(split, x, y, IBConfig(noise=noise, kl="sum", beta=0.7, iterations=15), noise=eps)
+    var = z.var(dim=(2, 3))
+    units = h * w if noise == "unit" else 1
+    lam = torch.zeros(b, c, requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=0.1)
+    for step in range(15):
+        sigma = F.softplus(lam)
+        sq = sigma**2 + 1e-10
+        kl_per_unit = 0.5 * ((var + 1e-10) / sq + torch.log(sq / (var + 1e-10)) - 1)
+        loss = F.cross_entropy(split.head(z + sigma[:, :, None, None] * eps[step]), y, reduction="sum") + 0.7 * units * kl_per_unit.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(ours.sigma, F.softplus(lam.detach()), rtol=1e-4, atol=1e-5)
+    mean = distill(split, x, y, IBConfig(noise=noise, kl="mean", beta=0.7, iterations=15), noise=eps)
+    assert not torch.allclose(mean.sigma, ours.sigma, atol=1e-3)  # the option changes the result
 
 
 def test_distill_works_under_no_grad():
@@ -256,4 +279,4 @@ def test_distill_works_under_no_grad():
     x, y = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
     with torch.no_grad():
         res = distill(split, x, y, IBConfig(iterations=3))
-    assert res.sigma.shape == (2, 16)
+    assert torch.equal(res.sigma, distill(split, x, y, IBConfig(iterations=3)).sigma)

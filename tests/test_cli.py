@@ -60,7 +60,17 @@ def test_attack_and_split_end_to_end(capsys, files):
     assert code == 0, err
     assert "robust" in out
     s = json.loads((files / "split.json").read_text())
-    assert s["channels"] == 16 and s["robust_channels_mean"] + s["nonrobust_channels_mean"] == pytest.approx(16)
+    from nonrobust.io import load_tensors
+
+    t, _ = load_tensors(files / "split.safetensors")
+    # the stored masks follow the rule σ² > T, and the summary counts and accuracies come from them
+    assert torch.equal(t["robust_mask"].bool(), t["sigma"].square() > t["threshold"][:, None])
+    assert s["channels"] == 16 and s["robust_channels_mean"] == pytest.approx(float(t["robust_mask"].float().sum(1).mean()))
+    model = models.load(files / "tiny.safetensors")
+    npz = np.load(files / "rgb.npz")
+    with torch.no_grad():
+        pred = model(torch.from_numpy(npz["x_test"]).permute(0, 3, 1, 2).float().div(255)).argmax(1)
+    assert torch.equal(t["pred"], pred) and s["accuracy"]["int"] == pytest.approx(float((pred == t["y"]).float().mean()))
     code, out, err = run(capsys, "attack", "--model", files / "tiny.safetensors", "--data", data, "--attack", "nrf",
                          "--steps", 3, "--iterations", 3, "--out", files / "nrf.safetensors")
     assert code == 0, err

@@ -84,6 +84,53 @@ def test_each_method_trains_one_epoch_with_finite_loss(tmp_path, method):
     assert last["train_images"] == len(TRAIN)
 
 
+class _FixedAdversary:
+    """Stands in for the inner PGD: returns given adversarial images, so the loss can be computed by hand."""
+
+    def __init__(self, x_adv: torch.Tensor) -> None:
+        self.x_adv = x_adv
+
+    def __call__(self, model, x, y, generator=None):
+        return self.x_adv
+
+
+def _softmax(row: list[float]) -> list[float]:
+    e = [math.exp(v) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def _kl(p: list[float], q: list[float]) -> float:
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))
+
+
+@pytest.mark.parametrize("method", ["trades", "mart"])
+def test_trades_and_mart_losses_match_a_hand_computation(method):
+    """Two samples through a linear model with known weights; TRADES (CE inner) and MART as published, β 2."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 2.0], [-1.5, 0.25]]))
+    x = torch.tensor([[[[0.2, 0.7]]], [[[0.9, 0.1]]]])
+    x_adv = torch.tensor([[[[0.3, 0.6]]], [[[0.8, 0.25]]]])
+    y = torch.tensor([1, 0])
+    cfg = make_config(method, arch="tiny_cnn", data="synthetic", beta=2.0, **({"inner": "ce"} if method == "trades" else {})).resolved()
+    batch = training.Batch(model, model, x, y, cfg, _FixedAdversary(x_adv), torch.Generator())
+    loss, logits = METHODS[method].loss(batch)
+    w = [[1.0, -1.0], [0.5, 2.0], [-1.5, 0.25]]
+    lin = lambda v: [r[0] * v[0] + r[1] * v[1] for r in w]  # noqa: E731
+    p = [_softmax(lin([0.2, 0.7])), _softmax(lin([0.9, 0.1]))]
+    q = [_softmax(lin([0.3, 0.6])), _softmax(lin([0.8, 0.25]))]
+    labels = [1, 0]
+    kl = [_kl(p[i], q[i]) for i in range(2)]
+    if method == "trades":
+        expected = sum(-math.log(p[i][labels[i]]) for i in range(2)) / 2 + 2.0 * sum(kl) / 2
+    else:
+        ce = sum(-math.log(q[i][labels[i]]) for i in range(2)) / 2
+        boost = sum(-math.log(1.0001 - max(v for k, v in enumerate(q[i]) if k != labels[i]) + 1e-12) for i in range(2)) / 2
+        expected = ce + boost + 2.0 * sum(kl[i] * (1.0000001 - p[i][labels[i]]) for i in range(2)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert torch.allclose(logits, model(x_adv))
+
+
 def test_reference_variants_of_trades_and_mart_train(tmp_path):
     for name in ("reference-trades", "reference-mart"):
         cfg = make_config(name, arch="tiny_cnn", data="synthetic", epochs=1, batch_size=16, steps=2, eval_n=8, eval_pgd_steps=1, device="cpu")
