@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack, run_attack
+from .attacks import Attack
 from .bottleneck import IBConfig, IBResult, distill, masked_predictions
 from .errors import check
-from .evaluation import StoredAdversarial, batch_generator
+from .evaluation import StoredAdversarial, attack_batch
 from .runtime import frozen
 from .split import LayerSplit
 
@@ -46,7 +46,7 @@ def _adversarial(source: Adversarial, model: nn.Module, x: Tensor, y: Tensor, ba
     """Batch ``batch`` (images ``start …``) under ``source``: read from its file or attacked now."""
     if isinstance(source, StoredAdversarial):
         return source.rows(start, y)
-    return run_attack(source, model, x, y, batch_generator(seed, batch, x.device), start)
+    return attack_batch(source, model, x, y, seed=seed, batch=batch, start=start)
 
 
 def _masks(split: LayerSplit, x: Tensor, y: Tensor, config: IBConfig | None, population: IBResult | None,

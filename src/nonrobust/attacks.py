@@ -21,9 +21,8 @@ afterwards, also when they raise. Randomness comes only from ``generator``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +51,10 @@ __all__ = [
     "STEP_FACTORS",
     "step_size",
     "setting_value",
-    "run_attack",
     "optimise",
     "frozen",
     "perturbation_norms",
+    "summarise_sizes",
     "point_sizes",
     "exact_delta",
     "Ball",
@@ -366,20 +365,6 @@ class _Base:
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
         raise NotImplementedError
-
-
-def run_attack(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, start: int,
-               positions: Tensor | None = None) -> Tensor:
-    """``attack(model, x, y, generator=generator, indices=...)`` for images that sit at ``start + positions`` of their data set.
-
-    ``positions`` (int64 ``[B]``) are the images' places in their batch (default ``0 … B−1``), so an
-    attack run on the survivors of a batch still learns each image's index in the data set. An attack
-    of a user's whose ``__call__`` has no ``indices`` parameter is called without it.
-    """
-    positions = torch.arange(x.shape[0]) if positions is None else positions.cpu()
-    if "indices" in inspect.signature(attack.__call__).parameters:
-        return attack(model, x, y, generator=generator, indices=start + positions)
-    return attack(model, x, y, generator=generator)
 
 
 def setting_value(value: Any) -> Any:
@@ -788,17 +773,28 @@ def point_sizes(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
             "min": flat.amin(1), "max": flat.amax(1)}
 
 
-def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, float]:
-    """Measured sizes of ``x_adv − x`` as AutoAttack reports them (from :func:`point_sizes`).
+def summarise_sizes(sizes: Mapping[str, Tensor]) -> dict[str, float | int | None]:
+    """The one summary of an attack's perturbations that every result reports, as AutoAttack reports them.
 
-    Returns ``linf_max``, ``l2_median``, ``l2_max`` (over the batch), ``nan`` (count of
-    non-finite values in ``x_adv``) and ``min``/``max`` (value range of ``x_adv``).
+    Args:
+        sizes: per-point measurements (the columns of :func:`point_sizes`, of any number of points).
+
+    Returns:
+        ``points``; ``linf_max``, ``l2_median``, ``l2_max`` (sizes of ``x_adv − x``); ``nan`` (count of
+        non-finite values in ``x_adv``); ``min``/``max`` (value range of ``x_adv``). Every value but
+        ``points`` is ``None`` when there are no points.
     """
-    if x_adv.shape[0] == 0:
-        return {"linf_max": 0.0, "l2_median": 0.0, "l2_max": 0.0, "nan": 0, "min": 0.0, "max": 0.0}
-    sizes = point_sizes(x, x_adv)
-    return {"linf_max": float(sizes["linf"].max()), "l2_median": float(sizes["l2"].median()), "l2_max": float(sizes["l2"].max()),
-            "nan": int(sizes["nan"].sum()), "min": float(sizes["min"].min()), "max": float(sizes["max"].max())}
+    points = int(sizes["l2"].numel())
+    if points == 0:
+        return {"points": 0, **{k: None for k in ("linf_max", "l2_median", "l2_max", "nan", "min", "max")}}
+    return {"points": points, "linf_max": float(sizes["linf"].max()), "l2_median": float(sizes["l2"].median()),
+            "l2_max": float(sizes["l2"].max()), "nan": int(sizes["nan"].sum()), "min": float(sizes["min"].min()),
+            "max": float(sizes["max"].max())}
+
+
+def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, float | int | None]:
+    """:func:`summarise_sizes` of the batch ``x_adv`` of ``x`` (both ``[B, C, H, W]``)."""
+    return summarise_sizes(point_sizes(x, x_adv))
 
 
 # --------------------------------------------------------------------------- named lists of attacks

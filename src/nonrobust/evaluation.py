@@ -9,6 +9,7 @@ examples to a safetensors file, batch by batch, and resumes a killed run.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack, point_sizes, run_attack
+from .attacks import Attack, point_sizes, summarise_sizes
 from .errors import check
 from .io import StreamingTensorFile, check_output_path, digest, load_tensors, write_json
 from .runtime import make_generator
@@ -27,7 +28,7 @@ from .runtime import make_generator
 if TYPE_CHECKING:
     from .data import ImageDataset
 
-__all__ = ["NormStats", "evaluate_attacks", "attack_to_file", "summarise_file", "StoredAdversarial", "batch_generator", "worst_case"]
+__all__ = ["NormStats", "evaluate_attacks", "attack_to_file", "summarise_file", "StoredAdversarial", "batch_generator", "attack_batch", "worst_case"]
 
 log = logging.getLogger(__name__)
 
@@ -37,36 +38,39 @@ def batch_generator(seed: int, batch_index: int, device: torch.device | str = "c
     return make_generator(seed * 1_000_003 + batch_index, device)
 
 
+def attack_batch(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, *, seed: int, batch: int, start: int,
+                 positions: Tensor | None = None) -> Tensor:
+    """Batch number ``batch`` of a seeded run under ``attack``: the one convention every loop over a data set follows.
+
+    The attack draws its random numbers from :func:`batch_generator` ``(seed, batch)`` and learns each
+    image's index in the data set, ``start + positions`` (``positions``: the images' places in the
+    batch, int64 ``[B]``, default ``0 … B−1``; NRF seeds its bottleneck with these indices, as Table 1
+    does). An attack of a user's whose ``__call__`` has no ``indices`` parameter is called without it.
+
+    Returns:
+        ``x_adv``, shaped like ``x`` and in [0,1].
+    """
+    generator = batch_generator(seed, batch, x.device)
+    positions = torch.arange(x.shape[0]) if positions is None else positions.cpu()
+    if "indices" in inspect.signature(attack.__call__).parameters:
+        return attack(model, x, y, generator=generator, indices=start + positions)
+    return attack(model, x, y, generator=generator)
+
+
 @dataclass
 class NormStats:
-    """Running perturbation statistics over the points an attack changed or was run on."""
+    """Per-point perturbation measurements of the points an attack was run on, gathered batch by batch."""
 
-    l2: list[Tensor] = field(default_factory=list)
-    linf_max: float = 0.0
-    nan: int = 0
-    min: float = float("inf")
-    max: float = float("-inf")
+    sizes: list[dict[str, Tensor]] = field(default_factory=list)
 
     def add(self, x: Tensor, x_adv: Tensor) -> None:
-        if x.shape[0] == 0:
-            return
-        sizes = point_sizes(x, x_adv)
-        self.l2.append(sizes["l2"].cpu())
-        self.linf_max = max(self.linf_max, float(sizes["linf"].max()))
-        self.nan += int(sizes["nan"].sum())
-        self.min, self.max = min(self.min, float(sizes["min"].min())), max(self.max, float(sizes["max"].max()))
+        self.sizes.append({k: v.cpu() for k, v in point_sizes(x, x_adv).items()})
 
     def summary(self) -> dict[str, float | int | None]:
-        l2 = torch.cat(self.l2) if self.l2 else torch.empty(0)
-        return {
-            "points": int(l2.numel()),
-            "linf_max": self.linf_max,
-            "l2_median": float(l2.median()) if l2.numel() else None,
-            "l2_max": float(l2.max()) if l2.numel() else None,
-            "nan": self.nan,
-            "min": self.min if l2.numel() else None,
-            "max": self.max if l2.numel() else None,
-        }
+        """:func:`nonrobust.attacks.summarise_sizes` over every point added."""
+        if not self.sizes:
+            return summarise_sizes({"l2": torch.empty(0)})
+        return summarise_sizes({k: torch.cat([s[k] for s in self.sizes]) for k in self.sizes[0]})
 
 
 def evaluate_attacks(
@@ -120,7 +124,7 @@ def evaluate_attacks(
                 continue
             xs, ys = x[idx], y[idx]
             t0 = time.perf_counter()
-            x_adv = run_attack(attack, model, xs, ys, batch_generator(seed, i, x.device), n - x.shape[0], idx)
+            x_adv = attack_batch(attack, model, xs, ys, seed=seed, batch=i, start=n - x.shape[0], positions=idx)
             seconds[name] += time.perf_counter() - t0
             with torch.no_grad():
                 still = model(x_adv).argmax(1) == ys
@@ -189,7 +193,7 @@ def attack_to_file(
     bar = tqdm(total=n, initial=writer.rows_done, desc=settings["attack"]["name"], unit="img", disable=not progress)
     with writer.guard(bar):
         for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
-            x_adv = run_attack(attack, model, x, y, batch_generator(seed, writer.rows_done // batch_size, x.device), writer.rows_done)
+            x_adv = attack_batch(attack, model, x, y, seed=seed, batch=writer.rows_done // batch_size, start=writer.rows_done)
             with torch.no_grad():
                 clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
             writer.write(writer.rows_done, {"x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,
@@ -202,6 +206,9 @@ def attack_to_file(
     return summary
 
 
+_SIZE_COLUMNS = ("linf", "l2", "nan", "min", "max")  # point_sizes' columns, as attack_to_file stores them
+
+
 def summarise_file(path: str | Path) -> dict:
     """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
 
@@ -209,7 +216,7 @@ def summarise_file(path: str | Path) -> dict:
     attack turned from correct to wrong (the size of an unbounded attack's successes).
     Reads only the per-point columns, never the images.
     """
-    t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", "nan", "linf", "l2", "min", "max"))
+    t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", *_SIZE_COLUMNS))
     clean_ok, adv_ok = t["clean_pred"] == t["y"], t["adv_pred"] == t["y"]
     fooled = clean_ok & ~adv_ok
     return {
@@ -217,20 +224,9 @@ def summarise_file(path: str | Path) -> dict:
         "clean_accuracy": float(clean_ok.float().mean()),
         "robust_accuracy": float((clean_ok & adv_ok).float().mean()),
         "success_rate": float((clean_ok & ~adv_ok).sum() / clean_ok.sum().clamp_min(1)),
-        "perturbation": {
-            "points": int(t["y"].numel()),
-            "linf_max": float(t["linf"].max()),
-            "l2_median": float(t["l2"].median()),
-            "l2_max": float(t["l2"].max()),
-            "nan": int(t["nan"].sum()),
-            "min": float(t["min"].min()),
-            "max": float(t["max"].max()),
-        },
-        "perturbation_fooled": {  # the points the attack turned from correct to wrong: an unbounded attack's size
-            "points": int(fooled.sum()),
-            **{key: float(reduce(t[col][fooled])) if fooled.any() else None
-               for key, col, reduce in (("linf_max", "linf", torch.max), ("l2_median", "l2", torch.median), ("l2_max", "l2", torch.max))},
-        },
+        "perturbation": summarise_sizes(t),
+        # the points the attack turned from correct to wrong: an unbounded attack's size
+        "perturbation_fooled": summarise_sizes({k: t[k][fooled] for k in _SIZE_COLUMNS}),
     }
 
 

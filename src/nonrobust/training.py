@@ -665,22 +665,17 @@ class _Run:
 
     # ------------------------------------------------------------ held-out evaluation (rank 0)
     def evaluate(self) -> dict[str, Any]:
-        cfg, model = self.cfg, self.model
+        """Clean and PGD accuracy on the held-out images, by :func:`nonrobust.evaluation.evaluate_attacks`."""
+        from .evaluation import evaluate_attacks
+
+        cfg = self.cfg
         assert self.eval_set is not None
         attack = PGD(eps=cfg.eps, steps=cfg.eval_pgd_steps, alpha_factor=STEP_FACTORS["madry"], random_start=True)
-        gen = make_generator(_seed(cfg.seed, "eval"), self.device)
-        clean = robust = 0
-        model.eval()
-        for x, y in self.eval_set.batches(cfg.batch_size, device=self.device):
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad():
-                clean += int((model(x).argmax(1) == y).sum())
-            x_adv = attack(model, x, y, generator=gen)
-            with torch.no_grad():
-                robust += int((model(x_adv).argmax(1) == y).sum())
-        n = len(self.eval_set)
-        return {"eval_clean_acc": clean / n, "eval_pgd_acc": robust / n, "eval_n": n}
+        batches = ((x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x, y)
+                   for x, y in self.eval_set.batches(cfg.batch_size, device=self.device))
+        self.model.eval()
+        res = evaluate_attacks(self.model, batches, {"PGD": attack}, seed=_seed(cfg.seed, "eval"), progress=False)
+        return {"eval_clean_acc": res["clean_accuracy"], "eval_pgd_acc": res["attacks"]["PGD"]["robust_accuracy"], "eval_n": res["n"]}
 
     # ------------------------------------------------------------ files
     def score(self, entry: dict[str, Any]) -> float:
