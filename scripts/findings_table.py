@@ -1,0 +1,101 @@
+"""README's side-by-side table: the paper's VGG-16 against our models, each figure read from a results.json.
+
+    python scripts/findings_table.py \
+        --model "our VGG-16=docs/findings/cifar10-vgg16-at-test1k.results.json:cifar10-vgg16-at" \
+        --model "our small_cnn=docs/findings/cifar10-small-at-test10k.results.json:cifar10-small-at"
+
+Each ``--model LABEL=RESULTS[:PRETRAINED]`` is one column: the report's results.json, and optionally
+a shipped model whose metadata holds its AutoAttack / APGD-CE measurement. The paper's column is
+:data:`PAPER` below (CIFAR-10, VGG-16, PGD-AT at γ = 0.03), each entry with where it comes from.
+Prints a Markdown table; every figure of ours is given with the number of images it was measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nonrobust import models
+
+PAPER = {
+    "clean": ("79.7%", "Table 1, Int., clean"),
+    "pgd": ("44.7%", "Table 1, Int., PGD (10 steps, γ = 0.03 ≈ 7.65/255)"),
+    "aa": ("not run", "Table 3's 'AA' is APGD-CE alone with 1 restart in the reference code, not AutoAttack"),
+    "t1_clean": ("79.7 / 99.8 / 34.8", "Table 1, clean"),
+    "t1_pgd": ("44.7 / 97.9 / 20.6", "Table 1, PGD"),
+    "t2_pgd": ("94.35%", "Table 2, CIFAR-10 VGG, PGD (as extracted from the paper's text)"),
+    "nrf_vs_pgd": ("≈17% vs ≈47% (NRF unbounded L2)", "Table 3, ADV rows"),
+    "channels": ("not reported per image", "Fig. 5(c) gives channel counts against β"),
+}
+"""The paper's figures for CIFAR-10 VGG-16 (PGD-AT, γ = 0.03): value and source."""
+
+ROWS = (
+    ("clean", "clean accuracy"),
+    ("pgd", "PGD-20 accuracy (L∞ 8/255)"),
+    ("aa", "AutoAttack (or APGD-CE) accuracy"),
+    ("t1_clean", "Table 1, clean: Int / R / NR (%)"),
+    ("t1_pgd", "Table 1, under PGD: Int / R / NR (%)"),
+    ("t2_pgd", "Table 2: NR features predict PGD's label on fooled points"),
+    ("nrf_vs_pgd", "NRF-L∞ vs PGD-20 accuracy (same budget)"),
+    ("channels", "robust channels per image (paper protocol)"),
+)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def column(results_path: Path, pretrained: str | None) -> dict[str, str]:
+    """Our figures for one model, from its report's results.json (and the shipped model's metadata)."""
+    r = json.loads(results_path.read_text())
+    n = r["n"]
+    rows = {row["attack"]: row for row in r["table3"]["rows"]}
+    t1 = r["table1"]["paper"]
+    ref = r["reference_attack"]
+    out = {
+        "clean": f"{_pct(r['table3']['clean_accuracy'])} (n={n})",
+        "pgd": f"{_pct(rows['pgd-20']['robust_accuracy'])} (n={n})" if "pgd-20" in rows else "—",
+        "t1_clean": " / ".join(f"{100 * t1['rows']['clean'][k]:.1f}" for k in ("int", "robust", "nonrobust")),
+        "t1_pgd": " / ".join(f"{100 * t1['rows'][ref][k]:.1f}" for k in ("int", "robust", "nonrobust")),
+        "channels": f"{t1['channels']['robust']:.1f} of {t1['channels']['total']}",
+    }
+    t2 = r["table2"]["paper"]["rows"].get(ref)
+    out["t2_pgd"] = f"{_pct(t2['nonrobust_agrees'])} of {t2['fooled']}" if t2 else "—"
+    if "nrf-linf" in rows and "pgd-20" in rows:
+        out["nrf_vs_pgd"] = f"{_pct(rows['nrf-linf']['robust_accuracy'])} vs {_pct(rows['pgd-20']['robust_accuracy'])}"
+    aa = None
+    for key in ("autoattack", "apgd-ce"):
+        if key in rows:
+            aa = f"{_pct(rows[key]['robust_accuracy'])} ({rows[key]['label']}, n={n})"
+            break
+    if aa is None and pretrained:
+        metrics = models.PRETRAINED[pretrained].meta().metrics
+        for key, label in (("autoattack_accuracy", "AutoAttack"), ("apgd_ce_accuracy", "APGD-CE")):
+            entry = metrics.get(key)
+            if isinstance(entry, dict):
+                aa = f"{_pct(entry['value'])} ({label}, n={entry['n']})"
+                break
+    out["aa"] = aa or "not measured"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", action="append", required=True, metavar="LABEL=RESULTS[:PRETRAINED]")
+    args = ap.parse_args()
+    columns = {}
+    for item in args.model:
+        label, _, rest = item.partition("=")
+        path, _, name = rest.partition(":")
+        columns[label] = column(Path(path), name or None)
+    print("| | the paper's VGG-16 | " + " | ".join(columns) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
+    for key, label in ROWS:
+        print(f"| {label} | {PAPER[key][0]} | " + " | ".join(c.get(key, "—") for c in columns.values()) + " |")
+    print()
+    print("Paper figures: " + "; ".join(f"{label.split(':')[0]}: {PAPER[key][1]}" for key, label in ROWS) + ".")
+
+
+if __name__ == "__main__":
+    main()
