@@ -145,7 +145,7 @@ def test_bottleneck_settings_recompute_the_nrf_attacks(tiny_report, tmp_path):
 
 
 def test_table1_reading_compares_the_protocols_also_when_one_has_no_robust_channel():
-    from nonrobust.report import _reading_table1
+    from nonrobust.report.readings import _reading_table1
 
     def protocol(robust_channels, r_adv):
         rows = {"clean": {"robust": 0.3, "nonrobust": 0.7, "int": 0.7}, "PGD-20": {"robust": r_adv, "nonrobust": 0.3, "int": 0.35}}

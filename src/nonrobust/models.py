@@ -17,7 +17,6 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import inspect
 import logging
 import os

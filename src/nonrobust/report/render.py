@@ -1,0 +1,233 @@
+"""Writing the report: ``results.json``, one CSV per table, the figures, and the self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import __version__
+from ..io import atomic_write, load_tensors, write_json
+from .readings import fmt, pct
+
+if TYPE_CHECKING:
+    from .run import Context
+
+
+def write_outputs(ctx: Context, results: dict) -> None:
+    from .. import figures
+
+    out = ctx.out
+    figs: dict[str, bytes] = {}
+    if "table1" in results:
+        figs["table1"] = figures.table1_figure(results["table1"])
+    if "tsne" in results:
+        t, _ = load_tensors(ctx.steps.file("tsne"))
+        figs["tsne"] = figures.tsne_figure({k: v for k, v in t.items() if k != "y"}, t["y"].long(), ctx.ds.classes, "attack",
+                                           attack_label=results["tsne"]["attack"])
+    if "beta_sweep" in results:
+        figs["beta"] = figures.beta_figure(results["beta_sweep"]["rows"], results["beta_sweep"]["attack"])
+    if "sigma" in results:
+        sg, _ = load_tensors(ctx.steps.file("sigma"))
+        figs["sigma"] = figures.sigma_figure(sg["sigma"], sg["var_z"], float(sg["threshold"][0]), sg["robust"].bool())
+    if results.get("featvis"):
+        fv, _ = load_tensors(ctx.steps.file("featvis"))
+        figs["featvis"] = figures.featvis_figure(fv["inputs"], fv["visuals"], results["featvis"]["captions"], results["featvis"]["rows"])
+    (out / "figures").mkdir(exist_ok=True)
+    for name, png in figs.items():
+        with atomic_write(out / "figures" / f"{name}.png") as fh:
+            fh.write(png)
+    for name, (header, rows) in _csv_tables(results).items():
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(rows)
+        with atomic_write(out / f"{name}.csv", "w") as fh:
+            fh.write(buf.getvalue())
+    write_json(out / "results.json", results)
+    with atomic_write(out / "report.html", "w") as fh:
+        fh.write(render_html(results, figs))
+
+
+def _csv_tables(results: dict) -> dict[str, tuple[list[str], list[list]]]:
+    """One CSV per table present in ``results``: name -> (header, rows)."""
+    attack_cols = ["label", "attack", "norm", "eps", "clean_accuracy", "robust_accuracy", "success_rate", "linf_max", "l2_median",
+                   "l2_max", "fooled", "l2_median_fooled", "nan", "seconds"]
+    out = {}
+    for name in ("table3", "table4"):
+        if name in results:
+            out[name] = (attack_cols, [[r[c] for c in attack_cols] for r in results[name]["rows"]])
+    if "table1" in results:
+        out["table1"] = (["protocol", "input", "int", "robust", "nonrobust"],
+                         [[p, k, r["int"], r["robust"], r["nonrobust"]] for p, t in results["table1"].items() for k, r in t["rows"].items()])
+    if "table2" in results:
+        out["table2"] = (["protocol", "attack", "fooled", "nonrobust_agrees", "robust_agrees"],
+                         [[p, k, r["fooled"], r["nonrobust_agrees"], r["robust_agrees"]] for p, t in results["table2"].items()
+                          for k, r in t["rows"].items()])
+    if "beta_sweep" in results:
+        out["beta_sweep"] = (["beta", "input", "robust_channels", "nonrobust_channels", "robust_accuracy", "nonrobust_accuracy"],
+                             [[r["beta"], k, r["robust_channels"], r["nonrobust_channels"], v["robust"], v["nonrobust"]]
+                              for r in results["beta_sweep"]["rows"] for k, v in r["rows"].items()])
+    return out
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.reading{background:#f7f9fc;border-left:4px solid #1f77b4;padding:.5em .8em}
+.note{background:#fff8e6;border-left:4px solid #e6a700;padding:.5em .8em}img{max-width:100%}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.8em}
+.small{color:#666;font-size:.85em}"""
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class _Raw(str):
+    """Already-escaped HTML for a table cell."""
+
+
+def _p(v: float | None) -> _Raw:
+    return _Raw(html.escape(pct(v)))
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _reading(results: dict, key: str) -> str:
+    text = results["readings"].get(key)
+    return f'<p class="reading">{html.escape(text)}</p>' if text else ""
+
+
+def _attack_rows(table: dict) -> list[list[Any]]:
+    rows = []
+    for r in table["rows"]:
+        budget = f"L∞ ≤ {r['eps']:.4f} ({r['eps'] * 255:.1f}/255)" if r["norm"] == "linf" else "L2, unbounded"
+        rows.append([r["label"], budget, _p(r["robust_accuracy"]), _p(r["success_rate"]), r["linf_max"], r["l2_median"],
+                     r["l2_median_fooled"], r["l2_max"], r["nan"], f"[{r['min']:.3g}, {r['max']:.3g}]", r["seconds"]])
+    return rows
+
+
+_ATTACK_HEADER = ["attack", "threat model", "accuracy", "success rate", "L∞ max", "L2 median (all)", "L2 median (fooled)", "L2 max",
+                  "NaN", "value range", "seconds"]
+
+
+def render_html(results: dict, figs: dict[str, bytes]) -> str:
+    """The self-contained report page (no scripts, no external resources)."""
+    s = results["settings"]
+    e = results["environment"]
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>nonrobust report — {html.escape(str(s['model']))}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             "<h1>Robust and non-robust features: report</h1>",
+             f"<p>Model <b>{html.escape(str(s['model']))}</b> ({html.escape(str(results['arch']))}), split at layer "
+             f"<code>{html.escape(results['layer'])}</code>; data <b>{html.escape(results['data']['name'])}</b> "
+             f"({html.escape(results['data']['split'])} split, {results['n']} of {results['data']['n_available']} images, shape "
+             f"{results['data']['input_shape']}); seed {s['seed']}. Method: Kim, Lee, Ro, <i>Distilling Robust and Non-Robust Features "
+             f"in Adversarial Examples by Information Bottleneck</i>, NeurIPS 2021. Total wall time {results['wall_seconds']:.0f} s.</p>"]
+    if "cifar10" in results["data"]["name"]:
+        parts.append('<p class="note">CIFAR-10 here is the JPEG-re-encoded copy prepared by <code>cifar10_from_jpeg.py</code>, '
+                     "not the original files: numbers can differ slightly from the official data set.</p>")
+    if s["trimmed"]:
+        parts.append('<div class="note"><b>This run was trimmed</b> to finish quickly:<ul>'
+                     + "".join(f"<li>{html.escape(t)}</li>" for t in s["trimmed"]) + "</ul>Run the full analysis for publishable numbers.</div>")
+    for note in results["notes"]:
+        parts.append(f'<p class="note">{html.escape(note)}</p>')
+    for section, render in _SECTION_HTML.items():
+        if results.get(section):
+            parts += render(results, figs)
+    if results.get("model_metrics"):
+        parts.append("<h2>The model's recorded measurements</h2>")
+        parts.append(f"<pre>{html.escape(json.dumps(results['model_metrics'], indent=1, default=str))}</pre>")
+    parts.append("<h2>Steps and wall time</h2>")
+    parts.append(_table(["step", "seconds", "this run"], [[k, v["seconds"], "reused" if v["reused"] else "computed"]
+                                                          for k, v in results["steps"].items()]))
+    parts.append("<h2>Settings and environment</h2>")
+    parts.append(f"<pre>{html.escape(json.dumps({'settings': s, 'environment': e}, indent=1, default=str))}</pre>")
+    parts.append(f"<p class=\"small\">Written by nonrobust {html.escape(__version__)}.</p></body></html>")
+    return "\n".join(parts)
+
+
+def _html_table3(results: dict, figs: dict) -> list[str]:
+    t3 = results["table3"]
+    return ["<h2>Table 3 — accuracy under attack</h2>", _table(_ATTACK_HEADER, _attack_rows(t3)),
+            f"<p class=\"small\">Clean accuracy {pct(t3['clean_accuracy'])}; per-point worst case over the L∞ attacks "
+            f"{pct(t3['worst_case_linf'])}. Perturbation sizes are measured on every image (all) and on the points each attack "
+            f"turned from correct to wrong (fooled).</p>", _reading(results, "table3")]
+
+
+def _html_table1(results: dict, figs: dict) -> list[str]:
+    parts = ["<h2>Table 1 — accuracy of intermediate, robust and non-robust features</h2>",
+             "<p class=\"small\">Masks from the clean images, applied to the features of each input; the head after the layer "
+             "classifies Z, Z_r = i_r·Z and Z_nr = i_nr·Z.</p>"]
+    for protocol, t in results["table1"].items():
+        ch = t["channels"]
+        parts.append(f"<h3>{html.escape(protocol)} protocol ({ch['robust']:.1f} robust / {ch['nonrobust']:.1f} non-robust of "
+                     f"{ch['total']} channels)</h3>")
+        parts.append(_table(["input", "Int. (Z)", "R (Z_r)", "NR (Z_nr)"],
+                            [[k, _p(r["int"]), _p(r["robust"]), _p(r["nonrobust"])] for k, r in t["rows"].items()]))
+    return parts + [_img(figs["table1"], "Table 1 as bars"), _reading(results, "table1")]
+
+
+def _html_table2(results: dict, figs: dict) -> list[str]:
+    parts = ["<h2>Table 2 — do non-robust features predict the adversarial label?</h2>",
+             "<p class=\"small\">On the points each attack fooled; masks from the adversarial images (with the true labels for "
+             "the per-image protocol).</p>"]
+    for protocol, t in results["table2"].items():
+        parts.append(f"<h3>{html.escape(protocol)} protocol</h3>")
+        parts.append(_table(["attack", "fooled points", "NR predicts adversarial label", "R predicts adversarial label"],
+                            [[k, r["fooled"], _p(r["nonrobust_agrees"]), _p(r["robust_agrees"])] for k, r in t["rows"].items()]))
+    return parts + [_reading(results, "table2")]
+
+
+def _html_table4(results: dict, figs: dict) -> list[str]:
+    return ["<h2>Table 4 — maximising / minimising the gradient norm of non-robust and robust features</h2>",
+            _table(_ATTACK_HEADER, _attack_rows(results["table4"])), _reading(results, "table4")]
+
+
+def _html_tsne(results: dict, figs: dict) -> list[str]:
+    t = results["tsne"]
+    return [f"<h2>Fig. 2 — t-SNE of pooled robust and non-robust features, clean and {html.escape(t['attack'])}</h2>",
+            _img(figs["tsne"], "t-SNE"), f"<p class=\"small\">{t['n']} images; {html.escape(t['method'])}.</p>",
+            _reading(results, "tsne")]
+
+
+def _html_featvis(results: dict, figs: dict) -> list[str]:
+    c = results["featvis"]["config"]
+    return ["<h2>Fig. 3 — feature visualisation</h2>", _img(figs["featvis"], "feature visualisation"),
+            f"<p class=\"small\">Fourier parameterisation{', colour decorrelation' if c.get('decorrelate') else ''}, Adam lr "
+            f"{c['lr']}, {c['steps']} steps, random pad/jitter/scale/rotate each step; masks of each input from its own bottleneck "
+            f"run on its batch.</p>", _reading(results, "featvis")]
+
+
+def _html_beta(results: dict, figs: dict) -> list[str]:
+    b = results["beta_sweep"]
+    ref = b["attack"]
+    return [f"<h2>Fig. 5 — β sweep ({b['n']} images)</h2>", _img(figs["beta"], "beta sweep"),
+            _table(["β", "robust ch.", "non-robust ch.", "R clean", "NR clean", f"R {ref}", f"NR {ref}"],
+                   [[r["beta"], r["robust_channels"], r["nonrobust_channels"], _p(r["rows"]["clean"]["robust"]),
+                     _p(r["rows"]["clean"]["nonrobust"]), _p(r["rows"].get(ref, {}).get("robust")),
+                     _p(r["rows"].get(ref, {}).get("nonrobust"))] for r in b["rows"]]),
+            _reading(results, "beta")]
+
+
+def _html_sigma(results: dict, figs: dict) -> list[str]:
+    return ["<h2>σ² against the threshold T</h2>", _img(figs["sigma"], "sigma distribution"), _reading(results, "sigma")]
+
+
+def _html_population(results: dict, figs: dict) -> list[str]:
+    pop = results["population"]
+    return ["<h2>Population split</h2>",
+            f"<p>Fitted on {html.escape(pop['fitted_on'])} ({pop['n']} images): {pop['robust']:.0f} robust and "
+            f"{pop['nonrobust']:.0f} non-robust of {pop['channels']} channels, T = {pop['threshold']:.4g}.</p>"]
+
+
+_SECTION_HTML: dict[str, Callable[[dict, dict], list[str]]] = {
+    "table3": _html_table3, "table1": _html_table1, "table2": _html_table2, "table4": _html_table4, "tsne": _html_tsne,
+    "featvis": _html_featvis, "beta_sweep": _html_beta, "sigma": _html_sigma, "population": _html_population,
+}

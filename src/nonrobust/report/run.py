@@ -1,0 +1,334 @@
+"""The report's orchestration: load the model and data, run each step (cached), gather ``results.json``."""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..attacks import ATTACKS
+from ..errors import UserError, check
+from ..io import check_output_folder, load_tensors, save_tensors, tensor_fingerprint
+from .lock import exclusive
+from .readings import headline, readings
+from .render import write_outputs
+from .settings import TABLE4, ReportSettings, attack_overrides
+from .steps import Steps
+
+
+@dataclass
+class Context:
+    settings: ReportSettings
+    out: Path
+    model: nn.Module
+    split: Any
+    ds: Any
+    device: torch.device
+    ib: Any
+    steps: Steps
+    progress: bool
+    notes: list[str] = field(default_factory=list)
+    attack_rows: dict[str, dict] = field(default_factory=dict)  # each attack's Table 3 row, once per run
+
+    def batches(self, n: int | None = None):
+        ds = self.ds if n is None else self.ds.first(min(n, len(self.ds)))
+        return ds.batches(self.settings.batch_size, device=self.device)
+
+    def adv_path(self, key: str) -> Path:
+        return self.out / "adversarial" / f"{key}.safetensors"
+
+    @functools.cached_property
+    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``(x, y, split)``: the first batch and its bottleneck split (per-image protocol), shared by the σ² plot and Fig. 3."""
+        from ..bottleneck import distill
+
+        x, y = next(iter(self.batches()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return x, y, distill(self.split, x, y, self.ib)
+
+
+SECTIONS = ("table3", "table4", "table1", "table2", "tsne", "featvis", "beta", "sigma")
+"""The report's parts; ``nonrobust evaluate NAME`` runs one of them (and what it needs)."""
+
+
+def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str, ...] | None = None,
+               progress: bool = True) -> dict:
+    """Run every analysis for ``settings`` into ``out_dir`` and write the report; returns ``results.json``'s content.
+
+    ``only`` restricts the run to some of :data:`SECTIONS` (plus the attacks they need).
+
+    Raises :class:`UserError` for bad settings, data or model, and when another
+    report is writing into ``out_dir``.
+    """
+    from .. import data, models
+    from ..bottleneck import IBConfig
+    from ..runtime import environment, resolve_device
+    from ..split import check_feature_map, split_model
+
+    out = check_output_folder(out_dir)
+    wanted = set(SECTIONS) if only is None else set(only)
+    unknown = sorted(wanted - set(SECTIONS))
+    check(not unknown, f"unknown report section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    t_start = time.perf_counter()
+    # everything a user can get wrong is checked before the folder is touched
+    device = resolve_device(settings.device)
+    full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size)
+    ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
+    model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape)
+    models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
+    layer = settings.layer or meta.split_layer
+    check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
+    split = split_model(model, layer)
+    check_feature_map(split, next(ds.batches(1, device=device))[0])
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out):
+        ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed)
+        base = {"model": tensor_fingerprint(iter(model.state_dict().items())),
+                "data": tensor_fingerprint(iter([("x", ds.images), ("y", ds.labels)])),
+                "layer": layer, "seed": settings.seed, "batch_size": settings.batch_size, "version": __version__}
+        ctx = Context(settings, out, model, split, ds, device, ib, Steps(out, base), progress)
+        results: dict[str, Any] = {
+            "settings": asdict(settings), "layer": layer, "arch": meta.arch, "n": len(ds), "classes": ds.classes,
+            "data": {"name": ds.name, "split": ds.split, "input_shape": list(ds.input_shape), "n_available": len(full)},
+            "environment": environment(device), "model_metrics": {k: v for k, v in (meta.metrics or {}).items()
+                                                                   if k not in ("training_history", "environment")},
+        }
+        pgd = _reference_attack(settings.attacks)
+        results["reference_attack"] = ATTACKS[pgd].label
+        if wanted & {"table3", "table1", "table2"}:
+            results["table3"] = _table_attacks(ctx, settings.attacks)
+        elif wanted & {"tsne", "featvis", "beta"}:
+            results["table3"] = _table_attacks(ctx, (pgd,))
+        if "table4" in wanted and settings.table4:
+            results["table4"] = _table_attacks(ctx, TABLE4)
+        if wanted & {"table1", "table2"}:
+            population = _population(ctx, full)
+            results["population"] = population["summary"]
+            stored = _stored(ctx, settings.attacks)
+            for which in ("table1", "table2"):
+                if which in wanted:
+                    results[which] = {p: _feature_table(ctx, which, stored, p, population) for p in (settings.protocol, "population")}
+        if "sigma" in wanted:
+            results["sigma"] = _sigma(ctx)
+        if "beta" in wanted:
+            results["beta_sweep"] = _beta_sweep(ctx, pgd)
+        if "tsne" in wanted:
+            results["tsne"] = _tsne(ctx, pgd)
+        if "featvis" in wanted and settings.featvis_images:
+            results["featvis"] = _featvis(ctx, pgd)
+        results["steps"] = ctx.steps.timings
+        results["notes"] = ctx.notes
+        results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        results["headline"] = headline(results)
+        results["readings"] = readings(results)
+        write_outputs(ctx, results)
+        return results
+
+
+def _reference_attack(attacks: tuple[str, ...]) -> str:
+    """The attack figures use as "the" attack: PGD-20 when run, else the first L∞ one, else the first."""
+    for key in ("pgd-20", "bim", "fgsm", "nrf-linf", "apgd-ce", "autoattack"):
+        if key in attacks:
+            return key
+    return attacks[0]
+
+
+def _make_attack(ctx: Context, key: str):
+    from ..attacks import make_attack
+
+    overrides = attack_overrides(key, ctx.settings)
+    if ATTACKS[key].needs_split:
+        overrides.update(split=ctx.split, ib=ctx.ib)
+    return make_attack(key, **overrides)
+
+
+def _table_attacks(ctx: Context, keys: tuple[str, ...]) -> dict:
+    """Run (or reuse) each attack over the images; rows of accuracy and measured perturbation sizes."""
+    from ..evaluation import attack_to_file, summarise_file, worst_case
+
+    for key in keys:
+        if key in ctx.attack_rows:  # met before in this run (NRF-L2 is in Table 3 and Table 4)
+            continue
+        attack = _make_attack(ctx, key)
+        path = ctx.adv_path(key)
+        desc = attack.describe()
+
+        def compute(attack=attack, path=path) -> dict:
+            s = attack_to_file(ctx.model, ctx.ds, attack, path, batch_size=ctx.settings.batch_size, device=ctx.device,
+                               seed=ctx.settings.seed, progress=ctx.progress)
+            return {"seconds_attacking": s.get("seconds_this_run")}
+
+        timing = ctx.steps.run(f"attack-{key}", {"attack": desc}, compute, files=(path,))
+        s = summarise_file(path)
+        p, pf = s["perturbation"], s["perturbation_fooled"]
+        ctx.attack_rows[key] = {
+            "label": ATTACKS[key].label, "attack": key, "norm": attack.norm, "eps": desc["eps"],
+            "settings": desc, "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+            "success_rate": s["success_rate"], "linf_max": p["linf_max"], "l2_median": p["l2_median"],
+            "l2_max": p["l2_max"], "nan": p["nan"], "min": p["min"], "max": p["max"],
+            "fooled": pf["points"], "l2_median_fooled": pf["l2_median"], "seconds": timing.get("seconds_attacking")}
+    rows = [ctx.attack_rows[key] for key in keys]
+    linf = [ctx.adv_path(r["attack"]) for r in rows if r["norm"] == "linf"]
+    clean = rows[0]["clean_accuracy"] if rows else None
+    return {"n": len(ctx.ds), "clean_accuracy": clean, "rows": rows,
+            "worst_case_linf": worst_case(linf)["worst_case_accuracy"] if linf else None}
+
+
+def _stored(ctx: Context, keys: tuple[str, ...]) -> dict:
+    from ..evaluation import StoredAdversarial
+
+    return {ATTACKS[k].label: StoredAdversarial(ctx.adv_path(k)) for k in keys}
+
+
+def _population(ctx: Context, full) -> dict:
+    """Fit (or reuse) the population split on images other than the evaluated ones where there are some."""
+    from .. import data
+    from ..bottleneck import IBResult, _Batches, distill_population
+
+    s = ctx.settings
+    source = "train split"
+    try:
+        with warnings.catch_warnings():  # a training split smaller than population_n is simply used whole
+            warnings.filterwarnings("ignore", message=".*has only .* images; using all of them")
+            fit = data.load_dataset(s.data, "train", s.data_dir, n=s.population_n, image_size=s.image_size) if s.split == "test" else None
+    except UserError:
+        fit = None
+    if fit is None or fit.input_shape != ctx.ds.input_shape:
+        if len(full) > len(ctx.ds):
+            rest = slice(len(ctx.ds), len(ctx.ds) + s.population_n)  # copy only the images the fit uses
+            fit = data.ImageDataset(full.name, full.split, full.images[rest].clone(), full.labels[rest].clone(), list(full.classes))
+            source = f"{full.split} split, images {len(ctx.ds)}…{len(full) - 1} (not evaluated)"
+        else:
+            fit = ctx.ds
+            source = "the evaluated images themselves (the data set has no others)"
+            ctx.notes.append("The population split was fitted on the evaluated images, because the data set has no other images; "
+                             "its masks are label-free at use time but were not learned on held-out data.")
+    fit = fit.first(min(s.population_n, len(fit)))
+    config = replace(ctx.ib, protocol="population", iterations=s.population_iterations)
+    path = ctx.out / "population.safetensors"
+
+    def compute() -> dict:
+        res = distill_population(ctx.split, _Batches(lambda: fit.batches(s.batch_size, device=ctx.device)), config,
+                                 total=-(-len(fit) // s.batch_size), progress=ctx.progress)
+        res.save(path)
+        return {"fitted_on": source, "n": len(fit), **res.counts(), "threshold": float(res.threshold),
+                "config": asdict(config)}
+
+    params = {"config": asdict(config), "fit": tensor_fingerprint(iter([("x", fit.images), ("y", fit.labels)]))}
+    summary = ctx.steps.run("population", params, compute, files=(path,))
+    return {"summary": summary, "result": IBResult.load(path, ctx.device)}
+
+
+def _feature_table(ctx: Context, which: str, stored: dict, protocol: str, population: dict) -> dict:
+    """Table 1 (``which="table1"``) or Table 2 (``"table2"``) under one protocol, from the stored adversarial examples."""
+    from ..analyses import adversarial_agreement, feature_accuracy
+
+    analysis = feature_accuracy if which == "table1" else adversarial_agreement
+    kwargs = {"population": population["result"]} if protocol == "population" else {"config": ctx.ib}
+    params = {"protocol": protocol, "ib": asdict(ctx.ib), "attacks": {k: v.describe() for k, v in stored.items()},
+              "population": population["summary"] if protocol == "population" else None}
+    return ctx.steps.run(f"{which}-{protocol}", params, lambda: analysis(
+        ctx.model, ctx.split, ctx.batches(), stored, seed=ctx.settings.seed, total=len(ctx.ds), progress=ctx.progress, **kwargs))
+
+
+def _sigma(ctx: Context) -> dict:
+    """σ², σ_z², T and masks of the first batch (per-image protocol), for the σ² plot."""
+    path = ctx.steps.file("sigma")
+
+    def compute() -> dict:
+        x, _, res = ctx.first_batch
+        save_tensors(path, {"sigma": res.sigma, "var_z": res.var_z, "threshold": res.threshold, "robust": res.robust_mask.to(torch.uint8)})
+        sq = res.sigma.pow(2)
+        return {"images": int(x.shape[0]), "threshold": float(res.threshold[0]), **res.counts(),
+                "sigma_sq_median_robust": float(sq[res.robust_mask].median()) if res.robust_mask.any() else None,
+                "sigma_sq_median_nonrobust": float(sq[~res.robust_mask].median()) if (~res.robust_mask).any() else None}
+
+    return ctx.steps.run("sigma", {"ib": asdict(ctx.ib)}, compute, files=(path,))
+
+
+def _beta_sweep(ctx: Context, pgd: str) -> dict:
+    from ..analyses import beta_sweep
+
+    s = ctx.settings
+    stored = _stored(ctx, (pgd,))
+    n = min(s.beta_n, len(ctx.ds))
+
+    def compute() -> dict:
+        rows = beta_sweep(ctx.model, ctx.split, lambda: ctx.batches(n), stored, s.betas, config=ctx.ib, seed=s.seed,
+                          progress=ctx.progress)
+        return {"n": n, "attack": ATTACKS[pgd].label, "rows": rows}
+
+    return ctx.steps.run("beta-sweep", {"betas": list(s.betas), "n": n, "ib": asdict(ctx.ib),
+                                        "attack": stored[ATTACKS[pgd].label].describe()}, compute)
+
+
+def _tsne(ctx: Context, pgd: str) -> dict:
+    from ..analyses import pooled_features, tsne_embedding
+
+    s = ctx.settings
+    n = min(s.tsne_n, len(ctx.ds))
+    label = ATTACKS[pgd].label
+    path = ctx.steps.file("tsne")
+
+    def compute() -> dict:
+        feats = pooled_features(ctx.model, ctx.split, ctx.batches(n), _stored(ctx, (pgd,)), config=ctx.ib, seed=s.seed,
+                                progress=ctx.progress)
+        emb = {}
+        for key, value in feats.items():
+            if key != "y":
+                emb[key.replace(label, "attack")] = tsne_embedding(value, seed=s.seed)
+        save_tensors(path, {"y": feats["y"], **emb})
+        return {"n": n, "attack": label, "method": "scikit-learn TSNE, 2-D, PCA init, perplexity min(30, (n-1)/3)"}
+
+    attack = _stored(ctx, (pgd,))[label].describe()  # the settings, so that other adversarial examples are not mistaken for these
+    return ctx.steps.run("tsne", {"n": n, "ib": asdict(ctx.ib), "attack": label, "settings": attack}, compute, files=(path,))
+
+
+def _featvis(ctx: Context, pgd: str) -> dict:
+    """Fig. 3 on the first images of the first batch that the attack fooled (masks from each input's own batch)."""
+    from ..bottleneck import distill, masked_predictions
+    from ..evaluation import StoredAdversarial
+    from ..featvis import FeatVisConfig, invert_features
+
+    s = ctx.settings
+    path = ctx.steps.file("featvis")
+    config = FeatVisConfig(steps=s.featvis_steps, seed=s.seed)
+    stored = StoredAdversarial(ctx.adv_path(pgd))
+
+    def compute() -> dict:
+        x, y, clean_masks = ctx.first_batch
+        x_adv = stored.rows(0, y)
+        t, _ = load_tensors(stored.path, keys=("clean_pred", "adv_pred"))  # the model's predictions, stored with the attack
+        clean_pred, adv_pred = t["clean_pred"][: len(y)], t["adv_pred"][: len(y)]
+        fooled = ((clean_pred == y.cpu()) & (adv_pred != y.cpu())).nonzero().squeeze(1).tolist()
+        others = [i for i in range(len(y)) if i not in fooled]
+        pick = (fooled + others)[: s.featvis_images]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            masks = {"clean": clean_masks, "adv": distill(ctx.split, x_adv, y, ctx.ib)}
+        heads = {"clean": masked_predictions(ctx.split, masks["clean"], x), "adv": masked_predictions(ctx.split, masks["adv"], x_adv)}
+        targets, captions, inputs, rows = [], [], [], []
+        for i in pick:
+            for kind, xi, pred in (("clean", x, clean_pred), ("adv", x_adv, adv_pred)):
+                res = masks[kind].select(slice(i, i + 1))
+                with torch.no_grad():
+                    z = ctx.split.features(xi[i:i + 1])
+                targets += [z, res.robust(z), res.nonrobust(z)]
+                inputs.append(xi[i])
+                captions.append([f"model: {ctx.ds.classes[int(pred[i])]}"]
+                                + [f"head: {ctx.ds.classes[int(heads[kind][part][i])]}" for part in ("int", "robust", "nonrobust")])
+                rows.append(f"#{i} {'clean' if kind == 'clean' else ATTACKS[pgd].label} (true {ctx.ds.classes[int(y[i])]})")
+        visuals = invert_features(ctx.split, torch.cat(targets), ctx.ds.input_shape, config, progress=ctx.progress)
+        save_tensors(path, {"inputs": torch.stack(inputs), "visuals": visuals.view(len(inputs), 3, *ctx.ds.input_shape)})
+        return {"images": pick, "captions": captions, "rows": rows, "config": asdict(config)}
+
+    return ctx.steps.run("featvis", {"config": asdict(config), "ib": asdict(ctx.ib), "n": s.featvis_images, "attack": pgd,
+                                     "settings": stored.describe()}, compute, files=(path,))

@@ -1,0 +1,111 @@
+"""What a report runs: its settings, the named profiles, and the attacks its tables may use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..attacks import ATTACK_SETS, ATTACKS
+from ..errors import check
+
+TABLE3_ATTACKS = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "apgd-ce", "fab", "nrf-linf", "nrf")
+"""The registered attacks (:data:`nonrobust.attacks.ATTACKS`) Table 3 can run, with their registered settings and labels.
+The L∞ ones take the report's ``eps`` (PGD-20 and NRF-L∞ both run 20 steps of eps/4, so they compare);
+CW-L2 and the NRF L2 family share c 0.1, Adam lr 0.1 and the report's ``l2_steps``."""
+
+TABLE4 = ATTACK_SETS["table4"].names
+"""Table 4's attacks: :data:`nonrobust.attacks.ATTACK_SETS` ``["table4"]``."""
+
+
+def attack_overrides(key: str, s: "ReportSettings") -> dict[str, Any]:
+    """The report's settings for registered attack ``key``: its ``eps`` for an L∞ attack, ``l2_steps`` for an unbounded L2 one."""
+    return {"eps": s.eps} if ATTACKS[key].norm == "linf" else {"steps": s.l2_steps}
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What a report runs. Defaults are the full analysis; :data:`PROFILES` ``["demo"]`` is the trimmed one.
+
+    Attributes:
+        model: a checkpoint, a shipped pretrained name or ``file.py:function``.
+        data, split, data_dir, image_size: the data set (see :func:`nonrobust.data.load_dataset`).
+        n: evaluate the first ``n`` images (None: all).
+        attacks: Table 3's attacks, from :data:`TABLE3_ATTACKS`.
+        table4: also run Table 4 (NRF, NRF2, RF, RF2).
+        eps: L∞ budget of every L∞ attack, in [0,1] pixel units.
+        l2_steps: Adam steps of CW-L2 and the NRF L2 family.
+        layer: split layer (None: the model's own).
+        protocol: per-image bottleneck protocol of Table 1/2 (``paper`` or ``batch-free``).
+        beta, ib_iterations: the bottleneck's β and Adam steps.
+        population_n, population_iterations: images and Adam steps of the population split.
+        betas, beta_n: Fig. 5's β values and number of images.
+        tsne_n: images in Fig. 2.
+        featvis_images, featvis_steps: images and optimisation steps of Fig. 3.
+        trimmed: what a trimmed run left out, for the record.
+    """
+
+    model: str
+    data: str
+    split: str = "test"
+    data_dir: str | None = None
+    image_size: int | None = None
+    n: int | None = None
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    layer: str | None = None
+    attacks: tuple[str, ...] = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "fab", "nrf-linf", "nrf")
+    table4: bool = True
+    eps: float = 8 / 255
+    l2_steps: int = 200
+    protocol: str = "paper"
+    beta: float = 0.3
+    ib_iterations: int = 200
+    population_n: int = 5000
+    population_iterations: int = 200
+    betas: tuple[float, ...] = (0.0, 0.01, 0.1, 0.3, 1.0, 3.0, 5.0, 10.0)
+    beta_n: int = 500
+    tsne_n: int = 1000
+    featvis_images: int = 3
+    featvis_steps: int = 512
+    trimmed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.attacks if a not in TABLE3_ATTACKS]
+        check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
+        check(len(self.attacks) > 0, "a report needs at least one attack")
+        check(0 < self.eps <= 1, f"eps must be in (0, 1] (pixel units), got {self.eps}")
+        check(self.protocol in ("paper", "batch-free"), f"the per-image protocol must be paper or batch-free, got {self.protocol!r}")
+        for name in ("batch_size", "l2_steps", "ib_iterations", "population_n", "population_iterations", "beta_n", "tsne_n",
+                     "featvis_steps"):
+            check(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        check(self.featvis_images >= 0, "featvis_images must be ≥ 0")
+        check(self.n is None or self.n >= 1, f"n must be ≥ 1, got {self.n}")
+        check(all(b >= 0 for b in self.betas), "every β must be ≥ 0")
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "demo": {
+        "settings": dict(model="cifar10-small-at", data="cifar10-slice", n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"),
+                         l2_steps=100, population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0),
+                         beta_n=128, tsne_n=200, featvis_images=2, featvis_steps=96, table4=True),
+        "trimmed": ("200 of the shipped slice's 1,000 CIFAR-10 test images (the population split is fitted on the other 800)",
+                    "AutoAttack trimmed to its first component, APGD-CE (an upper bound on AutoAttack accuracy); FAB left out",
+                    "CW-L2 and the NRF L2 family run 100 Adam steps instead of 200",
+                    "population split: 100 Adam steps; β sweep: 6 values of β on 128 images",
+                    "feature visualisation: 2 images, 96 steps instead of 512"),
+    },
+    "full": {
+        "settings": dict(model="cifar10-small-at", data="cifar10", n=None),
+        "trimmed": (),
+    },
+}
+"""Named report settings: ``demo`` (``nonrobust demo``: under 5 minutes on 2 CPU cores) and ``full``."""
+
+
+def profile(name: str, **overrides: Any) -> ReportSettings:
+    """The :data:`PROFILES` ``[name]`` settings with ``overrides`` (None values ignored)."""
+    check(name in PROFILES, f"unknown report profile {name!r}: choose from {', '.join(PROFILES)}")
+    p = PROFILES[name]
+    values = {**p["settings"], "trimmed": p["trimmed"], **{k: v for k, v in overrides.items() if v is not None}}
+    return ReportSettings(**values)
