@@ -66,7 +66,7 @@ def _rng_images(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def _write_cifar10(root: Path, per_batch: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _write_cifar10(root: Path, per_batch: int = 3, suffix: str = ".png") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CIFAR-10 python release in genuine Python-2 pickle form; returns the expected (images NCHW, labels)."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -76,7 +76,7 @@ def _write_cifar10(root: Path, per_batch: int = 3) -> dict[str, tuple[np.ndarray
     for seed, (fname, split) in enumerate(names):
         rows = _rng_images(seed, (per_batch, 3072))
         labels = [(seed + k) % 10 for k in range(per_batch)]
-        _dump_py2(folder / fname, {b"batch_label": fname.encode(), b"labels": labels, b"data": rows, b"filenames": [b"x.png"] * per_batch})
+        _dump_py2(folder / fname, {b"batch_label": fname.encode(), b"labels": labels, b"data": rows, b"filenames": [f"x{k}{suffix}".encode() for k in range(per_batch)]})
         expected[split][0].append(rows.reshape(-1, 3, 32, 32))
         expected[split][1].extend(labels)
     return {s: (np.concatenate(x), np.asarray(y)) for s, (x, y) in expected.items()}
@@ -85,6 +85,18 @@ def _write_cifar10(root: Path, per_batch: int = 3) -> dict[str, tuple[np.ndarray
 @pytest.fixture
 def cifar10_dir(tmp_path: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
     return tmp_path, _write_cifar10(tmp_path)
+
+
+def test_cifar_provenance_tells_a_jpeg_copy_from_the_official_files(tmp_path):
+    """The official batches name .png images; a copy re-encoded as JPEG (shared/data's) names .jpg: the report says so."""
+    from nonrobust.data import JPEG_COPY
+
+    _write_cifar10(tmp_path / "official")
+    _write_cifar10(tmp_path / "jpeg", suffix=".jpg")
+    assert load_dataset("cifar10", "test", data_dir=tmp_path / "official").provenance is None
+    jpeg = load_dataset("cifar10", "test", data_dir=tmp_path / "jpeg")
+    assert jpeg.provenance == JPEG_COPY and jpeg.first(2).provenance == JPEG_COPY  # kept by every derived set
+    assert "JPEG" in load_dataset("cifar10-slice", n=4).provenance
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

@@ -23,6 +23,7 @@ with ``allow_pickle=False`` and SVHN ``.mat`` files with :func:`scipy.io.loadmat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.client
@@ -88,6 +89,8 @@ class ImageDataset:
         images: uint8 ``[N, C, H, W]`` (``C`` 1 or 3), on the CPU.
         labels: int64 ``[N]``, each in ``[0, num_classes)``.
         classes: class names; ``len(classes) == num_classes``.
+        provenance: where the images come from, when that matters for the numbers measured on
+            them (e.g. a re-encoded copy rather than the official files); ``None`` when nothing is known.
 
     Construction checks all of the above and raises :class:`UserError` when a
     check fails (integer labels of another dtype are converted to int64).
@@ -98,6 +101,7 @@ class ImageDataset:
     images: torch.Tensor = field(repr=False)
     labels: torch.Tensor = field(repr=False)
     classes: list[str] = field(repr=False)
+    provenance: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         what = f"{self.name} ({self.split})"
@@ -145,7 +149,7 @@ class ImageDataset:
             if n > len(self):
                 warnings.warn(f"{self.name} ({self.split}) has only {len(self)} images; using all of them instead of {n}", stacklevel=2)
             return self
-        return ImageDataset(self.name, self.split, self.images[:n].clone(), self.labels[:n].clone(), list(self.classes))
+        return dataclasses.replace(self, images=self.images[:n].clone(), labels=self.labels[:n].clone(), classes=list(self.classes))
 
     def batches(
         self,
@@ -191,7 +195,8 @@ def _to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device).to(torch.float32).div_(255.0)
 
 
-def _dataset_from_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray, classes: Sequence[str], source: object) -> ImageDataset:
+def _dataset_from_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray, classes: Sequence[str], source: object,
+                         provenance: str | None = None) -> ImageDataset:
     """Build an :class:`ImageDataset` from uint8 NCHW (or NHWC) images and labels read from ``source``."""
     x, y = np.asarray(x), np.asarray(y)
     check(x.dtype == np.uint8, f"{source}: images must be uint8 (0..255), got {x.dtype}; convert with (x * 255).round().astype(np.uint8)")
@@ -203,7 +208,7 @@ def _dataset_from_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray, cl
     check(np.issubdtype(y.dtype, np.integer), f"{source}: labels must be integers, got {y.dtype}")
     check(y.ndim == 1, f"{source}: labels must be a vector of N integers, got shape {y.shape}")
     images = torch.from_numpy(np.ascontiguousarray(x))
-    return ImageDataset(name, split, images, torch.from_numpy(y.astype(np.int64, copy=False)), list(classes))
+    return ImageDataset(name, split, images, torch.from_numpy(y.astype(np.int64, copy=False)), list(classes), provenance)
 
 
 # --------------------------------------------------------------------------- registry
@@ -222,7 +227,7 @@ class RemoteFile(NamedTuple):
         return self.filename.endswith((".tar.gz", ".tgz", ".tar", ".zip"))
 
 
-Loader = Callable[[Path, str], "tuple[np.ndarray, np.ndarray, list[str]]"]
+Loader = Callable[[Path, str], "tuple[np.ndarray, np.ndarray, list[str]] | tuple[np.ndarray, np.ndarray, list[str], str | None]"]
 
 
 @dataclass(frozen=True)
@@ -234,7 +239,7 @@ class DatasetInfo:
         num_classes: number of classes.
         input_shape: ``(C, H, W)`` of the released images.
         folder: sub-folder of the data folder holding the release.
-        loader: ``loader(root, split) -> (images, labels, classes)`` with
+        loader: ``loader(root, split) -> (images, labels, classes[, provenance])`` with
             ``root = data_dir / folder`` and ``split`` ``"train"``/``"test"``;
             images uint8 ``N×C×H×W`` (``N×H×W×C`` is recognised too), labels
             integers ``[N]``. Raises :class:`FileNotFoundError` for a missing
@@ -320,12 +325,21 @@ def _read_cifar_pickle(path: Path) -> dict[str, object]:
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _load_cifar(root: Path, split: str, *, batches: dict[str, tuple[str, ...]], label_key: str, meta: str, names_key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """CIFAR-10/100 python release: pickled dicts of uint8 rows [N, 3072] (CHW order) and label lists."""
+JPEG_COPY = ("a JPEG-re-encoded copy of CIFAR-10 (its files name JPEG images), not the official PNG-exact files: "
+             "numbers can differ slightly from those on the official data set")
+"""The provenance of CIFAR files whose images were re-encoded as JPEG (e.g. by ``shared/data/cifar10_from_jpeg.py``)."""
+
+
+def _load_cifar(root: Path, split: str, *, batches: dict[str, tuple[str, ...]], label_key: str, meta: str,
+                names_key: str) -> tuple[np.ndarray, np.ndarray, list[str], str | None]:
+    """CIFAR-10/100 python release: pickled dicts of uint8 rows [N, 3072] (CHW order) and label lists.
+
+    The fourth value is :data:`JPEG_COPY` when every image's file name in the batches ends in ``.jpg``
+    (the official files name ``.png`` images), else ``None``."""
     names = _read_cifar_pickle(root / meta).get(names_key)
     check(isinstance(names, list), f"{root / meta}: no {names_key!r} list; not a CIFAR meta file")
     classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
-    xs, ys = [], []
+    xs, ys, jpeg = [], [], []
     for fname in batches[split]:
         path = root / fname
         d = _read_cifar_pickle(path)
@@ -336,7 +350,10 @@ def _load_cifar(root: Path, split: str, *, batches: dict[str, tuple[str, ...]], 
         check(len(labels) == len(data), f"{path}: {len(labels)} labels for {len(data)} images; the file is corrupt")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
-    return np.concatenate(xs), np.concatenate(ys), classes
+        names = d.get("filenames")
+        jpeg.append(isinstance(names, list) and bool(names)
+                    and all((n.decode("latin1") if isinstance(n, bytes) else str(n)).endswith(".jpg") for n in names))
+    return np.concatenate(xs), np.concatenate(ys), classes, JPEG_COPY if all(jpeg) else None
 
 
 def _load_svhn(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -640,15 +657,16 @@ def _parse_name(name: str) -> tuple[str, Path | None]:
     return key, None
 
 
-def _load_bundled(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A data slice shipped as safetensors (``images`` uint8 N×C×H×W, ``labels``; class names in the metadata)."""
+def _load_bundled(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str], str | None]:
+    """A data slice shipped as safetensors (``images`` uint8 N×C×H×W, ``labels``; class names and provenance
+    (``source``) in the metadata)."""
     from .io import load_tensors
 
     check(split == "test", f"{path.name} holds test images only: use --split test")
     if not path.is_file():
         raise FileNotFoundError(path)
     t, meta = load_tensors(path)
-    return t["images"].numpy(), t["labels"].numpy(), list(meta["classes"])
+    return t["images"].numpy(), t["labels"].numpy(), list(meta["classes"]), meta.get("source")
 
 
 def _registry_root(info: DatasetInfo, data_dir: Path) -> Path:
@@ -693,10 +711,12 @@ def load_dataset(
         paths, labels, classes = _folder_index(path, split)
         x = _read_images(paths[:n], source=source, image_size=image_size)  # decode only what is kept
         y = np.asarray(labels[:n], dtype=np.int64)
+        provenance = None
     elif kind == "npz":
         assert path is not None
         ds_name = source = f"npz:{path}"
         x, y, classes = _load_npz(path, split)
+        provenance = None
     else:
         info = DATASETS[kind]
         ddir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -704,7 +724,8 @@ def load_dataset(
         ds_name, source = info.name, str(root)
         try:
             check(root.is_dir(), f"{info.name}: {root} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`")
-            x, y, classes = info.loader(root, split)
+            x, y, classes, *extra = info.loader(root, split)
+            provenance = extra[0] if extra else None
         except FileNotFoundError as exc:
             raise UserError(f"{info.name}: {exc.filename or exc} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`") from None
     if kind != "folder":
@@ -712,9 +733,9 @@ def load_dataset(
         if order is not None:
             log.info("%s [%s] is stored sorted by class: using a round-robin class order so that the first N images are class-balanced", ds_name, split)
             x, y = x[order], y[order]
-    ds = _dataset_from_arrays(ds_name, split, x, y, classes, source).first(n)
+    ds = _dataset_from_arrays(ds_name, split, x, y, classes, source, provenance).first(n)
     if image_size is not None and ds.input_shape[1:] != (image_size, image_size):
-        ds = ImageDataset(ds.name, ds.split, torch.from_numpy(_resize(ds.images.numpy(), int(image_size))), ds.labels, ds.classes)
+        ds = dataclasses.replace(ds, images=torch.from_numpy(_resize(ds.images.numpy(), int(image_size))))
     log.info("loaded %r", ds)
     return ds
 

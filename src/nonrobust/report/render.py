@@ -130,9 +130,8 @@ def render_html(results: dict, figs: dict[str, bytes]) -> str:
              f"({html.escape(results['data']['split'])} split, {results['n']} of {results['data']['n_available']} images, shape "
              f"{results['data']['input_shape']}); seed {s['seed']}. Method: Kim, Lee, Ro, <i>Distilling Robust and Non-Robust Features "
              f"in Adversarial Examples by Information Bottleneck</i>, NeurIPS 2021. Total wall time {results['wall_seconds']:.0f} s.</p>"]
-    if "cifar10" in results["data"]["name"]:
-        parts.append('<p class="note">CIFAR-10 here is the JPEG-re-encoded copy prepared by <code>cifar10_from_jpeg.py</code>, '
-                     "not the original files: numbers can differ slightly from the official data set.</p>")
+    if results["data"].get("provenance"):
+        parts.append(f'<p class="note">The data: {html.escape(results["data"]["provenance"])}.</p>')
     if s["trimmed"]:
         parts.append('<div class="note"><b>This run was trimmed</b> to finish quickly:<ul>'
                      + "".join(f"<li>{html.escape(t)}</li>" for t in s["trimmed"]) + "</ul>Run the full analysis for publishable numbers.</div>")

@@ -97,7 +97,8 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
         ctx = Context(settings, out, model, split, ds, device, ib, Steps(out, base), progress)
         results: dict[str, Any] = {
             "settings": asdict(settings), "layer": layer, "arch": meta.arch, "n": len(ds), "classes": ds.classes,
-            "data": {"name": ds.name, "split": ds.split, "input_shape": list(ds.input_shape), "n_available": len(full)},
+            "data": {"name": ds.name, "split": ds.split, "input_shape": list(ds.input_shape), "n_available": len(full),
+                     "provenance": ds.provenance},
             "environment": environment(device), "model_metrics": {k: v for k, v in (meta.metrics or {}).items()
                                                                    if k not in ("training_history", "environment")},
         }
@@ -204,7 +205,7 @@ def _population(ctx: Context, full) -> dict:
     if fit is None or fit.input_shape != ctx.ds.input_shape:
         if len(full) > len(ctx.ds):
             rest = slice(len(ctx.ds), len(ctx.ds) + s.population_n)  # copy only the images the fit uses
-            fit = data.ImageDataset(full.name, full.split, full.images[rest].clone(), full.labels[rest].clone(), list(full.classes))
+            fit = replace(full, images=full.images[rest].clone(), labels=full.labels[rest].clone())
             source = f"{full.split} split, images {len(ctx.ds)}…{len(full) - 1} (not evaluated)"
         else:
             fit = ctx.ds
