@@ -6,8 +6,8 @@ Each measurement is a fresh process: the data set (random uint8 CIFAR-sized imag
 one warm-up run on 256 images fills the allocator's caches, then the peak (Linux VmHWM) is reset
 through ``/proc/self/clear_refs`` and the streamed run is measured:
 
-* ``split``: :func:`nonrobust.bottleneck.split_dataset`, ``paper`` protocol, 200 steps, batch 128;
-* ``attack``: :func:`nonrobust.evaluation.attack_to_file`, PGD-1, batch 256.
+* ``split``: :func:`nonrobust.streams.split_dataset`, ``paper`` protocol, 200 steps, batch 128;
+* ``attack``: :func:`nonrobust.streams.attack_to_file`, PGD-1, batch 256.
 
 Both write their output batch by batch into a file, so their peak should not grow with N
 beyond the data set itself (uint8, held in memory) and allocator noise.
@@ -25,9 +25,10 @@ import os, tempfile, torch
 import numpy as np
 from nonrobust import models
 from nonrobust.attacks import PGD
-from nonrobust.bottleneck import IBConfig, split_dataset
+from nonrobust.bottleneck import IBConfig
+from nonrobust.streams import split_dataset
 from nonrobust.data import ImageDataset
-from nonrobust.evaluation import attack_to_file
+from nonrobust.streams import attack_to_file
 from nonrobust.split import split_model
 
 def status(key):

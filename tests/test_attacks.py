@@ -453,7 +453,8 @@ def test_nrf_seeds_the_bottleneck_by_image_index_like_table1(tmp_path):
     """The same image gets the same bottleneck noise in an attack run as in Table 1: seeded by its index in the data set."""
     from nonrobust.bottleneck import IBConfig, distill
     from nonrobust.data import ImageDataset
-    from nonrobust.evaluation import attack_to_file, batch_generator
+    from nonrobust.evaluation import batch_generator
+    from nonrobust.streams import attack_to_file
 
     model, x, y = trained_blobs()
     model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()

@@ -11,7 +11,8 @@ from torch import nn
 from nonrobust.attacks import PGD, make_attack
 from nonrobust.data import ImageDataset
 from nonrobust.errors import UserError
-from nonrobust.evaluation import attack_to_file, batch_generator, evaluate_attacks, summarise_file
+from nonrobust.evaluation import batch_generator, evaluate_attacks
+from nonrobust.streams import attack_to_file, summarise_file
 from nonrobust.io import load_tensors
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from nonrobust import attacks, bottleneck, data, evaluation, models
+from nonrobust import attacks, bottleneck, data, models, streams
 from nonrobust.bottleneck import IBConfig
 from nonrobust.cli import main
 from nonrobust.errors import UserError
@@ -490,12 +490,12 @@ def test_library_layers_and_outputs_are_checked(tiny, tmp_path):
     pgd = attacks.make_attack("fgsm")
     for out, match in ((tmp_path, "is a folder"), (tmp_path / "adv.json", "cannot end in .json")):
         with pytest.raises(UserError, match=match):
-            evaluation.attack_to_file(model, ds, pgd, out, batch_size=2, progress=False)
+            streams.attack_to_file(model, ds, pgd, out, batch_size=2, progress=False)
         with pytest.raises(UserError, match=match):
-            bottleneck.split_dataset(split, ds, IBConfig(iterations=2), out, batch_size=2, progress=False)
+            streams.split_dataset(split, ds, IBConfig(iterations=2), out, batch_size=2, progress=False)
     assert_no_files(tmp_path)
     # seeds of any size are taken modulo 2**64 instead of overflowing inside torch
-    evaluation.attack_to_file(model, ds, attacks.make_attack("pgd", steps=1), tmp_path / "a.safetensors", batch_size=2, seed=10**30, progress=False)
+    streams.attack_to_file(model, ds, attacks.make_attack("pgd", steps=1), tmp_path / "a.safetensors", batch_size=2, seed=10**30, progress=False)
     assert (tmp_path / "a.safetensors").is_file()
 
 

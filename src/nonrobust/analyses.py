@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from .attacks import Attack
 from .bottleneck import IBConfig, IBResult, distill, masked_predictions
 from .errors import check
-from .evaluation import StoredAdversarial, attack_batch
+from .evaluation import attack_batch
+from .streams import StoredAdversarial
 from .runtime import frozen
 from .split import LayerSplit
 
@@ -85,7 +86,7 @@ def feature_accuracy(
         model: maps [0,1] images to logits; ``split`` is that model cut at a layer.
         batches: ``(x [B,C,H,W] in [0,1], y [B])`` on the model's device.
         attacks: display name -> attack (each run on every image), or the
-            :class:`~nonrobust.evaluation.StoredAdversarial` examples of these images.
+            :class:`~nonrobust.streams.StoredAdversarial` examples of these images.
         config: a per-image protocol (``paper``/``batch-free``) — masks from each clean batch with its labels;
         population: or one population split (label-free masks).
 

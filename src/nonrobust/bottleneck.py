@@ -53,12 +53,12 @@ from tqdm.auto import tqdm
 from .errors import UserError, check
 from .io import load_tensors, save_tensors
 from .runtime import frozen, make_generator
-from .split import LayerSplit, check_feature_map, require_4d
+from .split import LayerSplit, require_4d
 
 if TYPE_CHECKING:
-    from .data import ImageDataset
+    pass
 
-__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "split_dataset", "masked_predictions", "gaussian_kl", "PROTOCOLS"]
+__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches", "PROTOCOLS"]
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +456,7 @@ def distill_population(
     return IBResult(split.layer, config, sigma, var_pop, threshold, sigma.pow(2) > threshold, last, {"n": n})
 
 
-class _Batches:
+class ReiterableBatches:
     """Re-iterable batches: every ``iter()`` starts the data set over."""
 
     def __init__(self, make: Callable[[], Iterable[tuple[Tensor, Tensor]]]) -> None:
@@ -480,78 +480,3 @@ def masked_predictions(split: LayerSplit, result: IBResult, x: Tensor) -> dict[s
             "robust": split.head(result.robust(z), ctx).argmax(1),
             "nonrobust": split.head(result.nonrobust(z), ctx).argmax(1),
         }
-
-
-def split_dataset(
-    split: LayerSplit,
-    dataset: "ImageDataset",
-    config: IBConfig,
-    out: str | Path,
-    *,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-    info: dict | None = None,
-    progress: bool = True,
-) -> dict:
-    """Run the bottleneck over a data set and write the split to ``out`` (safetensors + ``.json`` summary).
-
-    Per-image protocols stream batch by batch into ``out`` (``sigma``, ``var_z``,
-    ``robust_mask`` ``[N, C]``, ``threshold`` ``[N]``, and the labels and the
-    predictions from Z, Z_r and Z_nr ``[N]``); a killed run resumes at its first
-    unfinished batch. Image ``i`` draws its noise from seed ``(config.seed, i)``.
-    ``population`` writes one ``[C]`` split (loadable with :meth:`IBResult.load`).
-
-    Returns the summary: mean robust / non-robust channel counts, and the accuracy
-    of ``f_l+(Z)``, ``f_l+(Z_r)`` and ``f_l+(Z_nr)``.
-    """
-    from .io import StreamingTensorFile, check_output_path, digest, write_json
-
-    out = check_output_path(out)
-    n = len(dataset)
-    check(n > 0, "the data set is empty")
-    # a layer the bottleneck cannot use fails here, before any file is written
-    channels = check_feature_map(split, next(dataset.batches(1, device=device))[0]).shape[1]
-    meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, **(info or {})}
-    if config.protocol == "population":
-        res = distill_population(split, _Batches(lambda: dataset.batches(batch_size, device=device)), config,
-                                 total=math.ceil(n / batch_size), progress=progress)
-        res.extra.update(info or {})
-        preds = {k: [] for k in ("int", "robust", "nonrobust")}
-        for x, _ in dataset.batches(batch_size, device=device):
-            for k, v in masked_predictions(split, res, x).items():
-                preds[k].append(v.cpu())
-        preds = {k: torch.cat(v) for k, v in preds.items()}
-        res.save(out)
-        robust_counts = res.robust_mask.float().sum().expand(n)
-    else:
-        fingerprint = digest({**meta, "batch_size": batch_size})
-        per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
-        specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
-                 **{k: (torch.int64, (n,)) for k in ("y", "pred", "pred_robust", "pred_nonrobust")}}
-        writer = StreamingTensorFile(out, specs, meta, fingerprint)
-        bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
-        with writer.guard(bar):
-            for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
-                start = writer.rows_done
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
-                    res = distill(split, x, y, config, indices=torch.arange(start, start + x.shape[0]))
-                p = masked_predictions(split, res, x)
-                writer.write(start, {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8),
-                                     "threshold": res.threshold, "y": y, "pred": p["int"], "pred_robust": p["robust"],
-                                     "pred_nonrobust": p["nonrobust"]})
-                bar.update(x.shape[0])
-        writer.finish()
-        t, _ = load_tensors(out, keys=("y", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
-        preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}
-        robust_counts = t["robust_mask"].float().sum(1)
-    y = dataset.labels
-    summary = {
-        **{k: v for k, v in meta.items() if k != "format"},
-        "channels": channels,
-        "robust_channels_mean": float(robust_counts.mean()),
-        "nonrobust_channels_mean": channels - float(robust_counts.mean()),
-        "accuracy": {k: float((v == y).float().mean()) for k, v in preds.items()},
-    }
-    write_json(out.with_suffix(".json"), summary)
-    return summary

@@ -100,7 +100,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from . import attacks, evaluation
+    from . import attacks, streams
 
     model, meta, ds, device = load_model_and_data(args)
     spec = attacks.ATTACKS.get(args.attack)
@@ -110,7 +110,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         overrides.update(_nrf_settings(args, model, meta))
         info["layer"] = overrides["split"].layer
     attack = attacks.make_attack(args.attack, **overrides)
-    summary = evaluation.attack_to_file(model, ds, attack, args.out, batch_size=args.batch_size, device=device,
+    summary = streams.attack_to_file(model, ds, attack, args.out, batch_size=args.batch_size, device=device,
                                         seed=args.seed, info=info)
     p = summary["perturbation"]
     print(f"{summary['attack']['name']} ({summary['attack']['norm']}, eps={summary['attack'].get('eps')}) on {summary['n']} images: "
@@ -161,7 +161,7 @@ def add_ib_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from .bottleneck import split_dataset
+    from .streams import split_dataset
     from .split import split_model
 
     model, meta, ds, device = load_model_and_data(args)

@@ -3,7 +3,7 @@
 :func:`run_report` runs, in order (each a *step*, cached under the output folder):
 
 1. each attack of Table 3 and Table 4 over the evaluated images, streamed to
-   ``DIR/adversarial/<key>.safetensors`` by :func:`nonrobust.evaluation.attack_to_file`
+   ``DIR/adversarial/<key>.safetensors`` by :func:`nonrobust.streams.attack_to_file`
    (resumable inside the step) — every later table reads these files, so each
    attack runs once;
 2. the ``population`` split, fitted on other images than the evaluated ones

@@ -153,7 +153,7 @@ def _make_attack(ctx: Context, key: str):
 
 def _table_attacks(ctx: Context, keys: tuple[str, ...]) -> dict:
     """Run (or reuse) each attack over the images; rows of accuracy and measured perturbation sizes."""
-    from ..evaluation import attack_to_file, summarise_file, worst_case
+    from ..streams import attack_to_file, summarise_file, worst_case
 
     for key in keys:
         if key in ctx.attack_rows:  # met before in this run (NRF-L2 is in Table 3 and Table 4)
@@ -184,7 +184,7 @@ def _table_attacks(ctx: Context, keys: tuple[str, ...]) -> dict:
 
 
 def _stored(ctx: Context, keys: tuple[str, ...]) -> dict:
-    from ..evaluation import StoredAdversarial
+    from ..streams import StoredAdversarial
 
     return {ATTACKS[k].label: StoredAdversarial(ctx.adv_path(k)) for k in keys}
 
@@ -192,7 +192,7 @@ def _stored(ctx: Context, keys: tuple[str, ...]) -> dict:
 def _population(ctx: Context, full) -> dict:
     """Fit (or reuse) the population split on images other than the evaluated ones where there are some."""
     from .. import data
-    from ..bottleneck import IBResult, _Batches, distill_population
+    from ..bottleneck import IBResult, ReiterableBatches, distill_population
 
     s = ctx.settings
     source = "train split"
@@ -217,7 +217,7 @@ def _population(ctx: Context, full) -> dict:
     path = ctx.out / "population.safetensors"
 
     def compute() -> dict:
-        res = distill_population(ctx.split, _Batches(lambda: fit.batches(s.batch_size, device=ctx.device)), config,
+        res = distill_population(ctx.split, ReiterableBatches(lambda: fit.batches(s.batch_size, device=ctx.device)), config,
                                  total=-(-len(fit) // s.batch_size), progress=ctx.progress)
         res.save(path)
         return {"fitted_on": source, "n": len(fit), **res.counts(), "threshold": float(res.threshold),
@@ -296,7 +296,7 @@ def _tsne(ctx: Context, pgd: str) -> dict:
 def _featvis(ctx: Context, pgd: str) -> dict:
     """Fig. 3 on the first images of the first batch that the attack fooled (masks from each input's own batch)."""
     from ..bottleneck import distill, masked_predictions
-    from ..evaluation import StoredAdversarial
+    from ..streams import StoredAdversarial
     from ..featvis import FeatVisConfig, invert_features
 
     s = ctx.settings

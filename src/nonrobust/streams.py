@@ -1,0 +1,236 @@
+"""Results streamed over a whole data set into resumable files: attacks and bottleneck splits.
+
+:func:`attack_to_file` writes one attack's adversarial examples with per-point measurements,
+:func:`summarise_file` reads back its accuracy and perturbation sizes, :class:`StoredAdversarial`
+serves its examples to the analyses block by block, and :func:`worst_case` combines several.
+:func:`split_dataset` writes the bottleneck's split of every image. Each file is written through
+:class:`nonrobust.io.StreamingTensorFile`: batch by batch, memory flat in the data set's size, and a
+killed run resumes at its first unfinished batch, under a key derived from its full settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .attacks import Attack, point_sizes, summarise_sizes
+from .bottleneck import IBConfig, ReiterableBatches, distill, distill_population, masked_predictions
+from .errors import check
+from .evaluation import attack_batch
+from .io import StreamingTensorFile, check_output_path, digest, load_tensors, write_json
+from .split import LayerSplit, check_feature_map
+
+if TYPE_CHECKING:
+    from .data import ImageDataset
+
+__all__ = ["attack_to_file", "summarise_file", "StoredAdversarial", "worst_case", "split_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+def attack_to_file(
+    model: nn.Module,
+    dataset: "ImageDataset",
+    attack: Attack,
+    out: str | Path,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    info: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Attack every image of ``dataset`` batch by batch and stream the results to ``out``.
+
+    ``out`` (safetensors) holds ``x_adv`` (float32 ``[N, C, H, W]`` in [0,1]), ``y``,
+    ``clean_pred``, ``adv_pred`` (int64 ``[N]``) and the per-point measurements
+    ``linf``, ``l2`` (float64 ``[N]``: exact sizes of ``x_adv − x``), ``min``, ``max``
+    (float32 ``[N]``) and ``nan`` (int64 ``[N]``);
+    the summary goes to ``out`` with suffix ``.json`` and is returned. A killed run
+    resumes at its first unfinished batch; batch ``i`` always uses
+    :func:`batch_generator` ``(seed, i)``, so the result does not depend on where a
+    run was interrupted. Memory use does not grow with ``N``.
+    """
+    out = check_output_path(out)
+    n = len(dataset)
+    check(n > 0, "the data set is empty")
+    settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size, "n": n, **(info or {})}
+    fingerprint = digest(settings)
+    # sizes in float64, as point_sizes measures them
+    per_point = {"linf": (torch.float64, (n,)), "l2": (torch.float64, (n,)), "min": (torch.float32, (n,)), "max": (torch.float32, (n,))}
+    specs = {"x_adv": (torch.float32, (n, *dataset.input_shape)), "y": (torch.int64, (n,)),
+             "clean_pred": (torch.int64, (n,)), "adv_pred": (torch.int64, (n,)), "nan": (torch.int64, (n,)), **per_point}
+    writer = StreamingTensorFile(out, specs, settings, fingerprint)
+    if writer.rows_done:
+        log.info("resuming %s at image %d of %d", out, writer.rows_done, n)
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, initial=writer.rows_done, desc=settings["attack"]["name"], unit="img", disable=not progress)
+    with writer.guard(bar):
+        for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
+            x_adv = attack_batch(attack, model, x, y, seed=seed, batch=writer.rows_done // batch_size, start=writer.rows_done)
+            with torch.no_grad():
+                clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+            writer.write(writer.rows_done, {"x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,
+                                            **point_sizes(x, x_adv)})
+            bar.update(x.shape[0])
+    writer.finish()
+    summary = summarise_file(out)
+    summary["seconds_this_run"] = round(time.perf_counter() - t0, 3)
+    write_json(out.with_suffix(".json"), summary)
+    return summary
+
+
+_SIZE_COLUMNS = ("linf", "l2", "nan", "min", "max")  # point_sizes' columns, as attack_to_file stores them
+
+
+def summarise_file(path: str | Path) -> dict:
+    """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
+
+    ``perturbation`` measures every image; ``perturbation_fooled`` only the points the
+    attack turned from correct to wrong (the size of an unbounded attack's successes).
+    Reads only the per-point columns, never the images.
+    """
+    t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", *_SIZE_COLUMNS))
+    clean_ok, adv_ok = t["clean_pred"] == t["y"], t["adv_pred"] == t["y"]
+    fooled = clean_ok & ~adv_ok
+    return {
+        **settings,
+        "clean_accuracy": float(clean_ok.float().mean()),
+        "robust_accuracy": float((clean_ok & adv_ok).float().mean()),
+        "success_rate": float((clean_ok & ~adv_ok).sum() / clean_ok.sum().clamp_min(1)),
+        "perturbation": summarise_sizes(t),
+        # the points the attack turned from correct to wrong: an unbounded attack's size
+        "perturbation_fooled": summarise_sizes({k: t[k][fooled] for k in _SIZE_COLUMNS}),
+    }
+
+
+class StoredAdversarial:
+    """The adversarial examples of a file written by :func:`attack_to_file`, read block by block.
+
+    Analyses that take attacks (:mod:`nonrobust.analyses`) also take these, so one
+    attack's examples are computed once and shared by every table. Rows must be
+    read in the order of the images the file was written for; :meth:`rows`
+    checks the labels to catch a file that belongs to other images.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        t, self.settings = load_tensors(self.path, keys=("y",))
+        self.labels = t["y"]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def describe(self) -> dict:
+        """The attack's settings as it described itself when the file was written."""
+        return dict(self.settings.get("attack", {}))
+
+    def rows(self, start: int, y: Tensor) -> Tensor:
+        """``x_adv`` rows ``start … start+len(y)`` on ``y``'s device, float32 ``[B, C, H, W]`` in [0,1]."""
+        from safetensors import safe_open
+
+        stop = start + y.shape[0]
+        check(stop <= len(self), f"{self.path} holds {len(self)} images, asked for rows {start}…{stop}")
+        check(torch.equal(self.labels[start:stop], y.cpu()), f"{self.path} was written for other images (labels differ): rerun its attack")
+        with safe_open(str(self.path), framework="pt", device="cpu") as fh:
+            return fh.get_slice("x_adv")[start:stop].to(y.device)
+
+
+def worst_case(paths: Iterable[str | Path]) -> dict:
+    """Per-point worst case over several :func:`attack_to_file` files of the same images.
+
+    A point counts as robust when it is classified correctly clean and under every
+    attack. Returns ``{"n", "worst_case_accuracy", "attacks"}``.
+    """
+    paths = list(paths)
+    check(paths, "no attack files")
+    ok, y0 = None, None
+    for path in paths:
+        t, _ = load_tensors(path, keys=("y", "clean_pred", "adv_pred"))
+        check(y0 is None or torch.equal(t["y"], y0), f"{path} holds other images than {paths[0]}")
+        y0 = t["y"]
+        this = (t["clean_pred"] == t["y"]) & (t["adv_pred"] == t["y"])
+        ok = this if ok is None else ok & this
+    return {"n": int(y0.numel()), "worst_case_accuracy": float(ok.float().mean()), "attacks": [str(p) for p in paths]}
+
+
+def split_dataset(
+    split: LayerSplit,
+    dataset: "ImageDataset",
+    config: IBConfig,
+    out: str | Path,
+    *,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    info: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the bottleneck over a data set and write the split to ``out`` (safetensors + ``.json`` summary).
+
+    Per-image protocols stream batch by batch into ``out`` (``sigma``, ``var_z``,
+    ``robust_mask`` ``[N, C]``, ``threshold`` ``[N]``, and the labels and the
+    predictions from Z, Z_r and Z_nr ``[N]``); a killed run resumes at its first
+    unfinished batch. Image ``i`` draws its noise from seed ``(config.seed, i)``.
+    ``population`` writes one ``[C]`` split (loadable with :meth:`IBResult.load`).
+
+    Returns the summary: mean robust / non-robust channel counts, and the accuracy
+    of ``f_l+(Z)``, ``f_l+(Z_r)`` and ``f_l+(Z_nr)``.
+    """
+    out = check_output_path(out)
+    n = len(dataset)
+    check(n > 0, "the data set is empty")
+    # a layer the bottleneck cannot use fails here, before any file is written
+    channels = check_feature_map(split, next(dataset.batches(1, device=device))[0]).shape[1]
+    meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, **(info or {})}
+    if config.protocol == "population":
+        res = distill_population(split, ReiterableBatches(lambda: dataset.batches(batch_size, device=device)), config,
+                                 total=math.ceil(n / batch_size), progress=progress)
+        res.extra.update(info or {})
+        preds = {k: [] for k in ("int", "robust", "nonrobust")}
+        for x, _ in dataset.batches(batch_size, device=device):
+            for k, v in masked_predictions(split, res, x).items():
+                preds[k].append(v.cpu())
+        preds = {k: torch.cat(v) for k, v in preds.items()}
+        res.save(out)
+        robust_counts = res.robust_mask.float().sum().expand(n)
+    else:
+        fingerprint = digest({**meta, "batch_size": batch_size})
+        per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
+        specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
+                 **{k: (torch.int64, (n,)) for k in ("y", "pred", "pred_robust", "pred_nonrobust")}}
+        writer = StreamingTensorFile(out, specs, meta, fingerprint)
+        bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
+        with writer.guard(bar):
+            for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
+                start = writer.rows_done
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
+                    res = distill(split, x, y, config, indices=torch.arange(start, start + x.shape[0]))
+                p = masked_predictions(split, res, x)
+                writer.write(start, {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8),
+                                     "threshold": res.threshold, "y": y, "pred": p["int"], "pred_robust": p["robust"],
+                                     "pred_nonrobust": p["nonrobust"]})
+                bar.update(x.shape[0])
+        writer.finish()
+        t, _ = load_tensors(out, keys=("y", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
+        preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}
+        robust_counts = t["robust_mask"].float().sum(1)
+    y = dataset.labels
+    summary = {
+        **{k: v for k, v in meta.items() if k != "format"},
+        "channels": channels,
+        "robust_channels_mean": float(robust_counts.mean()),
+        "nonrobust_channels_mean": channels - float(robust_counts.mean()),
+        "accuracy": {k: float((v == y).float().mean()) for k, v in preds.items()},
+    }
+    write_json(out.with_suffix(".json"), summary)
+    return summary
