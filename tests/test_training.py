@@ -235,7 +235,7 @@ def test_crash_between_state_and_derived_files_is_repaired_on_resume(tmp_path, m
     def crash(self, entry):
         raise RuntimeError("crash after the state was committed")
 
-    monkeypatch.setattr(training._Run, "append_metrics", crash)
+    monkeypatch.setattr(training._RunFolder, "append_metrics", crash)
     with pytest.raises(RuntimeError):
         _run(cfg, out, resume=True)
     monkeypatch.undo()

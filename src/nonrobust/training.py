@@ -585,107 +585,102 @@ def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 
 
-# --------------------------------------------------------------------------- the run
-@dataclass
-class _Run:
-    """Everything one training run holds (internal)."""
+# --------------------------------------------------------------------------- one epoch, the held-out check
+def _train_epoch(cfg: TrainConfig, model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, train_set: ImageDataset,
+                 dist: _Dist, device: torch.device, epoch: int, progress: bool) -> dict[str, Any]:
+    """One epoch of ``cfg.method`` on this rank's share of ``train_set``; returns the epoch's record (all ranks summed).
 
-    cfg: TrainConfig
+    ``model`` is the plain model (attacks run on it), ``trained`` the one the loss goes through (DDP-wrapped or ``model``).
+    """
+    spec = METHODS[cfg.method]
+    images, labels = train_set.images, train_set.labels
+    order = torch.randperm(len(labels), generator=make_generator(_seed(cfg.seed, epoch, "shuffle")))
+    if len(order) % dist.world:  # pad like DistributedSampler so every rank takes the same number of steps
+        order = torch.cat([order, order[: dist.world - len(order) % dist.world]])
+    shard = order[dist.rank:: dist.world]
+    per_rank = cfg.batch_size // dist.world
+    n_steps = math.ceil(len(shard) / per_rank)
+    aug_gen = make_generator(_seed(cfg.seed, epoch, "augment", dist.rank))
+    attack_gen = make_generator(_seed(cfg.seed, epoch, "attack", dist.rank), device)
+    dropout = _GlobalStream(_seed(cfg.seed, epoch, "dropout", dist.rank), device)
+    attack = PGD(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
+    trained.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    lr = cfg.lr
+    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not (progress and dist.main))
+    t0 = time.perf_counter()
+    for i in range(n_steps):
+        idx = shard[i * per_rank:(i + 1) * per_rank]
+        x = images[idx].to(device).float().div_(255)
+        y = labels[idx].to(device)
+        if cfg.crop_pad or cfg.flip:
+            x = augment(x, aug_gen, pad=cfg.crop_pad, flip=bool(cfg.flip))
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = cfg.lr * lr_factor(cfg.schedule, epoch, i, n_steps, cfg.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = Batch(trained, model, x, y, cfg, attack, attack_gen)
+        with dropout.active():
+            with amp:
+                loss, logits = spec.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+        if i % 20 == 0 or i == n_steps - 1:
+            bar.set_postfix(loss=f"{float(totals[0] / totals[2]):.4f}", lr=f"{lr:.4g}")
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    loss_sum, correct, count = dist.sum(totals).tolist()
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_acc": correct / count,
+            "train_images": int(count), "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 2)}
+
+
+def _held_out(cfg: TrainConfig, model: nn.Module, eval_set: ImageDataset, device: torch.device) -> dict[str, Any]:
+    """Clean and PGD accuracy on the held-out images, by :func:`nonrobust.evaluation.evaluate_attacks`."""
+    from .evaluation import evaluate_attacks
+
+    attack = PGD(eps=cfg.eps, steps=cfg.eval_pgd_steps, alpha_factor=STEP_FACTORS["madry"], random_start=True)
+    batches = ((x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x, y)
+               for x, y in eval_set.batches(cfg.batch_size, device=device))
+    model.eval()
+    res = evaluate_attacks(model, batches, {"PGD": attack}, seed=_seed(cfg.seed, "eval"), progress=False)
+    return {"eval_clean_acc": res["clean_accuracy"], "eval_pgd_acc": res["attacks"]["PGD"]["robust_accuracy"], "eval_n": res["n"]}
+
+
+# --------------------------------------------------------------------------- the run folder
+@dataclass
+class _RunFolder:
+    """The files of one run (rank 0 writes them): the committed state, the derived checkpoints and metrics, and their repair."""
+
     out: Path
-    dist: _Dist
-    device: torch.device
-    progress: bool
-    command: list[str] | None
-    train_set: ImageDataset
-    eval_set: ImageDataset | None
+    cfg: TrainConfig
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    train_set: ImageDataset  # what the checkpoints' metadata says the model was trained on
+    record: dict[str, Any]  # recipe fields besides the config: command, world size, environment
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
-    ddp: nn.Module | None = None
 
     @property
-    def spec(self) -> MethodSpec:
-        return METHODS[self.cfg.method]
+    def select_by(self) -> str:
+        return METHODS[self.cfg.method].select_by
 
     def path(self, key: str) -> Path:
         return self.out / _FILES[key]
 
-    # ------------------------------------------------------------ one epoch
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, dist, device = self.cfg, self.dist, self.device
-        images, labels = self.train_set.images, self.train_set.labels
-        order = torch.randperm(len(labels), generator=make_generator(_seed(cfg.seed, epoch, "shuffle")))
-        if len(order) % dist.world:  # pad like DistributedSampler so every rank takes the same number of steps
-            order = torch.cat([order, order[: dist.world - len(order) % dist.world]])
-        shard = order[dist.rank:: dist.world]
-        per_rank = cfg.batch_size // dist.world
-        n_steps = math.ceil(len(shard) / per_rank)
-        aug_gen = make_generator(_seed(cfg.seed, epoch, "augment", dist.rank))
-        attack_gen = make_generator(_seed(cfg.seed, epoch, "attack", dist.rank), device)
-        dropout = _GlobalStream(_seed(cfg.seed, epoch, "dropout", dist.rank), device)
-        attack = PGD(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
-        model = self.ddp if self.ddp is not None else self.model
-        model.train()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        lr = cfg.lr
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not (self.progress and dist.main))
-        t0 = time.perf_counter()
-        for i in range(n_steps):
-            idx = shard[i * per_rank:(i + 1) * per_rank]
-            x = images[idx].to(device).float().div_(255)
-            y = labels[idx].to(device)
-            if cfg.crop_pad or cfg.flip:
-                x = augment(x, aug_gen, pad=cfg.crop_pad, flip=bool(cfg.flip))
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = cfg.lr * lr_factor(cfg.schedule, epoch, i, n_steps, cfg.epochs)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            batch = Batch(model, self.model, x, y, cfg, attack, attack_gen)
-            with dropout.active():
-                with amp:
-                    loss, logits = self.spec.loss(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            self.optimizer.step()
-            with torch.no_grad():
-                totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                       torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-            if i % 20 == 0 or i == n_steps - 1:
-                bar.set_postfix(loss=f"{float(totals[0] / totals[2]):.4f}", lr=f"{lr:.4g}")
-            bar.update(1)
-        bar.close()
-        seconds = time.perf_counter() - t0
-        loss_sum, correct, count = dist.sum(totals).tolist()
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_acc": correct / count,
-                "train_images": int(count), "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 2)}
-
-    # ------------------------------------------------------------ held-out evaluation (rank 0)
-    def evaluate(self) -> dict[str, Any]:
-        """Clean and PGD accuracy on the held-out images, by :func:`nonrobust.evaluation.evaluate_attacks`."""
-        from .evaluation import evaluate_attacks
-
-        cfg = self.cfg
-        assert self.eval_set is not None
-        attack = PGD(eps=cfg.eps, steps=cfg.eval_pgd_steps, alpha_factor=STEP_FACTORS["madry"], random_start=True)
-        batches = ((x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x, y)
-                   for x, y in self.eval_set.batches(cfg.batch_size, device=self.device))
-        self.model.eval()
-        res = evaluate_attacks(self.model, batches, {"PGD": attack}, seed=_seed(cfg.seed, "eval"), progress=False)
-        return {"eval_clean_acc": res["clean_accuracy"], "eval_pgd_acc": res["attacks"]["PGD"]["robust_accuracy"], "eval_n": res["n"]}
-
-    # ------------------------------------------------------------ files
     def score(self, entry: dict[str, Any]) -> float:
-        return entry["eval_clean_acc" if self.spec.select_by == "clean" else "eval_pgd_acc"]
+        return entry["eval_clean_acc" if self.select_by == "clean" else "eval_pgd_acc"]
 
     def checkpoint(self, path: Path, entry: dict[str, Any]) -> None:
-        recipe = {"config": self.cfg.to_dict(), "command": self.command, "method": self.spec.description,
-                  "world_size": self.dist.world, "environment": environment(self.device)}
+        recipe = {"config": self.cfg.to_dict(), "method": METHODS[self.cfg.method].description, **self.record}
         metrics = {"epoch": entry["epoch"], **{k: v for k, v in entry.items() if k.startswith("eval_")},
-                   "selected_by": self.spec.select_by, "history": self.history}
+                   "selected_by": self.select_by, "history": self.history}
         ds = self.train_set
         meta = models.make_meta(self.model, dataset=ds.name, classes=list(ds.classes), input_shape=ds.input_shape,
                                 recipe=recipe, metrics=metrics)
@@ -695,21 +690,21 @@ class _Run:
         opt_tensors, opt_meta = _optimizer_to_file(self.optimizer)
         weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         meta = {"format": STATE_FORMAT, "version": _STATE_VERSION, "epoch": len(self.history), "config": self.cfg.to_dict(),
-                "history": self.history, "best": self.best, "optimizer": opt_meta, "world_size": self.dist.world}
+                "history": self.history, "best": self.best, "optimizer": opt_meta, "world_size": self.record["world_size"]}
         save_tensors(self.path("state"), {**weights, **opt_tensors}, meta)
 
-    def load_state(self) -> None:
+    def load_state(self, device: torch.device) -> None:
         tensors, meta = load_tensors(self.path("state"))
         check(meta.get("format") == STATE_FORMAT, f"{self.path('state')}: not a nonrobust training state")
         check(int(meta.get("version", 0)) <= _STATE_VERSION, f"{self.path('state')}: written by a newer nonrobust; upgrade to resume")
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(weights, strict=True)
-        _optimizer_from_file(self.optimizer, {k: v.to(self.device) for k, v in tensors.items() if k.startswith("optim.")},
+        _optimizer_from_file(self.optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
                              meta["optimizer"])
         self.history, self.best = list(meta["history"]), meta["best"]
-        if meta.get("world_size", 1) != self.dist.world:
+        if meta.get("world_size", 1) != self.record["world_size"]:
             log.warning("resuming a %d-process run with %d processes: the random streams per rank differ from the original run",
-                        meta.get("world_size", 1), self.dist.world)
+                        meta.get("world_size", 1), self.record["world_size"])
 
     def write_metrics(self) -> None:
         with atomic_write(self.path("metrics"), "w") as fh:
@@ -741,7 +736,7 @@ class _Run:
         """Record a finished epoch: state first (the commit point), then the derived files."""
         entry["best"] = self.best is None or self.score(entry) > self.best["score"]
         if entry["best"]:
-            self.best = {"epoch": entry["epoch"], "score": self.score(entry), "by": self.spec.select_by}
+            self.best = {"epoch": entry["epoch"], "score": self.score(entry), "by": self.select_by}
         self.history.append(entry)
         self.save_state()
         if entry["best"]:
@@ -750,8 +745,6 @@ class _Run:
         self.append_metrics(entry)
 
     def summary(self) -> dict[str, Any]:
-        if not self.dist.main:
-            return {"rank": self.dist.rank, "world_size": self.dist.world}
         best = self.history[self.best["epoch"] - 1] if self.best else None
         return {"out_dir": str(self.out), "epochs": len(self.history), "last": self.history[-1] if self.history else None,
                 "best": best, "checkpoint": str(self.path("last")), "best_checkpoint": str(self.path("best"))}
@@ -837,22 +830,23 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / _FILES["config"], cfg.to_dict())
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        run = _Run(cfg, out, dist, device, progress, list(command) if command is not None else None, train_set, eval_set, model, optimizer)
+        record = {"command": list(command) if command is not None else None, "world_size": dist.world, "environment": environment(device)}
+        run = _RunFolder(out, cfg, model, optimizer, train_set, record)
         if has_state:
-            run.load_state()
+            run.load_state(device)
             check(len(run.history) <= cfg.epochs, f"--resume: {out} has already trained {len(run.history)} epochs, more than --epochs {cfg.epochs}")
             log.info("resuming %s after epoch %d of %d", out, len(run.history), cfg.epochs)
             if dist.main:
                 run.repair()
-        if dist.world > 1:
-            run.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if dist.world > 1 else model
         if dist.main:
             log.info("training %s on %s (%d images) with %s for %d epochs on %s%s", cfg.arch, train_set.name, len(train_set),
                      cfg.method, cfg.epochs, device, f" × {dist.world} processes" if dist.world > 1 else "")
         for epoch in range(len(run.history), cfg.epochs):
-            entry = run.train_epoch(epoch)
+            entry = _train_epoch(cfg, model, trained, optimizer, train_set, dist, device, epoch, progress)
             if dist.main:
-                entry.update(run.evaluate())
+                entry.update(_held_out(cfg, model, eval_set, device))
                 run.end_epoch(entry)
                 log.info("epoch %d/%d: loss %.4f, train acc %.2f%%, held-out clean %.2f%%, PGD-%d %.2f%% (%.0f img/s)%s",
                          entry["epoch"], cfg.epochs, entry["train_loss"], 100 * entry["train_acc"], 100 * entry["eval_clean_acc"],
@@ -860,6 +854,6 @@ def train(
             else:
                 run.history.append(entry)
             dist.barrier()
-        return run.summary()
+        return run.summary() if dist.main else {"rank": dist.rank, "world_size": dist.world}
     finally:
         dist.close()
