@@ -51,6 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import UserError, check
+from .fields import setting
 from .io import load_tensors, save_tensors
 from .runtime import frozen, make_generator
 from .split import LayerSplit, require_4d
@@ -80,13 +81,15 @@ class IBConfig:
         seed: seed of the noise draws.
     """
 
-    protocol: Literal["paper", "batch-free", "population"] = "paper"
-    beta: float = 0.3
-    iterations: int = 200
-    lr: float = 0.1
-    noise: Literal["channel", "unit"] = "channel"
-    kl: Literal["mean", "sum"] = "mean"
-    seed: int = 0
+    protocol: Literal["paper", "batch-free", "population"] = setting(
+        "paper", "bottleneck protocol: paper (the reference code's, threshold per batch), batch-free (threshold per image) "
+        "or population (one label-free split for a data set)", "choice")
+    beta: float = setting(0.3, "KL weight β", "non_negative")
+    iterations: int = setting(200, "Adam steps on σ", "positive_int")
+    lr: float = setting(0.1, "Adam learning rate on σ", "positive")
+    noise: Literal["channel", "unit"] = setting("channel", "one ε per channel (reference code) or per unit (paper text)", "choice")
+    kl: Literal["mean", "sum"] = setting("mean", "KL averaged (reference code) or summed (paper text) over units", "choice")
+    seed: int = setting(0, "seed of the noise draws", "int")
 
     def __post_init__(self) -> None:
         check(self.protocol in PROTOCOLS, f"unknown protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}")

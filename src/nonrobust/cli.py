@@ -60,6 +60,42 @@ def _number(cast: type, allow_zero: bool, what: str):
 _positive_int = _number(int, False, "a positive integer")
 _positive_float = _number(float, False, "a positive number")
 _non_negative_float = _number(float, True, "a number ≥ 0")
+_KIND_TYPES: dict[str, Callable[[str], object]] = {"positive_int": _positive_int, "positive": _positive_float,
+                                                  "non_negative": _non_negative_float, "int": int, "float": float, "text": str}
+
+
+def add_settings(p: argparse.ArgumentParser, cls: type, names: Sequence[str], *, flags: dict[str, str] | None = None) -> None:
+    """One option per field ``names`` of the settings dataclass ``cls`` (see :mod:`nonrobust.fields`).
+
+    The flag is ``--field-name`` (or ``flags[name]``); its help, the kind of value it reads and the default it
+    states all come from the field. Every option defaults to ``None`` (not given), so the dataclass's default,
+    or a preset's or profile's value, applies; :func:`settings_from` reads them back.
+    """
+    import typing
+
+    from .fields import default_of, help_of, kind_of
+
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        kind, default = kind_of(cls, name), default_of(cls, name)
+        shown = " ".join(f"{v:g}" for v in default) if kind == "list" else f"{default:.4g}" if isinstance(default, float) else default
+        text = help_of(cls, name) + ("" if default is None else f" (default {shown})")
+        kw: dict = {"dest": f"{cls.__name__}.{name}", "default": None, "help": text}
+        if kind == "choice":
+            kw["choices"] = typing.get_args(hints[name])
+        elif kind == "flag":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind == "list":
+            kw.update(type=_non_negative_float, nargs="+", metavar="X")
+        else:
+            kw.update(type=_KIND_TYPES[kind], metavar=name.upper())
+        p.add_argument(f"--{(flags or {}).get(name, name).replace('_', '-')}", **kw)
+
+
+def settings_from(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict:
+    """The values given on the command line for the options :func:`add_settings` made (``None`` when not given)."""
+    values = {name: getattr(args, f"{cls.__name__}.{name}", None) for name in names}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def add_run_args(p: argparse.ArgumentParser, batch_size: int = 128) -> None:
@@ -120,11 +156,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+_IB_OPTIONS = ("protocol", "beta", "iterations", "lr", "noise", "kl")  # the seed is the command's --seed
+
+
 def _ib_config(args: argparse.Namespace):
     from .bottleneck import IBConfig
 
-    return IBConfig(protocol=args.protocol, beta=args.beta, iterations=args.iterations, lr=args.ib_lr,
-                    noise=args.noise, kl=args.kl, seed=args.seed)
+    given = {k: v for k, v in settings_from(args, IBConfig, _IB_OPTIONS).items() if v is not None}
+    return IBConfig(**given, seed=args.seed)
 
 
 def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
@@ -143,21 +182,19 @@ def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
         channels = ATTACKS[args.attack].defaults.get("channels", "nonrobust")
         settings["mask"] = res.nonrobust_mask if channels == "nonrobust" else res.robust_mask
     else:
-        if args.protocol == "population":
+        if _ib_config(args).protocol == "population":
             raise UserError("NRF with --protocol population needs the split file: run `nonrobust split --protocol population` and pass --masks FILE")
         settings["ib"] = _ib_config(args)
     return settings
 
 
 def add_ib_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", help="split layer (default: the model's own, see `nonrobust models layers`)")
-    p.add_argument("--protocol", choices=("paper", "batch-free", "population"), default="paper",
-                   help="bottleneck protocol (default paper: the reference code's, threshold per batch)")
-    p.add_argument("--beta", type=_non_negative_float, default=0.3, help="KL weight β (default 0.3)")
-    p.add_argument("--iterations", type=_positive_int, default=200, help="Adam steps on σ (default 200)")
-    p.add_argument("--ib-lr", type=_positive_float, default=0.1, help="Adam learning rate on σ (default 0.1)")
-    p.add_argument("--noise", choices=("channel", "unit"), default="channel", help="one ε per channel (reference) or per unit (paper text)")
-    p.add_argument("--kl", choices=("mean", "sum"), default="mean", help="KL averaged (reference) or summed (paper text)")
+    from .bottleneck import IBConfig
+    from .fields import help_of
+    from .report import ReportSettings
+
+    p.add_argument("--layer", help=help_of(ReportSettings, "layer"))
+    add_settings(p, IBConfig, _IB_OPTIONS, flags={"lr": "ib_lr"})
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -167,9 +204,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     model, meta, ds, device = load_model_and_data(args)
     split = split_model(model, args.layer or meta.split_layer)
     info = {"model": str(args.model), "arch": meta.arch, "data": ds.name, "split": ds.split, "batch_size": args.batch_size}
-    s = split_dataset(split, ds, _ib_config(args), args.out, batch_size=args.batch_size, device=device, info=info)
+    config = _ib_config(args)
+    s = split_dataset(split, ds, config, args.out, batch_size=args.batch_size, device=device, info=info)
     acc = s["accuracy"]
-    print(f"{args.protocol} split at {split.layer} (beta {args.beta}) on {s['n']} images: "
+    print(f"{config.protocol} split at {split.layer} (beta {config.beta}) on {s['n']} images: "
           f"{s['robust_channels_mean']:.1f} robust / {s['nonrobust_channels_mean']:.1f} non-robust of {s['channels']} channels (mean per image)")
     print(f"accuracy from Z {acc['int']:.2%}, from Z_r {acc['robust']:.2%}, from Z_nr {acc['nonrobust']:.2%}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
@@ -215,14 +253,11 @@ def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
     """ReportSettings from the report options (a profile's values where an option was not given)."""
     from .report import ReportSettings, profile
 
-    names = ("model", "data", "split", "data_dir", "image_size", "n", "batch_size", "seed", "device", "layer", "eps", "l2_steps",
-             "protocol", "beta", "ib_iterations", "population_n", "population_iterations", "beta_n", "tsne_n", "featvis_images",
-             "featvis_steps")
-    values = {k: getattr(args, k, None) for k in names}
+    # the model, data and run options every command shares, then the report's own (add_report_args)
+    values = {k: getattr(args, k, None) for k in ("model", "data", "split", "data_dir", "image_size", "n", "batch_size", "seed", "device")}
+    values.update(settings_from(args, ReportSettings, _REPORT_OPTIONS))
     if getattr(args, "attacks", None):
         values["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
-    if getattr(args, "betas", None):
-        values["betas"] = tuple(args.betas)
     if getattr(args, "no_table4", False):
         values["table4"] = False
     if profile_name is not None:
@@ -318,25 +353,17 @@ def cmd_models_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+_REPORT_OPTIONS = ("eps", "l2_steps", "layer", "protocol", "beta", "ib_iterations", "population_n", "population_iterations", "betas",
+                   "beta_n", "tsne_n", "featvis_images", "featvis_steps")  # ReportSettings fields that are report options
+
+
 def add_report_args(p: argparse.ArgumentParser) -> None:
     from .report import TABLE3_ATTACKS, ReportSettings
 
     p.add_argument("--attacks", metavar="A,B,…", help="Table 3's attacks, comma-separated, from: " + ", ".join(TABLE3_ATTACKS)
                    + f" (default: {','.join(ReportSettings.__dataclass_fields__['attacks'].default)})")
     p.add_argument("--no-table4", action="store_true", help="skip Table 4 (NRF, NRF2, RF, RF2)")
-    p.add_argument("--eps", type=_positive_float, help="L∞ budget of every L∞ attack, in [0,1] pixel units (default 8/255)")
-    p.add_argument("--l2-steps", type=_positive_int, help="Adam steps of CW-L2 and the NRF L2 family (default 200)")
-    p.add_argument("--layer", help="split layer (default: the model's own, see `nonrobust models layers`)")
-    p.add_argument("--protocol", choices=("paper", "batch-free"), help="per-image bottleneck protocol shown next to population (default paper)")
-    p.add_argument("--beta", type=_non_negative_float, help="KL weight β (default 0.3)")
-    p.add_argument("--ib-iterations", type=_positive_int, help="bottleneck Adam steps (default 200)")
-    p.add_argument("--population-n", type=_positive_int, help="images the population split is fitted on (default 5000)")
-    p.add_argument("--population-iterations", type=_positive_int, help="Adam steps of the population split (default 200)")
-    p.add_argument("--betas", type=_non_negative_float, nargs="+", metavar="B", help="β values of Fig. 5 (default 0 0.01 0.1 0.3 1 3 5 10)")
-    p.add_argument("--beta-n", type=_positive_int, help="images of the β sweep (default 500)")
-    p.add_argument("--tsne-n", type=_positive_int, help="images of the t-SNE (default 1000)")
-    p.add_argument("--featvis-images", type=int, help="images of the feature visualisation, 0 to skip (default 3)")
-    p.add_argument("--featvis-steps", type=_positive_int, help="optimisation steps of the feature visualisation (default 512)")
+    add_settings(p, ReportSettings, _REPORT_OPTIONS)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder: report.html, results.json, CSVs, figures, cached steps")
     add_run_args(p)
 

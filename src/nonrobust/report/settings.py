@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..attacks import ATTACK_SETS, ATTACKS
+from ..bottleneck import IBConfig
 from ..errors import check
+from ..fields import default_of, setting
+
+PER_IMAGE_PROTOCOLS = ("paper", "batch-free")
+"""The bottleneck protocols Tables 1 and 2 show next to ``population``."""
 
 TABLE3_ATTACKS = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "apgd-ce", "fab", "nrf-linf", "nrf")
 """The registered attacks (:data:`nonrobust.attacks.ATTACKS`) Table 3 can run, with their registered settings and labels.
@@ -49,25 +54,25 @@ class ReportSettings:
     split: str = "test"
     data_dir: str | None = None
     image_size: int | None = None
-    n: int | None = None
-    batch_size: int = 128
-    seed: int = 0
+    n: int | None = setting(None, "evaluate the first N images (default: all)", "positive_int")
+    batch_size: int = setting(128, "images per batch", "positive_int")
+    seed: int = setting(0, "seed of every random draw", "int")
     device: str = "auto"
-    layer: str | None = None
+    layer: str | None = setting(None, "split layer (default: the model's own, see `nonrobust models layers`)")
     attacks: tuple[str, ...] = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "fab", "nrf-linf", "nrf")
     table4: bool = True
-    eps: float = 8 / 255
-    l2_steps: int = 200
-    protocol: str = "paper"
-    beta: float = 0.3
-    ib_iterations: int = 200
-    population_n: int = 5000
-    population_iterations: int = 200
-    betas: tuple[float, ...] = (0.0, 0.01, 0.1, 0.3, 1.0, 3.0, 5.0, 10.0)
-    beta_n: int = 500
-    tsne_n: int = 1000
-    featvis_images: int = 3
-    featvis_steps: int = 512
+    eps: float = setting(8 / 255, "L∞ budget of every L∞ attack, in [0,1] pixel units", "positive")
+    l2_steps: int = setting(200, "Adam steps of CW-L2 and the NRF L2 family", "positive_int")
+    protocol: Literal["paper", "batch-free"] = setting("paper", "per-image bottleneck protocol shown next to population", "choice")
+    beta: float = setting(default_of(IBConfig, "beta"), "KL weight β of the bottleneck", "non_negative")
+    ib_iterations: int = setting(default_of(IBConfig, "iterations"), "bottleneck Adam steps", "positive_int")
+    population_n: int = setting(5000, "images the population split is fitted on", "positive_int")
+    population_iterations: int = setting(200, "Adam steps of the population split", "positive_int")
+    betas: tuple[float, ...] = setting((0.0, 0.01, 0.1, 0.3, 1.0, 3.0, 5.0, 10.0), "β values of Fig. 5", "list")
+    beta_n: int = setting(500, "images of the β sweep", "positive_int")
+    tsne_n: int = setting(1000, "images of the t-SNE (Fig. 2)", "positive_int")
+    featvis_images: int = setting(3, "images of the feature visualisation (Fig. 3), 0 to skip", "int")
+    featvis_steps: int = setting(512, "optimisation steps of the feature visualisation", "positive_int")
     trimmed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -75,7 +80,7 @@ class ReportSettings:
         check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
         check(len(self.attacks) > 0, "a report needs at least one attack")
         check(0 < self.eps <= 1, f"eps must be in (0, 1] (pixel units), got {self.eps}")
-        check(self.protocol in ("paper", "batch-free"), f"the per-image protocol must be paper or batch-free, got {self.protocol!r}")
+        check(self.protocol in PER_IMAGE_PROTOCOLS, f"the per-image protocol must be {' or '.join(PER_IMAGE_PROTOCOLS)}, got {self.protocol!r}")
         for name in ("batch_size", "l2_steps", "ib_iterations", "population_n", "population_iterations", "beta_n", "tsne_n",
                      "featvis_steps"):
             check(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
