@@ -78,18 +78,20 @@ def add_settings(p: argparse.ArgumentParser, cls: type, names: Sequence[str], *,
     hints = typing.get_type_hints(cls)
     for name in names:
         kind, default = kind_of(cls, name), default_of(cls, name)
+        flag = (flags or {}).get(name, name)
         shown = " ".join(f"{v:g}" for v in default) if kind == "list" else f"{default:.4g}" if isinstance(default, float) else default
         text = help_of(cls, name) + ("" if default is None else f" (default {shown})")
         kw: dict = {"dest": f"{cls.__name__}.{name}", "default": None, "help": text}
-        if kind == "choice":
-            kw["choices"] = typing.get_args(hints[name])
+        if kind == "choice":  # the values of the field's Literal[...] (also inside Optional)
+            kw["choices"] = next(typing.get_args(t) for t in (hints[name], *typing.get_args(hints[name]))
+                                 if typing.get_origin(t) is typing.Literal)
         elif kind == "flag":
             kw["action"] = argparse.BooleanOptionalAction
         elif kind == "list":
             kw.update(type=_non_negative_float, nargs="+", metavar="X")
         else:
-            kw.update(type=_KIND_TYPES[kind], metavar=name.upper())
-        p.add_argument(f"--{(flags or {}).get(name, name).replace('_', '-')}", **kw)
+            kw.update(type=_KIND_TYPES[kind], metavar=flag.upper())
+        p.add_argument(f"--{flag.replace('_', '-')}", **kw)
 
 
 def settings_from(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict:
@@ -214,14 +216,16 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_OPTIONS = ("data_dir", "train_subset", "image_size", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "eps",
+                  "steps", "alpha", "beta", "inner", "flip", "eval_n", "eval_pgd_steps", "amp", "channels_last", "seed")
+"""TrainConfig fields that are options of `nonrobust train` (``train_subset`` is ``--n``)."""
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import training
 
-    names = ("arch", "data", "data_dir", "image_size", "method", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-             "schedule", "eps", "steps", "alpha", "beta", "inner", "seed", "device", "amp", "channels_last", "flip", "eval_n",
-             "eval_pgd_steps")
-    overrides = {k: getattr(args, k) for k in names}
-    overrides["train_subset"] = args.n
+    overrides = {"arch": args.arch, "data": args.data, "method": args.method, "device": args.device,
+                 **settings_from(args, training.TrainConfig, _TRAIN_OPTIONS)}
     if args.arch_option:
         overrides["arch_options"] = dict(_key_value(item) for item in args.arch_option)
     base = training.load_config(args.out) if args.resume else None
@@ -450,27 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="NAME", help="architecture (see `nonrobust models list`)")
     p.add_argument("--arch-option", action="append", metavar="KEY=VALUE", help="architecture option, e.g. width=16 (repeatable)")
     p.add_argument("--data", metavar="NAME", help=_data_help())
-    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
-    p.add_argument("--n", type=_positive_int, metavar="N", help="train on the first N training images only")
-    p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")
-    p.add_argument("--method", choices=_train_methods(), help="training method (default pgd)")
-    p.add_argument("--epochs", type=_positive_int, help="epochs (on --resume: train up to this many)")
-    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (peak for the cyclic schedule)")
-    p.add_argument("--momentum", type=float, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, help="weight decay")
-    p.add_argument("--schedule", help="constant, step:S:G, multistep:M1,M2:G, cosine or cyclic")
-    p.add_argument("--eps", type=_positive_float, help="L∞ budget of the inner attack and the evaluation (in [0,1] pixel units)")
-    p.add_argument("--steps", type=_positive_int, help="inner attack steps")
-    p.add_argument("--alpha", type=_positive_float, help="inner attack step size")
-    p.add_argument("--beta", type=float, help="TRADES / MART trade-off β")
-    p.add_argument("--inner", choices=("ce", "kl"), help="TRADES inner maximisation (kl = published, ce = reference code)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (default: per data set)")
-    p.add_argument("--eval-n", type=_positive_int, help="held-out test images checked after every epoch (default 500)")
-    p.add_argument("--eval-pgd-steps", type=_positive_int, help="PGD steps of the per-epoch check (default 10)")
-    p.add_argument("--amp", choices=("none", "bf16"), help="mixed precision (bf16 autocast)")
-    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
-    p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
+    from .fields import default_of, help_of
+    from .training import TrainConfig
+
+    p.add_argument("--method", choices=_train_methods(), help=f"{help_of(TrainConfig, 'method')} (default {default_of(TrainConfig, 'method')})")
+    add_settings(p, TrainConfig, _TRAIN_OPTIONS, flags={"train_subset": "n"})
     add_device_arg(p)
     p.add_argument("--out", required=True, metavar="DIR", help="run folder: config, checkpoints (last, best), metrics.jsonl, resumable state")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")

@@ -63,7 +63,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,7 @@ from . import models
 from .attacks import PGD, STEP_FACTORS, Ball, optimise, step_size
 from .data import DATASETS, ImageDataset, augment, load_dataset
 from .errors import UserError, check
+from .fields import setting
 from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
 from .runtime import environment, frozen, make_generator, resolve_device
 
@@ -134,34 +135,34 @@ class TrainConfig:
 
     arch: str
     data: str
-    method: str = "pgd"
+    method: str = setting("pgd", "training method: standard, pgd, trades, mart or fast")
     arch_options: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    train_subset: int | None = None
-    image_size: int | None = None
-    epochs: int = 30
-    batch_size: int = 128
+    data_dir: str | None = setting(None, "where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    train_subset: int | None = setting(None, "train on the first N training images only", "positive_int")
+    image_size: int | None = setting(None, "resize images to PX×PX (folder and tiny-imagenet data)", "positive_int")
+    epochs: int = setting(30, "epochs (on --resume: train up to this many)", "positive_int")
+    batch_size: int = setting(128, "global batch size", "positive_int")
     optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    eps: float = 8 / 255
-    steps: int | None = None
-    alpha: float | None = None
-    beta: float | None = None
-    inner: str | None = None
+    lr: float = setting(0.1, "learning rate (the peak of the cyclic schedule)", "positive")
+    momentum: float = setting(0.9, "SGD momentum", "non_negative")
+    weight_decay: float = setting(5e-4, "weight decay", "non_negative")
+    schedule: str = setting("cosine", "constant, step:S:G, multistep:M1,M2:G, cosine or cyclic")
+    eps: float = setting(8 / 255, "L∞ budget of the inner attack and the held-out check, in [0,1] pixel units", "positive")
+    steps: int | None = setting(None, "inner attack steps (default 10; 1 for fast)", "positive_int")
+    alpha: float | None = setting(None, "inner attack step size (default 2.5·eps/steps; 1.25·eps for fast)", "positive")
+    beta: float | None = setting(None, "TRADES / MART trade-off β (default 6)", "non_negative")
+    inner: Literal["ce", "kl"] | None = setting(None, "TRADES inner maximisation: kl (published) or ce (reference code)", "choice")
     ce_on_adv: bool = False
     mean: float | list[float] | None = None
     std: float | list[float] | None = None
-    flip: bool | None = None
+    flip: bool | None = setting(None, "random horizontal flips (default: per data set)", "flag")
     crop_pad: int = 4
-    eval_n: int = 500
-    eval_pgd_steps: int = 10
-    seed: int = 0
+    eval_n: int = setting(500, "held-out test images checked after every epoch", "positive_int")
+    eval_pgd_steps: int = setting(10, "PGD steps of the per-epoch check", "positive_int")
+    seed: int = setting(0, "seed of every random draw", "int")
     device: str = "auto"
-    amp: str = "none"
-    channels_last: bool = False
+    amp: Literal["none", "bf16"] = setting("none", "mixed precision: bf16 autocast, or none", "choice")
+    channels_last: bool = setting(False, "NHWC memory format", "flag")
 
     def __post_init__(self) -> None:
         check(self.method in METHODS, f"unknown training method {self.method!r}: choose one of {', '.join(METHODS)}")
