@@ -84,10 +84,9 @@ def test_paper_protocol_reproduces_a_plain_reference_implementation(beta, size, 
     ours = distill(split, x, y, IBConfig(beta=beta, noise=noise_kind), noise=noise)
     head = lambda t: split.head(t)  # noqa: E731
     sigma, robust = reference_ib(head, z, y, noise, beta=beta)
-    # ours sums each image's loss where the reference averages over the batch: Adam is
-    # scale-invariant, so σ agrees up to Adam's ε.
-    assert torch.allclose(ours.sigma, sigma, rtol=1e-3, atol=1e-4)
-    assert (ours.robust_mask == robust).float().mean() > 0.99
+    # the batch-mean loss, as the reference computes it: σ agrees to float precision, the masks exactly
+    assert torch.allclose(ours.sigma, sigma, rtol=1e-5, atol=1e-6), (ours.sigma - sigma).abs().max()
+    assert torch.equal(ours.robust_mask, robust)
 
 
 def test_a_head_that_works_in_place_gives_the_same_split():
@@ -110,9 +109,11 @@ def test_split_is_independent_of_batching_except_the_paper_threshold():
     idx = torch.arange(8)
     whole = distill(split, x, y, IBConfig(iterations=30), indices=idx)
     first = distill(split, x[:3], y[:3], IBConfig(iterations=30), indices=idx[:3])
-    assert torch.allclose(whole.sigma[:3], first.sigma, atol=1e-5)
+    # paper: the batch-mean loss reaches σ only through Adam's ε, which weighs more for a larger batch
+    assert torch.allclose(whole.sigma[:3], first.sigma, rtol=1e-2)
     whole_bf = distill(split, x, y, IBConfig(protocol="batch-free", iterations=30), indices=idx)
     part_bf = distill(split, x[5:], y[5:], IBConfig(protocol="batch-free", iterations=30), indices=idx[5:])
+    assert torch.allclose(whole_bf.sigma[5:], part_bf.sigma, rtol=1e-6, atol=1e-7)  # each image's own loss: batch-free
     assert torch.equal(whole_bf.robust_mask[5:], part_bf.robust_mask)
     assert torch.equal(whole.threshold, whole.var_z.max().expand(8))
 
@@ -160,7 +161,7 @@ def test_beta_zero_is_plain_cross_entropy_and_larger_beta_leaves_fewer_robust_ch
     lam = torch.zeros(16, z.shape[1], requires_grad=True)
     opt = torch.optim.Adam([lam], lr=0.1)
     for i in range(50):
-        loss = F.cross_entropy(split.head(z + F.softplus(lam)[:, :, None, None] * noise[i]), y, reduction="sum")
+        loss = F.cross_entropy(split.head(z + F.softplus(lam)[:, :, None, None] * noise[i]), y)  # the paper protocol's batch mean
         opt.zero_grad()
         loss.backward()
         opt.step()

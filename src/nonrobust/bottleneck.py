@@ -19,10 +19,12 @@ Protocols (each named in every result):
   unbiased spatial variance, KL averaged, β 0.3, true labels, and **T the max
   of σ_z² over every sample and channel of the batch** — so this protocol's
   split of one image depends on the other images in its batch. Everything
-  else (σ, σ_z², noise draws) is per image: the noise of image ``i`` comes from
-  its own generator seeded by ``(seed, index[i])``, and each image's loss is
-  optimised independently, so batching changes nothing but ``T``.
-* ``batch-free`` — the same, with ``T`` per image (max over its channels).
+  else (σ_z², noise draws) is per image: the noise of image ``i`` comes from
+  its own generator seeded by ``(seed, index[i])``. The loss is the batch mean,
+  as the reference code takes it (σ matches the reference to float precision);
+  through Adam that couples the images of a batch only via Adam's ε.
+* ``batch-free`` — the same, with ``T`` per image (max over its channels), and
+  each image's own loss summed, so that nothing about an image depends on its batch.
 * ``population`` — one σ per channel shared by a whole data set, optimised
   over mini-batches; σ_z² per channel is the mean of the per-image spatial
   variances over the data set and ``T`` its max. The masks need no labels at
@@ -385,8 +387,12 @@ def _optimise_sigma(split, z, ctx, y, var_z, config: IBConfig, draw) -> tuple[Te
     lam = torch.zeros(var_z.shape, device=z.device)
     opt = _Adam(lam, config.lr)
     loss_fn = _IBLoss(split, z, ctx, y, var_z, config)
+    # `paper` takes the batch mean of the loss, as the reference code does (so σ matches it to float precision: the
+    # scale reaches Adam's update only through its ε); the other protocols sum each image's own loss, so that an
+    # image's σ does not depend on its batch at all
+    per_image = config.protocol != "paper"
     for step in range(config.iterations):
-        opt.step(loss_fn.grad(lam, draw(step), per_image=True))
+        opt.step(loss_fn.grad(lam, draw(step), per_image=per_image))
     sigma = F.softplus(lam.detach())
     if not torch.isfinite(sigma).all():
         raise UserError("the bottleneck diverged (non-finite σ): lower --lr or --beta")
