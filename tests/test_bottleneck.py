@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -281,3 +282,53 @@ def test_distill_works_under_no_grad():
     with torch.no_grad():
         res = distill(split, x, y, IBConfig(iterations=3))
     assert torch.equal(res.sigma, distill(split, x, y, IBConfig(iterations=3)).sigma)
+
+
+def test_samples_average_the_gradient_over_noise_draws_as_a_plain_loop():
+    """samples=K: each Adam step takes the mean loss over K noise draws (draw step·K + k), batch-mean as the paper protocol."""
+    torch.manual_seed(0)
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4])
+    with torch.no_grad():
+        z = split.features(x)
+    iters, k = 12, 4
+    noise = torch.randn(iters * k, 5, z.shape[1], 1, 1, generator=torch.Generator().manual_seed(5))
+    ours = distill(split, x, y, IBConfig(iterations=iters, samples=k, beta=0.5), noise=noise)
+    var = z.var(dim=(2, 3))
+    lam = torch.zeros(5, z.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=0.1)
+    for step in range(iters):
+        sigma = F.softplus(lam)
+        kl = 0.5 * ((var + 1e-10) / (sigma**2 + 1e-10) + torch.log((sigma**2 + 1e-10) / (var + 1e-10)) - 1)
+        ce = sum(F.cross_entropy(split.head(z + sigma[:, :, None, None] * noise[step * k + j]), y) for j in range(k)) / k
+        loss = ce + 0.5 * kl.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(ours.sigma, F.softplus(lam.detach()), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="noise must have shape"):
+        distill(split, x, y, IBConfig(iterations=iters, samples=k), noise=noise[:iters])
+
+
+def test_label_sources_true_predicted_and_random_wrong():
+    torch.manual_seed(0)
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(10, 3, 8, 8), torch.randint(0, 10, (10,))
+    with torch.no_grad():
+        pred = split.model(x).argmax(1)
+    config = IBConfig(protocol="batch-free", iterations=15)
+    true = distill(split, x, y, config)
+    assert torch.equal(true.labels, y)
+    predicted = distill(split, x, y, replace(config, labels="predicted"))
+    assert torch.equal(predicted.labels, pred)
+    assert torch.equal(predicted.sigma, distill(split, x, pred, config).sigma)  # the same as being given the prediction
+    idx = torch.arange(20, 30)
+    wrong = distill(split, x, y, replace(config, labels="random-wrong"), indices=idx)
+    assert (wrong.labels != y).all() and wrong.labels.min() >= 0 and wrong.labels.max() < 10
+    assert len(set(wrong.labels.tolist())) > 1  # seeded per image, not one shift for all
+    assert torch.equal(wrong.sigma, distill(split, x, wrong.labels, config, indices=idx).sigma)
+    # an image's wrong label depends on its index, not on its batch
+    part = distill(split, x[4:], y[4:], replace(config, labels="random-wrong"), indices=idx[4:])
+    assert torch.equal(part.labels, wrong.labels[4:])
+    with pytest.raises(UserError, match="population"):
+        IBConfig(protocol="population", labels="random-wrong")

@@ -141,3 +141,19 @@ def test_a_user_model_on_a_grey_data_set(capsys, tmp_path):
     assert code == 0, err
     s = json.loads((tmp_path / "a.json").read_text())
     assert s["n"] == 9 and s["perturbation"]["linf_max"] <= 8 / 255 + 1e-6
+
+
+def test_split_label_control_and_noise_samples(capsys, files):
+    """`split --labels random-wrong --ib-samples 2` records its settings and how often Z_r / Z_nr follow the masks' labels."""
+    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 10,
+                         "--ib-samples", 2, "--labels", "random-wrong", "--protocol", "batch-free", "--device", "cpu",
+                         "--out", files / "wrong.safetensors")
+    assert code == 0, err
+    s = json.loads((files / "wrong.json").read_text())
+    assert s["config"]["samples"] == 2 and s["config"]["labels"] == "random-wrong"
+    from nonrobust.io import load_tensors
+
+    t, _ = load_tensors(files / "wrong.safetensors")
+    assert (t["labels"] != t["y"]).all()
+    assert s["mask_labels"]["robust_predicts_mask_label"] == pytest.approx(float((t["pred_robust"] == t["labels"]).float().mean()))
+    assert "masks made with random-wrong labels" in out

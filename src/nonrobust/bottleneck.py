@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from .errors import UserError, check
 from .fields import setting
 from .io import load_tensors, save_tensors
-from .runtime import frozen, make_generator
+from .runtime import derive_seed, frozen, make_generator
 from .split import LayerSplit, require_4d
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ __all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_pred
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("paper", "batch-free", "population")
+LABEL_SOURCES = ("true", "predicted", "random-wrong")
 VAR_EPS = 1e-10  # added to σ² and σ_z², as the reference code does
 
 
@@ -81,6 +82,11 @@ class IBConfig:
         noise: ``channel`` (one ε per channel, broadcast over space) or ``unit`` (per unit).
         kl: ``mean`` (reference code) or ``sum`` (the paper's text) over units.
         seed: seed of the noise draws.
+        samples: noise draws averaged per Adam step (1 in the reference code).
+        labels: the labels σ is optimised with: ``true`` (the reference code, also for adversarial
+            inputs), ``predicted`` (the model's own prediction on the input: label-free, deployable) or
+            ``random-wrong`` (for each image a seeded label other than its true one: if the robust
+            features then predict that label, the split encodes the label rather than the features).
     """
 
     protocol: Literal["paper", "batch-free", "population"] = setting(
@@ -92,6 +98,10 @@ class IBConfig:
     noise: Literal["channel", "unit"] = setting("channel", "one ε per channel (reference code) or per unit (paper text)", "choice")
     kl: Literal["mean", "sum"] = setting("mean", "KL averaged (reference code) or summed (paper text) over units", "choice")
     seed: int = setting(0, "seed of the noise draws", "int")
+    samples: int = setting(1, "noise draws averaged per Adam step (variance reduction; costs that many head passes)", "positive_int")
+    labels: Literal["true", "predicted", "random-wrong"] = setting(
+        "true", "labels σ is optimised with: true (the paper), predicted (the model's own: label-free), or random-wrong "
+        "(a seeded label other than the true one: the control for label dependence)", "choice")
 
     def __post_init__(self) -> None:
         check(self.protocol in PROTOCOLS, f"unknown protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}")
@@ -100,6 +110,10 @@ class IBConfig:
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.noise in ("channel", "unit"), f"noise must be channel or unit, got {self.noise!r}")
         check(self.kl in ("mean", "sum"), f"kl must be mean or sum, got {self.kl!r}")
+        check(isinstance(self.samples, int) and self.samples >= 1, f"samples must be a positive integer, got {self.samples!r}")
+        check(self.labels in LABEL_SOURCES, f"labels must be one of {', '.join(LABEL_SOURCES)}, got {self.labels!r}")
+        check(self.protocol != "population" or self.labels != "random-wrong",
+              "the population protocol takes true or predicted labels (random-wrong labels are a per-image control)")
 
 
 @dataclass
@@ -117,6 +131,7 @@ class IBResult:
         threshold: T, ``[B]`` (one per image; equal within a ``paper`` batch) or ``[]``.
         robust_mask: bool, σ² > T, same shape as ``sigma``.
         loss: final value of the objective (CE + β·KL), for the record.
+        labels: int64 ``[B]``, the labels σ was optimised with (per-image protocols; see :attr:`IBConfig.labels`).
     """
 
     layer: str
@@ -127,6 +142,7 @@ class IBResult:
     robust_mask: Tensor
     loss: float = float("nan")
     extra: dict = field(default_factory=dict)
+    labels: Tensor | None = None
 
     @property
     def nonrobust_mask(self) -> Tensor:
@@ -161,14 +177,16 @@ class IBResult:
         if self.sigma.dim() == 1:
             return self
         return IBResult(self.layer, self.config, self.sigma[index], self.var_z[index], self.threshold[index],
-                        self.robust_mask[index], self.loss, dict(self.extra))
+                        self.robust_mask[index], self.loss, dict(self.extra), None if self.labels is None else self.labels[index])
 
     def save(self, path: str | Path) -> None:
         """Write the result as safetensors (tensors) + JSON metadata, atomically."""
         meta = {"format": "nonrobust-ib", "version": 1, "layer": self.layer, "config": asdict(self.config),
                 "loss": self.loss, "extra": self.extra, "counts": self.counts()}
-        save_tensors(path, {"sigma": self.sigma, "var_z": self.var_z, "threshold": self.threshold,
-                            "robust_mask": self.robust_mask.to(torch.uint8)}, meta)
+        tensors = {"sigma": self.sigma, "var_z": self.var_z, "threshold": self.threshold, "robust_mask": self.robust_mask.to(torch.uint8)}
+        if self.labels is not None:
+            tensors["labels"] = self.labels
+        save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "IBResult":
@@ -177,7 +195,7 @@ class IBResult:
         if meta.get("format") != "nonrobust-ib":
             raise UserError(f"{path}: not a bottleneck split file (written by `nonrobust split`)")
         return cls(meta["layer"], IBConfig(**meta["config"]), t["sigma"], t["var_z"], t["threshold"],
-                   t["robust_mask"].bool(), meta.get("loss", float("nan")), meta.get("extra", {}))
+                   t["robust_mask"].bool(), meta.get("loss", float("nan")), meta.get("extra", {}), t.get("labels"))
 
 
 def gaussian_kl(var_z: Tensor, sigma_sq: Tensor) -> Tensor:
@@ -226,6 +244,7 @@ class _PerImageNoise:
     """
 
     def __init__(self, indices: Tensor, seed: int, shape: tuple[int, ...], iterations: int, device: torch.device) -> None:
+        """``iterations``: how many draws (the bottleneck's iterations × its samples per step)."""
         self.gens = [make_generator(seed * 1_000_003 + int(i), device) for i in indices.tolist()]
         self.shape, self.device = shape, device
         self.table = None
@@ -270,18 +289,38 @@ def distill(
     var_z = spatial_variance(z)
     idx = torch.arange(x.shape[0]) if indices is None else indices.cpu()
     shape = (z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape[1:])
+    draws = config.iterations * config.samples  # draw number step·samples + k is the k-th sample of Adam step `step`
     if noise is not None:
-        check(noise.shape == (config.iterations, z.shape[0], *shape), f"noise must have shape {[config.iterations, z.shape[0], *shape]}")
-        draw = lambda step: noise[step].to(z)  # noqa: E731
+        check(noise.shape == (draws, z.shape[0], *shape), f"noise must have shape {[draws, z.shape[0], *shape]}")
+        draw = lambda i: noise[i].to(z)  # noqa: E731
     else:
-        draw = _PerImageNoise(idx, config.seed, shape, config.iterations, z.device)
+        draw = _PerImageNoise(idx, config.seed, shape, draws, z.device)
+    targets = _targets(split, z, ctx, y.to(z.device), config, idx)
     with frozen(split.model):
-        sigma, loss = _optimise_sigma(split, z, ctx, y.to(z.device), var_z, config, draw)
+        sigma, loss = _optimise_sigma(split, z, ctx, targets, var_z, config, draw)
     threshold = var_z.amax() if config.protocol == "paper" else var_z.amax(1)
     threshold = threshold.expand(x.shape[0]).clone() if threshold.dim() == 0 else threshold
     robust = sigma.pow(2) > threshold[:, None]
     _warn_degenerate(robust)
-    return IBResult(split.layer, config, sigma, var_z, threshold, robust, loss, {"n": x.shape[0]})
+    return IBResult(split.layer, config, sigma, var_z, threshold, robust, loss, {"n": x.shape[0]}, targets)
+
+
+def _targets(split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, config: IBConfig, indices: Tensor) -> Tensor:
+    """The labels σ is optimised with (:attr:`IBConfig.labels`): ``y``, the head's prediction, or a seeded wrong label.
+
+    Image ``i``'s wrong label comes from its own generator, seeded by ``(seed, "wrong-label", index[i])``.
+    """
+    if config.labels == "true":
+        return y
+    with torch.no_grad(), frozen(split.model):
+        logits = split.head(z, ctx)
+    if config.labels == "predicted":
+        return logits.argmax(1)
+    k = logits.shape[1]
+    check(k >= 2, "random-wrong labels need at least 2 classes")
+    shift = torch.stack([torch.randint(1, k, (), generator=make_generator(derive_seed(config.seed, "wrong-label", int(i))))
+                         for i in indices.tolist()]).to(y.device)
+    return (y + shift) % k
 
 
 def _warn_degenerate(robust: Tensor) -> None:
@@ -392,12 +431,15 @@ def _optimise_sigma(split, z, ctx, y, var_z, config: IBConfig, draw) -> tuple[Te
     # image's σ does not depend on its batch at all
     per_image = config.protocol != "paper"
     for step in range(config.iterations):
-        opt.step(loss_fn.grad(lam, draw(step), per_image=per_image))
+        g = loss_fn.grad(lam, draw(step * config.samples), per_image=per_image)
+        for k in range(1, config.samples):  # the mean gradient over the step's noise draws
+            g += loss_fn.grad(lam, draw(step * config.samples + k), per_image=per_image)
+        opt.step(g / config.samples if config.samples > 1 else g)
     sigma = F.softplus(lam.detach())
     if not torch.isfinite(sigma).all():
         raise UserError("the bottleneck diverged (non-finite σ): lower --lr or --beta")
     with torch.no_grad():
-        loss = loss_fn(sigma, draw(config.iterations - 1), per_image=True)
+        loss = loss_fn(sigma, draw(config.iterations * config.samples - 1), per_image=True)
     return sigma, float(loss) / z.shape[0]
 
 
@@ -448,9 +490,13 @@ def distill_population(
                 with torch.no_grad():
                     z, ctx = split.features_and_context(x)
                 shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
-                eps = torch.randn(shape, generator=gen, device=z.device)
-                loss_fn = _IBLoss(split, z, ctx, y, spatial_variance(z), config)
-                opt.step(loss_fn.grad(lam, eps, per_image=False))
+                targets = _targets(split, z, ctx, y.to(z.device), config, torch.arange(z.shape[0]))
+                loss_fn = _IBLoss(split, z, ctx, targets, spatial_variance(z), config)
+                g = 0
+                for _ in range(config.samples):  # the mean gradient over the step's noise draws
+                    eps = torch.randn(shape, generator=gen, device=z.device)
+                    g = g + loss_fn.grad(lam, eps, per_image=False)
+                opt.step(g / config.samples if config.samples > 1 else g)
                 step += 1
                 bar.update(1)
                 if step >= config.iterations:

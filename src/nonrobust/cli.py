@@ -158,7 +158,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-_IB_OPTIONS = ("protocol", "beta", "iterations", "lr", "noise", "kl")  # the seed is the command's --seed
+_IB_OPTIONS = ("protocol", "beta", "iterations", "lr", "noise", "kl", "samples", "labels")  # the seed is the command's --seed
 
 
 def _ib_config(args: argparse.Namespace):
@@ -196,7 +196,7 @@ def add_ib_args(p: argparse.ArgumentParser) -> None:
     from .report import ReportSettings
 
     p.add_argument("--layer", help=help_of(ReportSettings, "layer"))
-    add_settings(p, IBConfig, _IB_OPTIONS, flags={"lr": "ib_lr"})
+    add_settings(p, IBConfig, _IB_OPTIONS, flags={"lr": "ib_lr", "samples": "ib_samples"})
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -212,6 +212,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     print(f"{config.protocol} split at {split.layer} (beta {config.beta}) on {s['n']} images: "
           f"{s['robust_channels_mean']:.1f} robust / {s['nonrobust_channels_mean']:.1f} non-robust of {s['channels']} channels (mean per image)")
     print(f"accuracy from Z {acc['int']:.2%}, from Z_r {acc['robust']:.2%}, from Z_nr {acc['nonrobust']:.2%}")
+    if "mask_labels" in s:
+        m = s["mask_labels"]
+        print(f"masks made with {m['source']} labels: Z_r predicts them for {m['robust_predicts_mask_label']:.2%} of the images, "
+              f"Z_nr for {m['nonrobust_predicts_mask_label']:.2%}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
     return 0
 

@@ -48,6 +48,14 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return gen
 
 
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed derived from ``parts`` (e.g. the run's seed, a purpose, an epoch, an image's index)."""
+    import hashlib
+
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def environment(device: torch.device | None = None) -> dict[str, str]:
     """Versions and machine facts recorded with every result."""
     from . import __version__

@@ -177,13 +177,15 @@ def split_dataset(
     """Run the bottleneck over a data set and write the split to ``out`` (safetensors + ``.json`` summary).
 
     Per-image protocols stream batch by batch into ``out`` (``sigma``, ``var_z``,
-    ``robust_mask`` ``[N, C]``, ``threshold`` ``[N]``, and the labels and the
-    predictions from Z, Z_r and Z_nr ``[N]``); a killed run resumes at its first
+    ``robust_mask`` ``[N, C]``, ``threshold`` ``[N]``, the true labels ``y``, the ``labels`` the masks
+    were made with, and the predictions from Z, Z_r and Z_nr ``[N]``); a killed run resumes at its first
     unfinished batch. Image ``i`` draws its noise from seed ``(config.seed, i)``.
     ``population`` writes one ``[C]`` split (loadable with :meth:`IBResult.load`).
 
-    Returns the summary: mean robust / non-robust channel counts, and the accuracy
-    of ``f_l+(Z)``, ``f_l+(Z_r)`` and ``f_l+(Z_nr)``.
+    Returns the summary: mean robust / non-robust channel counts, the accuracy of ``f_l+(Z)``,
+    ``f_l+(Z_r)`` and ``f_l+(Z_nr)`` against the true labels, and, when the masks were made with
+    other labels (``config.labels``), how often ``f_l+(Z_r)`` and ``f_l+(Z_nr)`` predict those
+    (``mask_labels``).
     """
     out = check_output_path(out)
     n = len(dataset)
@@ -206,7 +208,7 @@ def split_dataset(
         fingerprint = digest({**meta, "batch_size": batch_size})
         per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
         specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
-                 **{k: (torch.int64, (n,)) for k in ("y", "pred", "pred_robust", "pred_nonrobust")}}
+                 **{k: (torch.int64, (n,)) for k in ("y", "labels", "pred", "pred_robust", "pred_nonrobust")}}
         writer = StreamingTensorFile(out, specs, meta, fingerprint)
         bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
         with writer.guard(bar):
@@ -217,12 +219,13 @@ def split_dataset(
                     res = distill(split, x, y, config, indices=torch.arange(start, start + x.shape[0]))
                 p = masked_predictions(split, res, x)
                 writer.write(start, {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8),
-                                     "threshold": res.threshold, "y": y, "pred": p["int"], "pred_robust": p["robust"],
+                                     "threshold": res.threshold, "y": y, "labels": res.labels, "pred": p["int"], "pred_robust": p["robust"],
                                      "pred_nonrobust": p["nonrobust"]})
                 bar.update(x.shape[0])
         writer.finish()
-        t, _ = load_tensors(out, keys=("y", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
+        t, _ = load_tensors(out, keys=("y", "labels", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
         preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}
+        mask_labels = t["labels"]
         robust_counts = t["robust_mask"].float().sum(1)
     y = dataset.labels
     summary = {
@@ -232,5 +235,9 @@ def split_dataset(
         "nonrobust_channels_mean": channels - float(robust_counts.mean()),
         "accuracy": {k: float((v == y).float().mean()) for k, v in preds.items()},
     }
+    if config.protocol != "population" and config.labels != "true":
+        # the label control: do Z_r and Z_nr follow the label the masks were made with, or the true one?
+        summary["mask_labels"] = {"source": config.labels, **{f"{k}_predicts_mask_label": float((preds[k] == mask_labels).float().mean())
+                                                               for k in ("robust", "nonrobust")}}
     write_json(out.with_suffix(".json"), summary)
     return summary

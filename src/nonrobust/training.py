@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -76,7 +75,7 @@ from .data import DATASETS, ImageDataset, augment, load_dataset
 from .errors import UserError, check
 from .fields import setting
 from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
-from .runtime import environment, frozen, make_generator, resolve_device
+from .runtime import derive_seed, environment, frozen, make_generator, resolve_device
 
 __all__ = [
     "TrainConfig",
@@ -523,10 +522,7 @@ class _Dist:
 
 
 # --------------------------------------------------------------------------- random streams
-def _seed(*parts: Any) -> int:
-    """A 63-bit seed derived from ``parts`` (e.g. seed, epoch, purpose, rank)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+_seed = derive_seed  # seeds of the run's random streams: (seed, epoch, purpose, rank)
 
 
 class _GlobalStream:
