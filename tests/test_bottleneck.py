@@ -332,3 +332,37 @@ def test_label_sources_true_predicted_and_random_wrong():
     assert torch.equal(part.labels, wrong.labels[4:])
     with pytest.raises(UserError, match="population"):
         IBConfig(protocol="population", labels="random-wrong")
+
+
+def test_seed_agreement_by_hand():
+    from nonrobust.bottleneck import seed_agreement, summarise_agreement
+
+    def sets(*members):
+        m = torch.zeros(4, dtype=torch.bool)
+        m[list(members)] = True
+        return m
+
+    # image 0: {0,1} {1,2} {1}; image 1: {} {} {3}
+    masks = torch.stack([torch.stack([sets(0, 1), sets()]), torch.stack([sets(1, 2), sets()]), torch.stack([sets(1), sets(3)])])
+    a = seed_agreement(masks)
+    assert torch.allclose(a["jaccard"], torch.tensor([4 / 9, 1 / 3], dtype=torch.float64))  # (1/3 + 1/2 + 1/2)/3; (1 + 0 + 0)/3
+    assert torch.allclose(a["both_empty"], torch.tensor([0.0, 1 / 3], dtype=torch.float64))
+    assert a["every"].tolist() == [1, 0] and a["any"].tolist() == [3, 1]
+    s = summarise_agreement(a, channels=4, seeds=3)
+    assert s["jaccard_mean"] == pytest.approx(7 / 18) and s["pairs_both_empty"] == pytest.approx(1 / 6)
+    assert s["jaccard_nonempty_pairs"] == pytest.approx((4 / 9) / (5 / 3))
+    assert s["robust_every_seed"] == pytest.approx(1 / 8) and s["robust_any_seed"] == pytest.approx(1 / 2)
+    assert s["every_of_any"] == pytest.approx(1 / 4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(2, 4), b=st.integers(1, 3), c=st.integers(1, 5), seed=st.integers(0, 1000))
+def test_seed_agreement_invariants(k, b, c, seed):
+    from nonrobust.bottleneck import seed_agreement
+
+    masks = torch.rand(k, b, c, generator=torch.Generator().manual_seed(seed)) > 0.5
+    a = seed_agreement(masks)
+    assert ((a["jaccard"] >= 0) & (a["jaccard"] <= 1)).all()
+    assert (a["every"] <= a["any"]).all()
+    same = seed_agreement(masks[:1].expand(k, b, c))
+    assert torch.equal(same["jaccard"], torch.ones(b, dtype=torch.float64)) and torch.equal(same["every"], same["any"])

@@ -157,3 +157,14 @@ def test_split_label_control_and_noise_samples(capsys, files):
     assert (t["labels"] != t["y"]).all()
     assert s["mask_labels"]["robust_predicts_mask_label"] == pytest.approx(float((t["pred_robust"] == t["labels"]).float().mean()))
     assert "masks made with random-wrong labels" in out
+
+
+@pytest.mark.parametrize("protocol", ["batch-free", "population"])
+def test_split_stability_over_seeds(capsys, files, protocol):
+    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 8,
+                         "--protocol", protocol, "--stability", 3, "--device", "cpu", "--out", files / f"st-{protocol}.safetensors")
+    assert code == 0, err
+    st = json.loads((files / f"st-{protocol}.json").read_text())["stability"]
+    assert st["seeds"] == 3 and st["images"] == (12 if protocol == "batch-free" else 1)
+    assert 0 <= st["jaccard_mean"] <= 1 and st["robust_every_seed"] <= st["robust_any_seed"]
+    assert "stability over 3 noise seeds" in out

@@ -61,7 +61,7 @@ from .split import LayerSplit, require_4d
 if TYPE_CHECKING:
     pass
 
-__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches", "PROTOCOLS"]
+__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches", "seed_agreement", "summarise_agreement", "PROTOCOLS"]
 
 log = logging.getLogger(__name__)
 
@@ -509,6 +509,50 @@ def distill_population(
     threshold = var_pop.amax()
     _warn_degenerate(sigma.pow(2) > threshold)
     return IBResult(split.layer, config, sigma, var_pop, threshold, sigma.pow(2) > threshold, last, {"n": n})
+
+
+def seed_agreement(masks: Tensor) -> dict[str, Tensor]:
+    """How far ``K`` splits of the same images with different noise seeds agree on the robust sets.
+
+    Args:
+        masks: bool ``[K, B, C]`` (the robust masks of ``K ≥ 2`` seeds for ``B`` images; a population
+            split is one "image": ``[K, 1, C]``).
+
+    Returns:
+        Per image, ``[B]`` each: ``jaccard``, the mean over the ``K(K−1)/2`` pairs of seeds of
+        ``|R_i ∩ R_j| / |R_i ∪ R_j|`` — a pair whose two sets are both empty counts as 1 (they agree that
+        no channel is robust) and is also counted in ``both_empty``, the share of pairs where it happened;
+        ``every`` and ``any``, the numbers of channels robust under every seed and under at least one.
+    """
+    check(masks.dim() == 3 and masks.shape[0] >= 2, f"need robust masks [K ≥ 2, B, C], got {list(masks.shape)}")
+    k = masks.shape[0]
+    jaccard = torch.zeros(masks.shape[1], dtype=torch.float64, device=masks.device)
+    both_empty = torch.zeros_like(jaccard)
+    for i in range(k):
+        for j in range(i + 1, k):
+            inter = (masks[i] & masks[j]).sum(-1).double()
+            union = (masks[i] | masks[j]).sum(-1).double()
+            jaccard += torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+            both_empty += (union == 0).double()
+    pairs = k * (k - 1) / 2
+    return {"jaccard": jaccard / pairs, "both_empty": both_empty / pairs, "every": masks.all(0).sum(-1), "any": masks.any(0).sum(-1)}
+
+
+def summarise_agreement(agreement: dict[str, Tensor], channels: int, seeds: int) -> dict[str, float | int]:
+    """The summary every split reports of :func:`seed_agreement` (over all the images it covers)."""
+    entries = agreement["every"].numel() * channels
+    any_robust = int(agreement["any"].sum())
+    nonempty = float((1 - agreement["both_empty"]).sum())  # in units of "all pairs of one image"
+    return {"seeds": seeds, "images": int(agreement["jaccard"].numel()),
+            "jaccard_mean": float(agreement["jaccard"].mean()),
+            "pairs_both_empty": float(agreement["both_empty"].mean()),
+            # the mean over the pairs with at least one robust channel: each empty pair added exactly 1 to the image's sum
+            "jaccard_nonempty_pairs": float((agreement["jaccard"] - agreement["both_empty"]).sum()) / nonempty if nonempty else None,
+            "robust_every_seed": int(agreement["every"].sum()) / entries,
+            "robust_any_seed": any_robust / entries,
+            "every_of_any": int(agreement["every"].sum()) / any_robust if any_robust else None,
+            "empty_sets": "a pair of seeds whose robust sets are both empty counts as agreement (Jaccard 1) in jaccard_mean; "
+                          "pairs_both_empty is the share of such pairs, and jaccard_nonempty_pairs leaves them out"}
 
 
 class ReiterableBatches:

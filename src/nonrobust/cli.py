@@ -207,11 +207,17 @@ def cmd_split(args: argparse.Namespace) -> int:
     split = split_model(model, args.layer or meta.split_layer)
     info = {"model": str(args.model), "arch": meta.arch, "data": ds.name, "split": ds.split, "batch_size": args.batch_size}
     config = _ib_config(args)
-    s = split_dataset(split, ds, config, args.out, batch_size=args.batch_size, device=device, info=info)
+    s = split_dataset(split, ds, config, args.out, batch_size=args.batch_size, device=device, info=info, stability=args.stability)
     acc = s["accuracy"]
     print(f"{config.protocol} split at {split.layer} (beta {config.beta}) on {s['n']} images: "
           f"{s['robust_channels_mean']:.1f} robust / {s['nonrobust_channels_mean']:.1f} non-robust of {s['channels']} channels (mean per image)")
     print(f"accuracy from Z {acc['int']:.2%}, from Z_r {acc['robust']:.2%}, from Z_nr {acc['nonrobust']:.2%}")
+    if "stability" in s:
+        st = s["stability"]
+        nonempty = "—" if st["jaccard_nonempty_pairs"] is None else f"{st['jaccard_nonempty_pairs']:.3f}"
+        print(f"stability over {st['seeds']} noise seeds: mean Jaccard overlap of the robust sets {st['jaccard_mean']:.3f} "
+              f"(pairs with both sets empty count as 1: {st['pairs_both_empty']:.1%} of pairs; without them {nonempty}); "
+              f"entries robust under every seed {st['robust_every_seed']:.2%}, under any {st['robust_any_seed']:.2%}")
     if "mask_labels" in s:
         m = s["mask_labels"]
         print(f"masks made with {m['source']} labels: Z_r predicts them for {m['robust_predicts_mask_label']:.2%} of the images, "
@@ -472,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arg(p)
     add_data_args(p)
     add_ib_args(p)
+    p.add_argument("--stability", type=_positive_int, default=1, metavar="K",
+                   help="also split with K−1 more noise seeds and report how the robust sets agree (K times the cost; default 1: off)")
     p.add_argument("--out", required=True, metavar="FILE", help="the split (.safetensors); a .json summary goes beside it")
     add_run_args(p)
     p.set_defaults(func=cmd_split)

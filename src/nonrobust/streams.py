@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import Attack, point_sizes, summarise_sizes
-from .bottleneck import IBConfig, ReiterableBatches, distill, distill_population, masked_predictions
+from .bottleneck import IBConfig, ReiterableBatches, distill, distill_population, masked_predictions, seed_agreement, summarise_agreement
 from .errors import check
 from .evaluation import attack_batch
 from .io import StreamingTensorFile, check_output_path, digest, load_tensors, write_json
@@ -173,6 +173,7 @@ def split_dataset(
     device: torch.device | str = "cpu",
     info: dict | None = None,
     progress: bool = True,
+    stability: int = 1,
 ) -> dict:
     """Run the bottleneck over a data set and write the split to ``out`` (safetensors + ``.json`` summary).
 
@@ -186,16 +187,27 @@ def split_dataset(
     ``f_l+(Z_r)`` and ``f_l+(Z_nr)`` against the true labels, and, when the masks were made with
     other labels (``config.labels``), how often ``f_l+(Z_r)`` and ``f_l+(Z_nr)`` predict those
     (``mask_labels``).
+
+    ``stability=K ≥ 2`` also splits every image with the noise seeds ``config.seed + 1 … + K − 1`` (K
+    times the cost) and reports how the K robust sets agree (:func:`~nonrobust.bottleneck.seed_agreement`):
+    per image in the file (``jaccard``, ``pairs_both_empty``, ``robust_every``, ``robust_any``) and over the data set in the
+    summary's ``stability``. The stored split is seed ``config.seed``'s.
     """
+    check(isinstance(stability, int) and stability >= 1, f"stability must be a number of seeds ≥ 1, got {stability!r}")
+    seeds = [replace(config, seed=config.seed + j) for j in range(stability)]
     out = check_output_path(out)
     n = len(dataset)
     check(n > 0, "the data set is empty")
     # a layer the bottleneck cannot use fails here, before any file is written
     channels = check_feature_map(split, next(dataset.batches(1, device=device))[0]).shape[1]
-    meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, **(info or {})}
+    meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, "stability_seeds": stability,
+            **(info or {})}
     if config.protocol == "population":
-        res = distill_population(split, ReiterableBatches(lambda: dataset.batches(batch_size, device=device)), config,
-                                 total=math.ceil(n / batch_size), progress=progress)
+        batches = ReiterableBatches(lambda: dataset.batches(batch_size, device=device))
+        fits = [distill_population(split, batches, c, total=math.ceil(n / batch_size), progress=progress) for c in seeds]
+        res = fits[0]
+        if stability > 1:
+            agreement = seed_agreement(torch.stack([f.robust_mask for f in fits])[:, None])
         res.extra.update(info or {})
         preds = {k: [] for k in ("int", "robust", "nonrobust")}
         for x, _ in dataset.batches(batch_size, device=device):
@@ -209,6 +221,9 @@ def split_dataset(
         per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
         specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
                  **{k: (torch.int64, (n,)) for k in ("y", "labels", "pred", "pred_robust", "pred_nonrobust")}}
+        if stability > 1:
+            specs.update(jaccard=(torch.float64, (n,)), pairs_both_empty=(torch.float64, (n,)), robust_every=(torch.int64, (n,)),
+                         robust_any=(torch.int64, (n,)))
         writer = StreamingTensorFile(out, specs, meta, fingerprint)
         bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
         with writer.guard(bar):
@@ -216,17 +231,24 @@ def split_dataset(
                 start = writer.rows_done
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
-                    res = distill(split, x, y, config, indices=torch.arange(start, start + x.shape[0]))
+                    runs = [distill(split, x, y, c, indices=torch.arange(start, start + x.shape[0])) for c in seeds]
+                res = runs[0]
                 p = masked_predictions(split, res, x)
-                writer.write(start, {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8),
-                                     "threshold": res.threshold, "y": y, "labels": res.labels, "pred": p["int"], "pred_robust": p["robust"],
-                                     "pred_nonrobust": p["nonrobust"]})
+                row = {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8), "threshold": res.threshold,
+                       "y": y, "labels": res.labels, "pred": p["int"], "pred_robust": p["robust"], "pred_nonrobust": p["nonrobust"]}
+                if stability > 1:
+                    a = seed_agreement(torch.stack([r.robust_mask for r in runs]))
+                    row.update(jaccard=a["jaccard"], pairs_both_empty=a["both_empty"], robust_every=a["every"], robust_any=a["any"])
+                writer.write(start, row)
                 bar.update(x.shape[0])
         writer.finish()
         t, _ = load_tensors(out, keys=("y", "labels", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
         preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}
         mask_labels = t["labels"]
         robust_counts = t["robust_mask"].float().sum(1)
+        if stability > 1:
+            a, _ = load_tensors(out, keys=("jaccard", "pairs_both_empty", "robust_every", "robust_any"))
+            agreement = {"jaccard": a["jaccard"], "both_empty": a["pairs_both_empty"], "every": a["robust_every"], "any": a["robust_any"]}
     y = dataset.labels
     summary = {
         **{k: v for k, v in meta.items() if k != "format"},
@@ -235,6 +257,8 @@ def split_dataset(
         "nonrobust_channels_mean": channels - float(robust_counts.mean()),
         "accuracy": {k: float((v == y).float().mean()) for k, v in preds.items()},
     }
+    if stability > 1:
+        summary["stability"] = summarise_agreement(agreement, channels, stability)
     if config.protocol != "population" and config.labels != "true":
         # the label control: do Z_r and Z_nr follow the label the masks were made with, or the true one?
         summary["mask_labels"] = {"source": config.labels, **{f"{k}_predicts_mask_label": float((preds[k] == mask_labels).float().mean())
