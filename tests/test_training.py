@@ -127,7 +127,7 @@ def test_trades_and_mart_losses_match_a_hand_computation(method):
         ce = sum(-math.log(q[i][labels[i]]) for i in range(2)) / 2
         boost = sum(-math.log(1.0001 - max(v for k, v in enumerate(q[i]) if k != labels[i]) + 1e-12) for i in range(2)) / 2
         expected = ce + boost + 2.0 * sum(kl[i] * (1.0000001 - p[i][labels[i]]) for i in range(2)) / 2
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     assert torch.allclose(logits, model(x_adv))
 
 
