@@ -1,17 +1,19 @@
-"""Measure a trained run's best checkpoint and ship it as a pretrained asset.
+"""Measure a trained run's best checkpoint and ship it as a pretrained asset, or add measurements to a shipped one.
 
     python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-small-at [--pgd-n 10000] [--aa-n 1000]
-    python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-vgg16-at --dtype float16 --aa-n 0 --apgd-n 1000
+    python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-vgg16-at --dtype float16 --pgd-n 0 --aa-n 0
+    python scripts/ship_pretrained.py --name cifar10-vgg16-at --add-to-shipped --pgd-n 10000 --apgd-n 1000
 
-Clean accuracy on the whole CIFAR-10 test set, PGD-20 (L∞ 8/255, α 2/255, random
-start) on the first ``--pgd-n`` test images and AutoAttack (standard, L∞ 8/255) on
-the first ``--aa-n`` (0 skips it) are measured with nonrobust's own evaluation
+Clean accuracy on the whole CIFAR-10 test set, PGD-20 (L∞ 8/255, α = eps/4, random start) on the
+first ``--pgd-n`` test images, APGD-CE on the first ``--apgd-n`` and AutoAttack (standard, L∞
+8/255) on the first ``--aa-n`` (0 skips a measurement) are measured with nonrobust's own evaluation
 code and written into the checkpoint's metadata, which is then saved to
-``src/nonrobust/assets/NAME.safetensors``. With ``--dtype float16`` the weights are
-stored in half precision: clean accuracy is measured on the whole test set before
-and after the rounding (recorded as ``metrics.weight_rounding``), and every other
-figure is measured on the rounded weights, i.e. on the model as it is shipped. The data is the JPEG-re-encoded copy of
-CIFAR-10 prepared from ``shared/data`` (recorded in the metadata).
+``src/nonrobust/assets/NAME.safetensors``. With ``--dtype float16`` the weights are stored in half
+precision: clean accuracy is measured on the whole test set before and after the rounding
+(``metrics.weight_rounding``), and every other figure is measured on the rounded weights, i.e. on
+the model as it is shipped. ``--add-to-shipped`` measures the shipped asset and adds to its
+metadata (its precision is kept: the rounded values are exact in it). The data is the
+JPEG-re-encoded copy of CIFAR-10 prepared from ``shared/data`` (recorded in the metadata).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from nonrobust.runtime import environment
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "nonrobust" / "assets"
 EPS = 8 / 255  # L∞ budget of every measurement here
+MEASUREMENTS = (  # (option, metadata key, registered attack, label, note)
+    ("pgd_n", "pgd20_accuracy", "pgd-20", "PGD-20", None),
+    ("apgd_n", "apgd_ce_accuracy", "apgd-ce", "APGD-CE", "AutoAttack's first component alone: an upper bound on AutoAttack accuracy"),
+    ("aa_n", "autoattack_accuracy", "autoattack", "AutoAttack", None),
+)
 
 
 def main() -> None:
@@ -39,51 +46,46 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="training run folder (not needed with --add-to-shipped)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--checkpoint", default="best.safetensors")
-    ap.add_argument("--pgd-n", type=int, default=10000)
-    ap.add_argument("--aa-n", type=int, default=1000)
+    ap.add_argument("--pgd-n", type=int, default=10000, help="PGD-20 on the first N test images (0: skip)")
     ap.add_argument("--apgd-n", type=int, default=0, help="APGD-CE alone on the first N (an upper bound on AutoAttack accuracy)")
+    ap.add_argument("--aa-n", type=int, default=1000, help="AutoAttack (standard) on the first N (0: skip)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="precision of the stored weights")
-    ap.add_argument("--add-to-shipped", action="store_true",
-                    help="keep the shipped asset's measurements and only add AutoAttack's (--aa-n)")
+    ap.add_argument("--add-to-shipped", action="store_true", help="measure the shipped asset NAME and add to its metadata")
     args = ap.parse_args()
-    if args.add_to_shipped:
-        add_to_shipped(args)
-        return
-    if args.run is None:
-        ap.error("--run is required (unless --add-to-shipped)")
-
-    model, meta = models.load_with_meta(args.run / args.checkpoint)
     test = data.load_dataset("cifar10", "test")
-    measured: dict = {"data": "CIFAR-10 test set, JPEG-re-encoded copy (shared/data/cifar10_from_jpeg.py), class-balanced order",
-                      "environment": environment(torch.device("cpu"))}
-    dtype = getattr(torch, args.dtype)
-    if dtype != torch.float32:
-        model, measured["weight_rounding"] = round_weights(model, meta, test, dtype, args.batch_size)
-    t0 = time.perf_counter()
-    pgd = {"PGD-20": make_attack("pgd-20", eps=EPS)} if args.pgd_n else {}
-    res = evaluate_attacks(model, test.first(args.pgd_n or len(test)).batches(args.batch_size), pgd, seed=0)
-    measured["clean_accuracy"] = {"n": res["n"], "value": res["clean_accuracy"]}
-    if args.pgd_n:
-        measured["pgd20_accuracy"] = {"n": res["n"], "value": res["attacks"]["PGD-20"]["robust_accuracy"],
-                                      "attack": res["attacks"]["PGD-20"]["settings"],
-                                      "perturbation": res["attacks"]["PGD-20"]["perturbation"]}
-    if 0 < args.pgd_n < len(test):  # clean accuracy on the whole set only when PGD ran on part of it
-        full = evaluate_attacks(model, test.batches(args.batch_size), {}, seed=0)
-        measured["clean_accuracy"] = {"n": full["n"], "value": full["clean_accuracy"]}
-    measured["seconds_clean_and_pgd"] = round(time.perf_counter() - t0, 1)
-    measured["autoattack_accuracy"] = measure(model, test, "autoattack", "AutoAttack", args.aa_n, args.batch_size) if args.aa_n else "not measured"
-    if args.apgd_n:
-        measured["apgd_ce_accuracy"] = {**measure(model, test, "apgd-ce", "APGD-CE", args.apgd_n, args.batch_size),
-                                        "note": "AutoAttack's first component alone: an upper bound on AutoAttack accuracy"}
-    history = meta.metrics.get("history", [])
-    meta.metrics = {**measured, "selected_epoch": meta.metrics.get("epoch"), "training_history": history,
-                    "training_seconds": round(sum(h.get("seconds", 0) for h in history), 1)}
-    meta.recipe = {**meta.recipe, "shipped_by": f"python scripts/ship_pretrained.py --run {args.run} --name {args.name}"}
+    if args.add_to_shipped:
+        path = ASSETS / f"{args.name}.safetensors"
+        model, meta = models.load_with_meta(path)
+        dtype = getattr(torch, meta.metrics.get("weight_rounding", {}).get("dtype", "float32"))
+        measured = dict(meta.metrics)
+    else:
+        if args.run is None:
+            ap.error("--run is required (unless --add-to-shipped)")
+        model, meta = models.load_with_meta(args.run / args.checkpoint)
+        dtype = getattr(torch, args.dtype)
+        measured = {"data": "CIFAR-10 test set, JPEG-re-encoded copy (shared/data/cifar10_from_jpeg.py), class-balanced order",
+                    "environment": environment(torch.device("cpu"))}
+        if dtype != torch.float32:
+            model, measured["weight_rounding"] = round_weights(model, meta, test, dtype, args.batch_size)
+        t0 = time.perf_counter()
+        res = evaluate_attacks(model, test.batches(args.batch_size), {}, seed=0)
+        measured["clean_accuracy"] = {"n": res["n"], "value": res["clean_accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
+        history = meta.metrics.get("history", [])
+        measured.update(selected_epoch=meta.metrics.get("epoch"), training_history=history,
+                        training_seconds=round(sum(h.get("seconds", 0) for h in history), 1))
+        meta.recipe = {**meta.recipe, "shipped_by": f"python scripts/ship_pretrained.py --run {args.run} --name {args.name}"}
+    for option, key, attack, label, note in MEASUREMENTS:
+        n = getattr(args, option)
+        if n:
+            measured[key] = {**measure(model, test, attack, label, n, args.batch_size), **({"note": note} if note else {})}
+            print(f"{label} on {measured[key]['n']}: {measured[key]['value']:.2%} ({measured[key]['seconds']:.0f} s)", flush=True)
+    meta.metrics = measured
     ASSETS.mkdir(parents=True, exist_ok=True)
     models.save(model, ASSETS / f"{args.name}.safetensors", meta, dtype=dtype)
-    write_json(args.run / f"{args.name}.measured.json", measured)
-    print(json.dumps({k: v for k, v in measured.items() if k != "environment"}, indent=2))
+    if args.run is not None:
+        write_json(args.run / f"{args.name}.measured.json", measured)
+    print(json.dumps({k: v for k, v in measured.items() if k not in ("environment", "training_history")}, indent=2))
 
 
 def round_weights(model: torch.nn.Module, meta: models.CheckpointMeta, test: data.ImageDataset, dtype: torch.dtype,
@@ -109,16 +111,6 @@ def measure(model: torch.nn.Module, test: data.ImageDataset, attack: str, label:
             "attack": res["attacks"][label]["settings"],
             "perturbation": res["attacks"][label]["perturbation"],
             "seconds": round(time.perf_counter() - t1, 1)}
-
-
-def add_to_shipped(args: argparse.Namespace) -> None:
-    """Measure AutoAttack on the shipped asset ``NAME`` and add it to its metadata."""
-    path = ASSETS / f"{args.name}.safetensors"
-    model, meta = models.load_with_meta(path)
-    meta.metrics["autoattack_accuracy"] = measure(model, data.load_dataset("cifar10", "test"), "autoattack", "AutoAttack",
-                                                  args.aa_n, args.batch_size)
-    models.save(model, path, meta)
-    print(json.dumps(meta.metrics["autoattack_accuracy"], indent=2))
 
 
 if __name__ == "__main__":

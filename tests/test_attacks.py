@@ -501,3 +501,49 @@ def test_exact_nrf_needs_a_smooth_head():
         cw = CWL2(c=1.0, steps=30)(m, x, y)
         exact = NRF(split=_Split(m), mask=mask, form="exact", steps=30, c=1.0)(m, x, y)
         assert torch.equal(exact, cw) is same
+
+
+def _reference_nrf(model, split, x, y, mask, c=0.1, steps=30, lr=0.1):
+    """The reference code's NRF loop, transcribed from its description (docs/method.md §4): x' = (tanh w + 1)/2 with an
+    unclamped inverse tanh, Adam on L2² + c·f − ‖G‖ over the batch, the margin's max over (1 − onehot)·z, the smallest-L2
+    successful iterate kept (the last iterate never evaluated), early stop at i % (steps//3) == 0 when the cost rose."""
+    w = torch.atanh(x * 2 - 1).requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    best, best_l2 = x.clone(), torch.full((x.shape[0],), float("inf"))
+    prev, every = float("inf"), steps // 3
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    for i in range(steps):
+        xa = (torch.tanh(w) + 1) / 2
+        z, _ = split.features_and_context(xa)
+        logits = split.head(z)
+        f = ((logits * onehot).sum(1) - (logits * (1 - onehot)).max(1).values).clamp(min=0)
+        (g,) = torch.autograd.grad(-f.sum(), z, retain_graph=True)
+        G = mask[None, :, None, None] * g
+        cost = (xa - x).pow(2).flatten(1).sum(1).sum() + c * f.sum() - (z - (z.detach() - G.detach())).norm()
+        with torch.no_grad():
+            l2 = (xa - x).flatten(1).norm(dim=1)
+            better = (logits.argmax(1) != y) & (l2 < best_l2)
+            best[better], best_l2[better] = xa[better], l2[better]
+        opt.zero_grad()
+        cost.backward()
+        opt.step()
+        if i % every == 0:
+            if cost.item() > prev:
+                break
+            prev = cost.item()
+    return best
+
+
+def test_nrf_reference_loop_matches_a_transcription_and_differs_from_ours():
+    model, x, y = trained_blobs()
+    model = nn.Sequential(model[0], nn.Identity(), *model[1:]).eval()
+    x, y = x[:30], y[:30]
+    x = x.clone()
+    x[0, 0, 0, 0], x[1, 1, 2, 2] = 0.0, 1.0  # pixels at the box's edges: frozen by the unclamped inverse tanh
+    mask = torch.tensor([1.0, 0, 1, 0, 1, 0, 1, 0])
+    ref = _reference_nrf(model, _Split(model), x, y, mask, c=1.0)
+    ours = make_attack("nrf-reference", split=_Split(model), mask=mask, c=1.0, steps=30)(model, x, y)
+    assert torch.allclose(ours, ref, atol=1e-6), (ours - ref).abs().max()
+    assert ours[0, 0, 0, 0] == 0.0 and ours[1, 1, 2, 2] == 1.0
+    default = make_attack("nrf", split=_Split(model), mask=mask, c=1.0, steps=30)(model, x, y)
+    assert not torch.equal(default, ours)  # the two loops are different attacks, each under its own name

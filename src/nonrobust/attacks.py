@@ -78,10 +78,15 @@ def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-sample CW margin ``max_{i≠y} z_i − z_y`` ``[B]`` (positive once misclassified)."""
+def margin_loss(logits: Tensor, y: Tensor, reference: bool = False) -> Tensor:
+    """Per-sample CW margin ``max_{i≠y} z_i − z_y`` ``[B]`` (positive once misclassified).
+
+    ``reference=True`` takes the max as the reference code does, over ``(1 − onehot(y)) · z``: it
+    includes a 0 at the true class, which differs only when every other logit is negative.
+    """
     true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    onehot = F.one_hot(y, logits.shape[1]).bool()
+    other = (logits * ~onehot).amax(1) if reference else logits.masked_fill(onehot, float("-inf")).amax(1)
     return other - true
 
 
@@ -205,11 +210,13 @@ class Variable:
     """How the optimised variable maps to an image: the image itself (``box``) or ``w`` with x' = (tanh w + 1)/2."""
 
     space: Literal["box", "tanh"] = "box"
+    clamp: bool = True  # tanh: keep atanh finite; False (the reference code) leaves pixels at exactly 0 or 1 frozen at ±inf
 
     def init(self, x_start: Tensor) -> Tensor:
         if self.space == "box":
             return x_start.clone()
-        return torch.atanh((x_start * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        t = x_start * 2 - 1
+        return torch.atanh(t.clamp(-1 + 1e-6, 1 - 1e-6) if self.clamp else t)
 
     def image(self, v: Tensor) -> Tensor:
         return v if self.space == "box" else (torch.tanh(v) + 1) / 2
@@ -230,6 +237,7 @@ def optimise(
     select: Literal["last", "min_l2_success"] = "last",
     targeted: bool = False,
     early_stop_every: int = 0,
+    reference_loop: bool = False,
 ) -> Tensor:
     """The projected optimisation loop every attack in this module runs on.
 
@@ -246,6 +254,9 @@ def optimise(
         select: ``last`` returns the final iterate; ``min_l2_success`` returns, per sample, the
             successful iterate of smallest L2 distance, or ``x`` where none succeeded (CW).
         early_stop_every: with Adam, stop when the objective has not improved over this many steps.
+        reference_loop: the reference code's NRF/CW loop instead: the early-stop check runs at steps
+            0, k, 2k … (``step % early_stop_every == 0``) and stops when the objective got worse than at
+            the previous check (equal is not worse), and the final iterate is not considered by ``select``.
 
     Returns:
         adversarial images ``[B,C,H,W]`` in [0,1], detached.
@@ -260,7 +271,7 @@ def optimise(
     opt = torch.optim.Adam([v], lr=adam_lr) if adam_lr is not None else None
     best = x.clone()
     best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device)
-    prev = -float("inf")
+    prev = prev_ref = -float("inf")
 
     def track(x_adv: Tensor, logits: Tensor) -> None:
         pred = logits.argmax(1)
@@ -279,7 +290,11 @@ def optimise(
             opt.zero_grad(set_to_none=True)
             (-value).backward()
             opt.step()
-            if early_stop_every and (step + 1) % early_stop_every == 0:
+            if reference_loop and early_stop_every and step % early_stop_every == 0:
+                if float(value.detach()) < prev_ref:
+                    break
+                prev_ref = float(value.detach())
+            elif not reference_loop and early_stop_every and (step + 1) % early_stop_every == 0:
                 if float(value.detach()) <= prev:
                     break
                 prev = float(value.detach())
@@ -290,8 +305,9 @@ def optimise(
             v.requires_grad_(True)
     x_final = variable.image(v).detach()
     if select == "min_l2_success":
-        with torch.no_grad():
-            track(x_final, model(x_final))
+        if not reference_loop:
+            with torch.no_grad():
+                track(x_final, model(x_final))
         return best
     return x_final
 
@@ -553,6 +569,7 @@ class NRF(_Base):
     alpha_factor: float = STEP_FACTORS["reference"]
     random_start: bool = True
     early_stop: bool = True
+    loop: Literal["nonrobust", "reference"] = "nonrobust"
     name: str = "nrf"
 
     def __post_init__(self) -> None:
@@ -565,6 +582,8 @@ class NRF(_Base):
         check(self.form in ("surrogate", "exact", "linf"), f"form must be surrogate, exact or linf, got {self.form!r}")
         check(self.sign in (1, -1), "sign must be +1 (maximise ‖G‖) or -1 (minimise)")
         check(self.c > 0 and self.steps >= 1, "c must be > 0 and steps ≥ 1")
+        check(self.loop in ("nonrobust", "reference"), f"loop must be nonrobust or reference, got {self.loop!r}")
+        check(self.loop == "nonrobust" or self.form != "linf", "the reference loop is the L2 forms' (Adam in tanh space)")
         if self.form == "linf":
             check(self.eps is not None and self.eps > 0, f"the linf form needs eps > 0, got {self.eps}")
             if self.alpha is None:
@@ -608,7 +627,7 @@ class NRF(_Base):
         def value(x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
             z, ctx = split.features_and_context(x_adv)
             logits = split.head(z, ctx)
-            f = (-margin_loss(logits, y)).clamp_min(0)  # z_y − max_{i≠y} z_i, floored at 0
+            f = (-margin_loss(logits, y, reference=self.loop == "reference")).clamp_min(0)  # z_y − max_{i≠y} z_i, floored at 0
             (g,) = torch.autograd.grad(-f.sum(), z, create_graph=exact, retain_graph=True)
             masked = mask[:, :, None, None] * g if g.dim() == 4 else mask * g
             if exact:
@@ -630,8 +649,10 @@ class NRF(_Base):
             ball = Ball("linf", self.eps)
             start = ball.random_start(x, generator) if self.random_start else x
             return optimise(model, x, y, objective, steps=self.steps, ball=ball, alpha=self.alpha, start=start)
-        return optimise(model, x, y, objective, steps=self.steps, adam_lr=self.lr, variable=Variable("tanh"),
-                        select="min_l2_success", early_stop_every=max(self.steps // 3, 1) if self.early_stop else 0)
+        reference = self.loop == "reference"
+        return optimise(model, x, y, objective, steps=self.steps, adam_lr=self.lr, variable=Variable("tanh", clamp=not reference),
+                        select="min_l2_success", early_stop_every=max(self.steps // 3, 1) if self.early_stop else 0,
+                        reference_loop=reference)
 
 
 _AA_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "fab", "apgd-dlr")
@@ -734,6 +755,9 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
           "the reference code's 'AA': APGD-CE alone with 1 restart — NOT AutoAttack", components=("apgd-ce",), apgd_restarts=1),
     _spec("nrf", NRF, "l2", "NRF-L2", "NRF, reference surrogate form: maximise ‖G_nr‖, unbounded L2 (compare with cw-l2)", True,
           form="surrogate"),
+    _spec("nrf-reference", NRF, "l2", "NRF (L2, reference loop)",
+          "NRF as the reference code runs it: surrogate form, its early stop, unclamped inverse tanh, no pick of the last iterate, "
+          "its margin max; unbounded L2", True, form="surrogate", loop="reference"),
     _spec("nrf-exact", NRF, "l2", "NRF-L2 (exact)", "NRF, exact Eq. 8 (gradient-norm term differentiated through), unbounded L2", True,
           form="exact"),
     _spec("nrf-linf", NRF, "linf", "NRF-L∞", "NRF objective on PGD-20's schedule in the L∞ eps ball (20 steps of eps/4, random start)",
@@ -821,7 +845,7 @@ ATTACK_SETS: dict[str, AttackSet] = {s.name: s for s in [
               "'AA' = APGD-CE with 1 restart (not AutoAttack), NRF unbounded L2 (compare it with CW only)", (
         ("fgsm", {"eps": _P}, None), ("bim", {"eps": _P}, None), ("pgd", {"eps": _P}, "PGD"),
         ("cw-l2", {}, "CW"), ("aa-reference", {"eps": _P}, None),
-        ("fab", {"eps": _P}, None), ("nrf", {}, "NRF (L2, unbounded)"))),
+        ("fab", {"eps": _P}, None), ("nrf-reference", {}, None))),
     AttackSet("standard", "one L∞ budget for every attack (eps 8/255): PGD-20, CW∞, AutoAttack and NRF in its L∞ "
               "form, so the numbers compare", (
         ("fgsm", {}, None), ("pgd-20", {}, None), ("cw-inf", {}, None), ("autoattack", {}, None), ("nrf-linf", {}, None))),
