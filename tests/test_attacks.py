@@ -419,7 +419,8 @@ def test_describe_is_a_complete_settings_key():
     linf = NRF(split=_Split(model), ib=IBConfig(), form="linf", eps=0.1)
     key = digest(base.describe())
     changes = dict(split=other_split, mask=torch.tensor([1, 0, 1, 0, 1, 0]), channels="robust", ib=None, form="exact", sign=-1, c=0.2,
-                   steps=7, lr=0.05, eps=0.1, alpha=0.01, alpha_factor=3.0, random_start=False, early_stop=False, name="nrf-renamed")
+                   steps=7, lr=0.05, eps=0.1, alpha=0.01, alpha_factor=3.0, random_start=False, early_stop=False, loop="reference",
+                   name="nrf-renamed")
     assert set(changes) == {f.name for f in dc_fields(NRF)}, "a new NRF setting needs a changed value here"
     for name, value in changes.items():
         if name == "ib":
