@@ -366,3 +366,39 @@ def test_seed_agreement_invariants(k, b, c, seed):
     assert (a["every"] <= a["any"]).all()
     same = seed_agreement(masks[:1].expand(k, b, c))
     assert torch.equal(same["jaccard"], torch.ones(b, dtype=torch.float64)) and torch.equal(same["every"], same["any"])
+
+
+def test_threshold_rules():
+    """max (the paper), channel (σ² above the channel's own σ_z²) and quantile:Q, for every protocol."""
+    from nonrobust.bottleneck import robust_channels
+
+    torch.manual_seed(0)
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for protocol in ("paper", "batch-free"):
+            base = distill(split, x, y, IBConfig(protocol=protocol, iterations=10))
+            var = base.var_z
+            rules = {
+                "max": var.max().expand(6) if protocol == "paper" else var.amax(1),
+                "quantile:0.5": torch.quantile(var.flatten().double(), 0.5).float().expand(6) if protocol == "paper"
+                else torch.quantile(var.double(), 0.5, dim=1).float(),
+                "channel": var,
+            }
+            for rule, expected in rules.items():
+                res = distill(split, x, y, IBConfig(protocol=protocol, iterations=10, threshold=rule))
+                assert torch.equal(res.sigma, base.sigma)  # the rule changes the masks, never σ
+                assert torch.allclose(res.threshold, expected), (protocol, rule)
+                t = expected[:, None] if expected.dim() == 1 else expected
+                assert torch.equal(res.robust_mask, res.sigma.square() > t), (protocol, rule)
+                assert torch.equal(robust_channels(res.sigma, res.threshold), res.robust_mask)
+        batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+        pop = {r: distill_population(split, batches, IBConfig(protocol="population", iterations=6, threshold=r), progress=False)
+               for r in ("max", "channel", "quantile:0.9")}
+    assert torch.equal(pop["channel"].robust_mask, pop["channel"].sigma.square() > pop["channel"].var_z)
+    assert torch.allclose(pop["quantile:0.9"].threshold, torch.quantile(pop["max"].var_z.double(), 0.9).float())
+    assert pop["max"].robust_mask.sum() <= pop["quantile:0.9"].robust_mask.sum()  # a lower T marks at least as many channels
+    for bad in ("median", "quantile:1.5", "quantile:x"):
+        with pytest.raises(UserError, match="threshold rule"):
+            IBConfig(threshold=bad)

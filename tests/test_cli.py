@@ -64,7 +64,7 @@ def test_attack_and_split_end_to_end(capsys, files):
 
     t, _ = load_tensors(files / "split.safetensors")
     # the stored masks follow the rule σ² > T, and the summary counts and accuracies come from them
-    assert torch.equal(t["robust_mask"].bool(), t["sigma"].square() > t["threshold"][:, None])
+    assert torch.equal(t["robust_mask"].bool(), t["sigma"].square() > t["threshold"][:, None])  # the max rule: one T per image
     assert s["channels"] == 16 and s["robust_channels_mean"] == pytest.approx(float(t["robust_mask"].float().sum(1).mean()))
     model = models.load(files / "tiny.safetensors")
     npz = np.load(files / "rgb.npz")
@@ -168,3 +168,21 @@ def test_split_stability_over_seeds(capsys, files, protocol):
     assert st["seeds"] == 3 and st["images"] == (12 if protocol == "batch-free" else 1)
     assert 0 <= st["jaccard_mean"] <= 1 and st["robust_every_seed"] <= st["robust_any_seed"]
     assert "stability over 3 noise seeds" in out
+
+
+def test_split_with_every_diagnostic_at_once(capsys, files):
+    """The command issue 14 names: stability, the label control, the channel threshold rule and noise samples together."""
+    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 6,
+                         "--stability", 3, "--labels", "random-wrong", "--threshold", "channel", "--ib-samples", 4, "--device", "cpu",
+                         "--out", files / "all.safetensors")
+    assert code == 0, err
+    s = json.loads((files / "all.json").read_text())
+    assert s["config"]["threshold"] == "channel" and s["config"]["samples"] == 4 and s["config"]["labels"] == "random-wrong"
+    assert {"stability", "mask_labels"} <= set(s)
+    from nonrobust.io import load_tensors
+
+    t, _ = load_tensors(files / "all.safetensors")
+    assert t["threshold"].shape == t["sigma"].shape and torch.equal(t["robust_mask"].bool(), t["sigma"].square() > t["threshold"])
+    code, _, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--threshold", "median",
+                       "--out", files / "bad.safetensors")
+    assert code == 2 and "threshold rule" in err and not (files / "bad.safetensors").exists()

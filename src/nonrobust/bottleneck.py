@@ -61,13 +61,26 @@ from .split import LayerSplit, require_4d
 if TYPE_CHECKING:
     pass
 
-__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches", "seed_agreement", "summarise_agreement", "PROTOCOLS"]
+__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches", "seed_agreement", "summarise_agreement", "robust_channels", "threshold_quantile", "PROTOCOLS"]
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("paper", "batch-free", "population")
 LABEL_SOURCES = ("true", "predicted", "random-wrong")
 VAR_EPS = 1e-10  # added to σ² and σ_z², as the reference code does
+
+
+def threshold_quantile(rule: str) -> float | None:
+    """The Q of a ``quantile:Q`` threshold rule, ``None`` for ``max`` and ``channel``; :class:`UserError` for anything else."""
+    if rule in ("max", "channel"):
+        return None
+    kind, _, value = str(rule).partition(":")
+    try:
+        q = float(value)
+    except ValueError:
+        q = float("nan")
+    check(kind == "quantile" and 0 < q < 1, f"unknown threshold rule {rule!r}: use max, channel or quantile:Q with 0 < Q < 1")
+    return q
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,10 @@ class IBConfig:
         noise: ``channel`` (one ε per channel, broadcast over space) or ``unit`` (per unit).
         kl: ``mean`` (reference code) or ``sum`` (the paper's text) over units.
         seed: seed of the noise draws.
+        threshold: the rule that turns σ into robust channels: ``max`` (the paper: σ² > T with T the
+            largest σ_z² of the batch for ``paper``, of the image for ``batch-free``, of the data set's
+            channels for ``population``), ``channel`` (σ² > the same image's and channel's own σ_z²: more
+            noise tolerated than the channel varies) or ``quantile:Q`` (T the Q-quantile of those σ_z²).
         samples: noise draws averaged per Adam step (1 in the reference code).
         labels: the labels σ is optimised with: ``true`` (the reference code, also for adversarial
             inputs), ``predicted`` (the model's own prediction on the input: label-free, deployable) or
@@ -98,6 +115,9 @@ class IBConfig:
     noise: Literal["channel", "unit"] = setting("channel", "one ε per channel (reference code) or per unit (paper text)", "choice")
     kl: Literal["mean", "sum"] = setting("mean", "KL averaged (reference code) or summed (paper text) over units", "choice")
     seed: int = setting(0, "seed of the noise draws", "int")
+    threshold: str = setting(
+        "max", "rule for robust channels: max (the paper: σ² above the largest σ_z² of the batch, image or data set), "
+        "channel (σ² above that channel's own σ_z²) or quantile:Q (σ² above the Q-quantile of σ_z², 0 < Q < 1)")
     samples: int = setting(1, "noise draws averaged per Adam step (variance reduction; costs that many head passes)", "positive_int")
     labels: Literal["true", "predicted", "random-wrong"] = setting(
         "true", "labels σ is optimised with: true (the paper), predicted (the model's own: label-free), or random-wrong "
@@ -110,6 +130,7 @@ class IBConfig:
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.noise in ("channel", "unit"), f"noise must be channel or unit, got {self.noise!r}")
         check(self.kl in ("mean", "sum"), f"kl must be mean or sum, got {self.kl!r}")
+        threshold_quantile(self.threshold)  # raises UserError for a bad rule
         check(isinstance(self.samples, int) and self.samples >= 1, f"samples must be a positive integer, got {self.samples!r}")
         check(self.labels in LABEL_SOURCES, f"labels must be one of {', '.join(LABEL_SOURCES)}, got {self.labels!r}")
         check(self.protocol != "population" or self.labels != "random-wrong",
@@ -128,7 +149,9 @@ class IBResult:
         config: the :class:`IBConfig` used.
         sigma: optimised noise scale σ (not σ²), ``[B, C]`` or ``[C]``.
         var_z: σ_z², the spatial variance of Z, ``[B, C]`` or ``[C]``.
-        threshold: T, ``[B]`` (one per image; equal within a ``paper`` batch) or ``[]``.
+        threshold: T under :attr:`IBConfig.threshold`: ``[B]`` (one per image; equal within a ``paper`` batch) or
+            ``[]`` for ``population``; under the ``channel`` rule T is σ_z² itself, ``[B, C]`` or ``[C]``.
+            :func:`robust_channels` compares σ² with it.
         robust_mask: bool, σ² > T, same shape as ``sigma``.
         loss: final value of the objective (CE + β·KL), for the record.
         labels: int64 ``[B]``, the labels σ was optimised with (per-image protocols; see :attr:`IBConfig.labels`).
@@ -298,9 +321,8 @@ def distill(
     targets = _targets(split, z, ctx, y.to(z.device), config, idx)
     with frozen(split.model):
         sigma, loss = _optimise_sigma(split, z, ctx, targets, var_z, config, draw)
-    threshold = var_z.amax() if config.protocol == "paper" else var_z.amax(1)
-    threshold = threshold.expand(x.shape[0]).clone() if threshold.dim() == 0 else threshold
-    robust = sigma.pow(2) > threshold[:, None]
+    threshold = _threshold(var_z, config)
+    robust = robust_channels(sigma, threshold)
     _warn_degenerate(robust)
     return IBResult(split.layer, config, sigma, var_z, threshold, robust, loss, {"n": x.shape[0]}, targets)
 
@@ -321,6 +343,23 @@ def _targets(split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, config: IBConf
     shift = torch.stack([torch.randint(1, k, (), generator=make_generator(derive_seed(config.seed, "wrong-label", int(i))))
                          for i in indices.tolist()]).to(y.device)
     return (y + shift) % k
+
+
+def _threshold(var_z: Tensor, config: IBConfig) -> Tensor:
+    """T for ``var_z`` (``[B, C]``, or ``[C]`` for population) under ``config.threshold`` (see :attr:`IBResult.threshold`)."""
+    if config.threshold == "channel":
+        return var_z.clone()
+    q = threshold_quantile(config.threshold)
+    pooled = config.protocol != "batch-free"  # paper: over the whole batch; population: over the data set's channels
+    values = var_z.flatten() if pooled else var_z
+    t = values.amax(-1) if q is None else torch.quantile(values.double(), q, dim=-1).to(var_z.dtype)
+    return t.expand(var_z.shape[0]).clone() if pooled and var_z.dim() == 2 else t
+
+
+def robust_channels(sigma: Tensor, threshold: Tensor) -> Tensor:
+    """The robust mask ``σ² > T`` for ``sigma`` ``[B, C]`` or ``[C]`` and a threshold as :attr:`IBResult.threshold` holds it."""
+    t = threshold if threshold.dim() == sigma.dim() else threshold.unsqueeze(-1)
+    return sigma.pow(2) > t
 
 
 def _warn_degenerate(robust: Tensor) -> None:
@@ -506,9 +545,10 @@ def distill_population(
     sigma = F.softplus(lam.detach())
     with torch.no_grad(), frozen(model):
         last = float(loss_fn(sigma[None, :], eps, per_image=False))  # on the last mini-batch
-    threshold = var_pop.amax()
-    _warn_degenerate(sigma.pow(2) > threshold)
-    return IBResult(split.layer, config, sigma, var_pop, threshold, sigma.pow(2) > threshold, last, {"n": n})
+    threshold = _threshold(var_pop, config)
+    robust = robust_channels(sigma, threshold)
+    _warn_degenerate(robust)
+    return IBResult(split.layer, config, sigma, var_pop, threshold, robust, last, {"n": n})
 
 
 def seed_agreement(masks: Tensor) -> dict[str, Tensor]:

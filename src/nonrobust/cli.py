@@ -158,7 +158,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-_IB_OPTIONS = ("protocol", "beta", "iterations", "lr", "noise", "kl", "samples", "labels")  # the seed is the command's --seed
+_IB_OPTIONS = ("protocol", "beta", "iterations", "lr", "noise", "kl", "threshold", "samples", "labels")  # the seed is the command's --seed
 
 
 def _ib_config(args: argparse.Namespace):

@@ -219,7 +219,8 @@ def split_dataset(
     else:
         fingerprint = digest({**meta, "batch_size": batch_size})
         per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
-        specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, (n,)),
+        t_shape = (n, channels) if config.threshold == "channel" else (n,)  # the channel rule's T is σ_z² itself
+        specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, t_shape),
                  **{k: (torch.int64, (n,)) for k in ("y", "labels", "pred", "pred_robust", "pred_nonrobust")}}
         if stability > 1:
             specs.update(jaccard=(torch.float64, (n,)), pairs_both_empty=(torch.float64, (n,)), robust_every=(torch.int64, (n,)),
