@@ -87,3 +87,25 @@ def test_protocol_arguments_are_checked():
         feature_accuracy(model, split, [(x, y)], {}, progress=False)
     with pytest.raises(UserError, match="population="):
         feature_accuracy(model, split, [(x, y)], {}, config=IBConfig(protocol="population"), progress=False)
+
+
+def test_table1_stability_and_label_control_match_direct_computation():
+    from dataclasses import replace
+
+    from nonrobust.bottleneck import masked_predictions, seed_agreement, summarise_agreement
+
+    model, split, x, y = setup()
+    config = IBConfig(protocol="batch-free", beta=3.0, iterations=30)
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    res = feature_accuracy(model, split, batches, {}, config=config, stability=3, label_control=True, progress=False)
+    assert res["threshold"] == "max"
+    runs = [distill(split, x, y, replace(config, seed=s)) for s in range(3)]  # batch-free: batching changes nothing
+    expected = summarise_agreement(seed_agreement(torch.stack([r.robust_mask for r in runs])), 6, 3)
+    assert res["stability"] == pytest.approx(expected)
+    wrong = distill(split, x, y, replace(config, labels="random-wrong"), indices=torch.arange(24))
+    preds = masked_predictions(split, wrong, x)
+    control = res["label_control"]
+    assert control["robust_predicts_mask_label"] == pytest.approx(float((preds["robust"] == wrong.labels).float().mean()))
+    assert control["robust_predicts_true_label"] == pytest.approx(float((preds["robust"] == y).float().mean()))
+    assert control["nonrobust_predicts_mask_label"] == pytest.approx(float((preds["nonrobust"] == wrong.labels).float().mean()))
+    assert 0 < control["robust_predicts_mask_label"] + control["nonrobust_predicts_mask_label"]  # the count can see something

@@ -327,3 +327,16 @@ def test_sigterm_stops_a_report_cleanly(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_table1_shows_its_rule_stability_and_label_control(tiny_report):
+    settings, out, results = tiny_report
+    paper = results["table1"]["paper"]
+    assert paper["threshold"] == settings.threshold == "max"
+    assert paper["stability"]["seeds"] == settings.stability == 3 and paper["stability"]["images"] == results["n"]
+    assert set(paper["label_control"]) == {"robust_predicts_mask_label", "robust_predicts_true_label",
+                                           "nonrobust_predicts_mask_label", "nonrobust_predicts_true_label"}
+    assert "stability" not in results["table1"]["population"]  # one split for all images: nothing per image to compare
+    page = (out / "report.html").read_text()
+    assert "Stability over 3 noise seeds" in page and "random wrong label" in page and "threshold rule max" in page
+    assert "Control: with masks made from a random wrong label" in results["readings"]["table1"]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import Attack
-from .bottleneck import IBConfig, IBResult, distill, masked_predictions
+from .bottleneck import IBConfig, IBResult, distill, masked_predictions, seed_agreement, summarise_agreement
 from .errors import check
 from .evaluation import attack_batch
 from .streams import StoredAdversarial
@@ -79,6 +79,8 @@ def feature_accuracy(
     seed: int = 0,
     total: int | None = None,
     progress: bool = True,
+    stability: int = 1,
+    label_control: bool = False,
 ) -> dict:
     """Table 1: accuracy of intermediate, robust and non-robust features, clean and under attack.
 
@@ -89,19 +91,37 @@ def feature_accuracy(
             :class:`~nonrobust.streams.StoredAdversarial` examples of these images.
         config: a per-image protocol (``paper``/``batch-free``) — masks from each clean batch with its labels;
         population: or one population split (label-free masks).
+        stability: per-image protocols: also split each clean batch with ``stability − 1`` more noise
+            seeds and report how the robust sets agree (:func:`~nonrobust.bottleneck.summarise_agreement`).
+        label_control: per-image protocols: also make each image's masks with a seeded wrong label ŷ
+            (``labels="random-wrong"``) and count how often the heads on Z_r and Z_nr predict ŷ, and y.
 
     Returns:
-        ``{"protocol", "n", "rows": {"clean" | attack name: {"int", "robust", "nonrobust"}}, "channels"}``:
-        accuracies in [0,1] over all ``n`` images; ``channels`` holds the mean numbers of
-        robust and non-robust channels per image.
+        ``{"protocol", "threshold", "n", "rows": {"clean" | attack name: {"int", "robust", "nonrobust"}}, "channels"}``:
+        accuracies in [0,1] over all ``n`` images; ``threshold`` the rule the masks used; ``channels`` the mean
+        numbers of robust and non-robust channels per image; with the options, ``stability`` and ``label_control``
+        (shares of all ``n`` images).
     """
     protocol = _protocol(config, population)
+    per_image = population is None
     names = ["clean", *attacks]
     correct = {k: {"int": 0, "robust": 0, "nonrobust": 0} for k in names}
     n, robust_channels, channels = 0, 0.0, 0
+    agreements: list[dict[str, Tensor]] = []
+    control = {f"{k}_predicts_{t}": 0 for k in ("robust", "nonrobust") for t in ("mask_label", "true_label")}
     bar = tqdm(total=total, desc=f"Table 1 ({protocol})", unit="img", disable=not progress, leave=False)
     for i, (x, y) in enumerate(batches):
-        res = _masks(split, x, y, config, population, torch.arange(n, n + x.shape[0]))
+        indices = torch.arange(n, n + x.shape[0])
+        res = _masks(split, x, y, config, population, indices)
+        if per_image and stability > 1:
+            runs = [res] + [_masks(split, x, y, replace(config, seed=config.seed + j), None, indices) for j in range(1, stability)]
+            agreements.append({k: v.cpu() for k, v in seed_agreement(torch.stack([r.robust_mask for r in runs])).items()})
+        if per_image and label_control:
+            wrong = _masks(split, x, y, replace(config, labels="random-wrong"), None, indices)
+            for k, pred in masked_predictions(split, wrong, x).items():
+                if k != "int":
+                    control[f"{k}_predicts_mask_label"] += int((pred == wrong.labels).sum())
+                    control[f"{k}_predicts_true_label"] += int((pred == y).sum())
         robust_channels += float(res.robust_mask.float().sum(-1).mean()) * x.shape[0]
         channels = res.robust_mask.shape[-1]
         for name in names:
@@ -112,12 +132,18 @@ def feature_accuracy(
         bar.update(x.shape[0])
     bar.close()
     check(n > 0, "no images to analyse")
-    return {
+    out = {
         "protocol": protocol,
+        "threshold": (config if per_image else population.config).threshold,
         "n": n,
         "rows": {name: {k: v / n for k, v in row.items()} for name, row in correct.items()},
         "channels": {"robust": robust_channels / n, "nonrobust": channels - robust_channels / n, "total": channels},
     }
+    if agreements:
+        out["stability"] = summarise_agreement({k: torch.cat([a[k] for a in agreements]) for k in agreements[0]}, channels, stability)
+    if per_image and label_control:
+        out["label_control"] = {k: v / n for k, v in control.items()}
+    return out
 
 
 def adversarial_agreement(

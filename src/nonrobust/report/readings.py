@@ -117,6 +117,14 @@ def _reading_table1(table1: dict, ref: str, chance: float) -> str:
                      f"(robust features keep at least {PAPER_PATTERN['robust_keeps']:.0%} of their clean accuracy under attack, "
                      f"non-robust ones lose at least {1 - PAPER_PATTERN['nonrobust_loses']:.0%}) "
                      f"{verdict} here.")
+        if "label_control" in t:
+            lc = t["label_control"]
+            follows = lc["robust_predicts_mask_label"] > lc["robust_predicts_true_label"]
+            parts.append(f"Control: with masks made from a random wrong label ŷ, the robust features predict ŷ for "
+                         f"{pct(lc['robust_predicts_mask_label'])} of the images and the true label for "
+                         f"{pct(lc['robust_predicts_true_label'])}: they follow "
+                         f"{'the label the mask was made with, so the robust mask encodes the label' if follows else 'the true label more than the mask label'}"
+                         f" (chance is {pct(chance)}).")
     if len(table1) == 2 and all(ref in t["rows"] for t in table1.values()):  # both protocols: compare them
         p = list(table1)
         gap = table1[p[0]]["rows"][ref]["robust"] - table1[p[1]]["rows"][ref]["robust"]

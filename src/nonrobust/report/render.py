@@ -166,10 +166,23 @@ def _html_table1(results: dict, figs: dict) -> list[str]:
              "classifies Z, Z_r = i_r·Z and Z_nr = i_nr·Z.</p>"]
     for protocol, t in results["table1"].items():
         ch = t["channels"]
-        parts.append(f"<h3>{html.escape(protocol)} protocol ({ch['robust']:.1f} robust / {ch['nonrobust']:.1f} non-robust of "
-                     f"{ch['total']} channels)</h3>")
-        parts.append(_table(["input", "Int. (Z)", "R (Z_r)", "NR (Z_nr)"],
-                            [[k, _p(r["int"]), _p(r["robust"]), _p(r["nonrobust"])] for k, r in t["rows"].items()]))
+        parts.append(f"<h3>{html.escape(protocol)} protocol, threshold rule {html.escape(str(t.get('threshold', 'max')))} "
+                     f"({ch['robust']:.1f} robust / {ch['nonrobust']:.1f} non-robust of {ch['total']} channels per image)</h3>")
+        if "stability" in t:
+            st = t["stability"]
+            nonempty = "—" if st["jaccard_nonempty_pairs"] is None else f"{st['jaccard_nonempty_pairs']:.3f}"
+            parts.append(f"<p class=\"small\">Stability over {st['seeds']} noise seeds: mean Jaccard overlap of each image's robust "
+                         f"sets {st['jaccard_mean']:.3f} (a pair of empty sets counts as 1: {st['pairs_both_empty']:.1%} of pairs; "
+                         f"without them {nonempty}); entries robust under every seed {st['robust_every_seed']:.2%}, under any "
+                         f"{st['robust_any_seed']:.2%}.</p>")
+        rows = [[k, _p(r["int"]), _p(r["robust"]), _p(r["nonrobust"])] for k, r in t["rows"].items()]
+        if "label_control" in t:
+            lc = t["label_control"]
+            rows.append(["control: clean, masks from a random wrong label ŷ — predicts ŷ", "—", _p(lc["robust_predicts_mask_label"]),
+                         _p(lc["nonrobust_predicts_mask_label"])])
+            rows.append(["control: clean, masks from a random wrong label ŷ — predicts y", "—", _p(lc["robust_predicts_true_label"]),
+                         _p(lc["nonrobust_predicts_true_label"])])
+        parts.append(_table(["input", "Int. (Z)", "R (Z_r)", "NR (Z_nr)"], rows))
     return parts + [_img(figs["table1"], "Table 1 as bars"), _reading(results, "table1")]
 
 

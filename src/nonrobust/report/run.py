@@ -90,7 +90,8 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     check_feature_map(split, next(ds.batches(1, device=device))[0])
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
-        ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed)
+        ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed,
+                      threshold=settings.threshold)
         base = {"model": tensor_fingerprint(iter(model.state_dict().items())),
                 "data": tensor_fingerprint(iter([("x", ds.images), ("y", ds.labels)])),
                 "layer": layer, "seed": settings.seed, "batch_size": settings.batch_size, "version": __version__}
@@ -213,7 +214,7 @@ def _population(ctx: Context, full) -> dict:
             ctx.notes.append("The population split was fitted on the evaluated images, because the data set has no other images; "
                              "its masks are label-free at use time but were not learned on held-out data.")
     fit = fit.first(min(s.population_n, len(fit)))
-    config = replace(ctx.ib, protocol="population", iterations=s.population_iterations)
+    config = replace(ctx.ib, protocol="population", iterations=s.population_iterations, threshold=s.population_threshold)
     path = ctx.out / "population.safetensors"
 
     def compute() -> dict:
@@ -234,8 +235,11 @@ def _feature_table(ctx: Context, which: str, stored: dict, protocol: str, popula
 
     analysis = feature_accuracy if which == "table1" else adversarial_agreement
     kwargs = {"population": population["result"]} if protocol == "population" else {"config": ctx.ib}
+    if which == "table1" and protocol != "population":
+        kwargs.update(stability=ctx.settings.stability, label_control=ctx.settings.label_control)
     params = {"protocol": protocol, "ib": asdict(ctx.ib), "attacks": {k: v.describe() for k, v in stored.items()},
-              "population": population["summary"] if protocol == "population" else None}
+              "population": population["summary"] if protocol == "population" else None,
+              "options": {k: v for k, v in kwargs.items() if k not in ("population", "config")}}
     return ctx.steps.run(f"{which}-{protocol}", params, lambda: analysis(
         ctx.model, ctx.split, ctx.batches(), stored, seed=ctx.settings.seed, total=len(ctx.ds), progress=ctx.progress, **kwargs))
 

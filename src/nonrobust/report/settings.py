@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..attacks import ATTACK_SETS, ATTACKS
-from ..bottleneck import IBConfig
+from ..bottleneck import IBConfig, threshold_quantile
 from ..errors import check
 from ..fields import default_of, setting
 
@@ -42,6 +42,9 @@ class ReportSettings:
         layer: split layer (None: the model's own).
         protocol: per-image bottleneck protocol of Table 1/2 (``paper`` or ``batch-free``).
         beta, ib_iterations: the bottleneck's β and Adam steps.
+        threshold, population_threshold: the threshold rules of the per-image and the population split.
+        stability: noise seeds Table 1 compares the per-image split over (1: off).
+        label_control: Table 1's label control (masks from a seeded wrong label).
         population_n, population_iterations: images and Adam steps of the population split.
         betas, beta_n: Fig. 5's β values and number of images.
         tsne_n: images in Fig. 2.
@@ -66,6 +69,13 @@ class ReportSettings:
     protocol: Literal["paper", "batch-free"] = setting("paper", "per-image bottleneck protocol shown next to population", "choice")
     beta: float = setting(default_of(IBConfig, "beta"), "KL weight β of the bottleneck", "non_negative")
     ib_iterations: int = setting(default_of(IBConfig, "iterations"), "bottleneck Adam steps", "positive_int")
+    threshold: str = setting(default_of(IBConfig, "threshold"), "threshold rule of the per-image split: max (the paper), "
+                             "channel or quantile:Q")
+    population_threshold: str = setting(default_of(IBConfig, "threshold"), "threshold rule of the population split")
+    stability: int = setting(3, "noise seeds Table 1 compares the per-image split over (1: off; each seed costs one more split)",
+                             "positive_int")
+    label_control: bool = setting(True, "Table 1's control: masks made with a seeded wrong label, and how often Z_r follows it",
+                                  "flag")
     population_n: int = setting(5000, "images the population split is fitted on", "positive_int")
     population_iterations: int = setting(200, "Adam steps of the population split", "positive_int")
     betas: tuple[float, ...] = setting((0.0, 0.01, 0.1, 0.3, 1.0, 3.0, 5.0, 10.0), "β values of Fig. 5", "list")
@@ -80,6 +90,8 @@ class ReportSettings:
         check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
         check(len(self.attacks) > 0, "a report needs at least one attack")
         check(0 < self.eps <= 1, f"eps must be in (0, 1] (pixel units), got {self.eps}")
+        for rule in (self.threshold, self.population_threshold):
+            threshold_quantile(rule)  # UserError for a bad rule
         check(self.protocol in PER_IMAGE_PROTOCOLS, f"the per-image protocol must be {' or '.join(PER_IMAGE_PROTOCOLS)}, got {self.protocol!r}")
         for name in ("batch_size", "l2_steps", "ib_iterations", "population_n", "population_iterations", "beta_n", "tsne_n",
                      "featvis_steps"):
