@@ -271,7 +271,7 @@ def optimise(
     opt = torch.optim.Adam([v], lr=adam_lr) if adam_lr is not None else None
     best = x.clone()
     best_l2 = torch.full((x.shape[0],), float("inf"), device=x.device)
-    prev = prev_ref = -float("inf")
+    prev = -float("inf")
 
     def track(x_adv: Tensor, logits: Tensor) -> None:
         pred = logits.argmax(1)
@@ -290,14 +290,11 @@ def optimise(
             opt.zero_grad(set_to_none=True)
             (-value).backward()
             opt.step()
-            if reference_loop and early_stop_every and step % early_stop_every == 0:
-                if float(value.detach()) < prev_ref:
+            if early_stop_every and (step if reference_loop else step + 1) % early_stop_every == 0:
+                now = float(value.detach())
+                if (now < prev) if reference_loop else (now <= prev):  # the reference stops only when it got worse
                     break
-                prev_ref = float(value.detach())
-            elif not reference_loop and early_stop_every and (step + 1) % early_stop_every == 0:
-                if float(value.detach()) <= prev:
-                    break
-                prev = float(value.detach())
+                prev = now
         else:
             (grad,) = torch.autograd.grad(value, v)
             with torch.no_grad():
