@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +23,6 @@ from tqdm.auto import tqdm
 from .attacks import Attack, point_sizes, summarise_sizes
 from .errors import check
 from .runtime import make_generator
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["NormStats", "evaluate_attacks", "batch_generator", "attack_batch"]
 
