@@ -45,7 +45,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,8 @@ from .io import load_tensors, save_tensors
 from .runtime import derive_seed, frozen, make_generator
 from .split import LayerSplit, require_4d
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches", "seed_agreement", "summarise_agreement", "robust_channels", "threshold_quantile", "PROTOCOLS"]
+__all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches",
+           "seed_agreement", "summarise_agreement", "robust_channels", "threshold_quantile", "PROTOCOLS", "LABEL_SOURCES"]
 
 log = logging.getLogger(__name__)
 
