@@ -43,6 +43,9 @@ def test_help_lists_the_commands():
 def test_models_list_and_layers(capsys, files):
     code, out, _ = run(capsys, "models", "list")
     assert code == 0 and "vgg16" in out and "features.41" in out and "wrn28_10" in out
+    assert "cifar10-vgg16-at" in out and "not shipped" not in out
+    listed = out[out.index("cifar10-vgg16-at"):].splitlines()
+    assert listed[1].strip().startswith("measured: clean") and "(n=10000)" in listed[1]
     code, out, _ = run(capsys, "models", "layers", "--model", files / "tiny.safetensors")
     assert code == 0 and "features.5  <- default split layer" in out
 

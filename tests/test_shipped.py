@@ -17,3 +17,25 @@ def test_shipped_model_on_the_shipped_slice():
         acc = float((model(x).argmax(1) == y).float().mean())
     # the slice is part of the test set the metadata was measured on: the two must be close
     assert abs(acc - meta.metrics["clean_accuracy"]["value"]) < 0.05, acc
+
+
+def test_shipped_vgg16_loads_offline_with_its_measurements():
+    """cifar10-vgg16-at: the paper's architecture, shipped in half precision, loaded as float32, measured on CIFAR-10."""
+    spec = models.PRETRAINED["cifar10-vgg16-at"]
+    model, meta = models.resolve("cifar10-vgg16-at")
+    assert not model.training and meta.arch == "vgg16" and meta.split_layer == "features.41" and meta.input_shape == (3, 32, 32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    from safetensors import safe_open
+
+    with safe_open(str(spec.path()), framework="pt") as fh:
+        stored = {k: fh.get_slice(k).get_dtype() for k in fh.keys()}
+    assert stored["features.0.weight"] == "F16" and stored["normalize.mean"] == "F32"
+    rounding = meta.metrics["weight_rounding"]
+    assert rounding["dtype"] == "float16" and rounding["n"] == 10000 and abs(rounding["change_points"]) <= 0.2
+    assert meta.metrics["clean_accuracy"]["n"] == 10000
+    assert meta.recipe["config"]["arch"] == "vgg16" and meta.recipe["config"]["method"] == "fast"
+    x, y = data.load_dataset("cifar10-slice", n=200).tensors()
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == y).float().mean())
+    # the slice is part of the test set the metadata was measured on: the two must be close
+    assert abs(acc - meta.metrics["clean_accuracy"]["value"]) < 0.08, acc
