@@ -428,7 +428,8 @@ def test_describe_is_a_complete_settings_key():
         # the L2 forms take no step size (Adam's lr instead): alpha_factor is checked on the linf form, which has no lr
         start = linf if name == "alpha_factor" else base
         assert digest(replace(start, **{name: value}).describe()) != digest(start.describe()), name
-    ib_changes = dict(protocol="batch-free", beta=0.5, iterations=50, lr=0.2, noise="unit", kl="sum", seed=1, samples=2, labels="predicted")
+    ib_changes = dict(protocol="batch-free", beta=0.5, iterations=50, lr=0.2, noise="unit", kl="sum", seed=1, samples=2, labels="predicted",
+                      threshold="channel")
     assert set(ib_changes) == {f.name for f in dc_fields(IBConfig)}
     for name, value in ib_changes.items():
         assert digest(replace(base, ib=replace(IBConfig(), **{name: value})).describe()) != key, f"ib.{name}"
