@@ -184,9 +184,9 @@ def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
         channels = ATTACKS[args.attack].defaults.get("channels", "nonrobust")
         settings["mask"] = res.nonrobust_mask if channels == "nonrobust" else res.robust_mask
     else:
-        if _ib_config(args).protocol == "population":
-            raise UserError("NRF with --protocol population needs the split file: run `nonrobust split --protocol population` and pass --masks FILE")
         settings["ib"] = _ib_config(args)
+        if settings["ib"].protocol == "population":
+            raise UserError("NRF with --protocol population needs the split file: run `nonrobust split --protocol population` and pass --masks FILE")
     return settings
 
 

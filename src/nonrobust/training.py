@@ -521,10 +521,7 @@ class _Dist:
             self.owns_group = False
 
 
-# --------------------------------------------------------------------------- random streams
-_seed = derive_seed  # seeds of the run's random streams: (seed, epoch, purpose, rank)
-
-
+# --------------------------------------------------------------------------- random streams (runtime.derive_seed)
 class _GlobalStream:
     """A private stream for code that can only draw from the global RNG (dropout).
 
@@ -591,15 +588,15 @@ def _train_epoch(cfg: TrainConfig, model: nn.Module, trained: nn.Module, optimiz
     """
     spec = METHODS[cfg.method]
     images, labels = train_set.images, train_set.labels
-    order = torch.randperm(len(labels), generator=make_generator(_seed(cfg.seed, epoch, "shuffle")))
+    order = torch.randperm(len(labels), generator=make_generator(derive_seed(cfg.seed, epoch, "shuffle")))
     if len(order) % dist.world:  # pad like DistributedSampler so every rank takes the same number of steps
         order = torch.cat([order, order[: dist.world - len(order) % dist.world]])
     shard = order[dist.rank:: dist.world]
     per_rank = cfg.batch_size // dist.world
     n_steps = math.ceil(len(shard) / per_rank)
-    aug_gen = make_generator(_seed(cfg.seed, epoch, "augment", dist.rank))
-    attack_gen = make_generator(_seed(cfg.seed, epoch, "attack", dist.rank), device)
-    dropout = _GlobalStream(_seed(cfg.seed, epoch, "dropout", dist.rank), device)
+    aug_gen = make_generator(derive_seed(cfg.seed, epoch, "augment", dist.rank))
+    attack_gen = make_generator(derive_seed(cfg.seed, epoch, "attack", dist.rank), device)
+    dropout = _GlobalStream(derive_seed(cfg.seed, epoch, "dropout", dist.rank), device)
     attack = PGD(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
     trained.train()
@@ -646,7 +643,7 @@ def _held_out(cfg: TrainConfig, model: nn.Module, eval_set: ImageDataset, device
     batches = ((x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x, y)
                for x, y in eval_set.batches(cfg.batch_size, device=device))
     model.eval()
-    res = evaluate_attacks(model, batches, {"PGD": attack}, seed=_seed(cfg.seed, "eval"), progress=False)
+    res = evaluate_attacks(model, batches, {"PGD": attack}, seed=derive_seed(cfg.seed, "eval"), progress=False)
     return {"eval_clean_acc": res["clean_accuracy"], "eval_pgd_acc": res["attacks"]["PGD"]["robust_accuracy"], "eval_n": res["n"]}
 
 
@@ -817,7 +814,7 @@ def train(
             eval_set = (eval_dataset or load_dataset(cfg.data, "test", cfg.data_dir, n=cfg.eval_n, image_size=cfg.image_size)).first(cfg.eval_n)
             check(eval_set.input_shape == train_set.input_shape, f"held-out images are {eval_set.input_shape}, training images {train_set.input_shape}")
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-            torch.random.default_generator.manual_seed(_seed(cfg.seed, "init"))
+            torch.random.default_generator.manual_seed(derive_seed(cfg.seed, "init"))
             model = models.build(cfg.arch, train_set.num_classes, train_set.input_shape[0], cfg.mean, cfg.std, **cfg.arch_options)
         model = model.to(device, memory_format=torch.channels_last) if cfg.channels_last else model.to(device)
         # Only now, with the data loaded and the model built, does the run folder get written: a mistake
