@@ -340,3 +340,23 @@ def test_table1_shows_its_rule_stability_and_label_control(tiny_report):
     page = (out / "report.html").read_text()
     assert "Stability over 3 noise seeds" in page and "random wrong label" in page and "threshold rule max" in page
     assert "Control: with masks made from a random wrong label" in results["readings"]["table1"]
+
+
+def test_table4_on_the_first_images_only(tiny_report, tmp_path):
+    """``table4_n`` runs Table 4's attacks on the first N images, in their own files, and says so; Table 3 is untouched."""
+    settings, out, results = tiny_report
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = run_report(replace(settings, table4_n=12), copy, only=("table4",), progress=False)
+    t4 = again["table4"]
+    assert t4["n"] == 12 and [r["attack"] for r in t4["rows"]] == ["nrf", "nrf2", "rf", "rf2"]
+    assert not again["steps"]["attack-nrf-first12"]["reused"]
+    x_adv = load_tensors(copy / "adversarial" / "nrf-first12.safetensors", keys=("x_adv",))[0]["x_adv"]
+    assert x_adv.shape[0] == 12
+    full = load_tensors(copy / "adversarial" / "nrf.safetensors", keys=("x_adv",))[0]["x_adv"]
+    assert full.shape[0] == 24  # the whole-set file of Table 3's NRF is kept
+    assert "on the first 12 of the 24 images" in (copy / "report.html").read_text()
+    with pytest.raises(UserError, match="table4_n"):
+        replace(settings, table4_n=0)

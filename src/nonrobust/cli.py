@@ -367,7 +367,7 @@ def cmd_models_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-_REPORT_OPTIONS = ("eps", "l2_steps", "layer", "protocol", "beta", "ib_iterations", "threshold", "stability", "label_control",
+_REPORT_OPTIONS = ("table4_n", "eps", "l2_steps", "layer", "protocol", "beta", "ib_iterations", "threshold", "stability", "label_control",
                    "population_n", "population_iterations", "population_threshold", "betas", "beta_n", "tsne_n", "featvis_images",
                    "featvis_steps")  # ReportSettings fields that are report options
 

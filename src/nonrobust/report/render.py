@@ -198,7 +198,9 @@ def _html_table2(results: dict, figs: dict) -> list[str]:
 
 
 def _html_table4(results: dict, figs: dict) -> list[str]:
-    return ["<h2>Table 4 — maximising / minimising the gradient norm of non-robust and robust features</h2>",
+    t4 = results["table4"]
+    on = f" (on the first {t4['n']} of the {results['n']} images: clean accuracy {pct(t4['clean_accuracy'])})" if t4["n"] < results["n"] else ""
+    return [f"<h2>Table 4 — maximising / minimising the gradient norm of non-robust and robust features{on}</h2>",
             _table(_ATTACK_HEADER, _attack_rows(results["table4"])), _reading(results, "table4")]
 
 

@@ -36,13 +36,20 @@ class Context:
     progress: bool
     notes: list[str] = field(default_factory=list)
     attack_rows: dict[str, dict] = field(default_factory=dict)  # each attack's Table 3 row, once per run
+    subset: str = ""  # "" for the evaluated images, "-firstN" for a table run on the first N of them
+
+    def first(self, n: int | None) -> "Context":
+        """This context restricted to the first ``n`` evaluated images (itself when ``n`` is None or covers them all)."""
+        if n is None or n >= len(self.ds):
+            return self
+        return replace(self, ds=self.ds.first(n), attack_rows={}, subset=f"-first{n}")
 
     def batches(self, n: int | None = None):
         ds = self.ds if n is None else self.ds.first(min(n, len(self.ds)))
         return ds.batches(self.settings.batch_size, device=self.device)
 
     def adv_path(self, key: str) -> Path:
-        return self.out / "adversarial" / f"{key}.safetensors"
+        return self.out / "adversarial" / f"{key}{self.subset}.safetensors"
 
     @functools.cached_property
     def first_batch(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -110,7 +117,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
         elif wanted & {"tsne", "featvis", "beta"}:
             results["table3"] = _table_attacks(ctx, (pgd,))
         if "table4" in wanted and settings.table4:
-            results["table4"] = _table_attacks(ctx, TABLE4)
+            results["table4"] = _table_attacks(ctx.first(settings.table4_n), TABLE4)
         if wanted & {"table1", "table2"}:
             population = _population(ctx, full)
             results["population"] = population["summary"]
@@ -168,7 +175,7 @@ def _table_attacks(ctx: Context, keys: tuple[str, ...]) -> dict:
                                seed=ctx.settings.seed, progress=ctx.progress)
             return {"seconds_attacking": s.get("seconds_this_run")}
 
-        timing = ctx.steps.run(f"attack-{key}", {"attack": desc}, compute, files=(path,))
+        timing = ctx.steps.run(f"attack-{key}{ctx.subset}", {"attack": desc}, compute, files=(path,))
         s = summarise_file(path)
         p, pf = s["perturbation"], s["perturbation_fooled"]
         ctx.attack_rows[key] = {

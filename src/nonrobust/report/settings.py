@@ -37,6 +37,7 @@ class ReportSettings:
         n: evaluate the first ``n`` images (None: all).
         attacks: Table 3's attacks, from :data:`TABLE3_ATTACKS`.
         table4: also run Table 4 (NRF, NRF2, RF, RF2).
+        table4_n: run Table 4 on the first ``table4_n`` evaluated images only (None: all of them).
         eps: L∞ budget of every L∞ attack, in [0,1] pixel units.
         l2_steps: Adam steps of CW-L2 and the NRF L2 family.
         layer: split layer (None: the model's own).
@@ -64,6 +65,8 @@ class ReportSettings:
     layer: str | None = setting(None, "split layer (default: the model's own, see `nonrobust models layers`)")
     attacks: tuple[str, ...] = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "fab", "nrf-linf", "nrf")
     table4: bool = True
+    table4_n: int | None = setting(None, "run Table 4 on the first N evaluated images only (default: all; its 200-step L2 "
+                                   "attacks are the report's slowest part)", "positive_int")
     eps: float = setting(8 / 255, "L∞ budget of every L∞ attack, in [0,1] pixel units", "positive")
     l2_steps: int = setting(200, "Adam steps of CW-L2 and the NRF L2 family", "positive_int")
     protocol: Literal["paper", "batch-free"] = setting("paper", "per-image bottleneck protocol shown next to population", "choice")
@@ -97,7 +100,8 @@ class ReportSettings:
                      "featvis_steps"):
             check(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         check(self.featvis_images >= 0, "featvis_images must be ≥ 0")
-        check(self.n is None or self.n >= 1, f"n must be ≥ 1, got {self.n}")
+        for name in ("n", "table4_n"):
+            check(getattr(self, name) is None or getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         check(all(b >= 0 for b in self.betas), "every β must be ≥ 0")
 
 
