@@ -47,7 +47,8 @@ def test_models_list_and_layers(capsys, files):
     listed = out[out.index("cifar10-vgg16-at"):].splitlines()
     assert listed[1].strip().startswith("measured: clean") and "(n=10000)" in listed[1]
     code, out, _ = run(capsys, "models", "layers", "--model", files / "tiny.safetensors")
-    assert code == 0 and "features.5  <- default split layer" in out
+    default = next(line for line in out.splitlines() if "<- default split layer" in line).split()
+    assert code == 0 and default[:3] == ["features.5", "BatchNorm2d", "16×16×16"]
 
 
 def test_attack_and_split_end_to_end(capsys, files):

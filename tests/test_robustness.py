@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -29,15 +28,15 @@ import torch
 
 from nonrobust import attacks, bottleneck, data, models, streams
 from nonrobust.bottleneck import IBConfig
-from nonrobust.cli import main
 from nonrobust.errors import UserError
 from nonrobust.io import load_tensors, save_tensors
 from nonrobust.split import split_model
 
+from helpers import ERROR_LINE, assert_one_error_line, cli  # noqa: E402,F401
+
 # Subprocesses run single-threaded: on a loaded 2-core machine two OpenMP threads per process
 # make a tiny model hundreds of times slower, and timings (hence kill points) erratic.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-ERROR_LINE = re.compile(r"^(nonrobust[\w ]*: )?error: ")  # argparse prefixes its own errors with the program name
 
 
 @pytest.fixture(autouse=True)
@@ -103,28 +102,6 @@ def world(tmp_path_factory) -> Path:
     save_tensors(d / "not-a-checkpoint.safetensors", {"x": torch.zeros(3)}, {"format": "nonrobust-ib", "layer": "features.5"})
     (d / "folder.safetensors").mkdir()
     return d
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``nonrobust ARGV`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_error_line(code: int, err: str, needle: str) -> str:
-    """Exit code 2, no traceback, exactly one error line, it is the last line and it names ``needle``."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if ERROR_LINE.match(line)]
-    assert len(errors) == 1, err
-    assert lines[-1] == errors[0], f"the error is not the last line: {err!r}"
-    assert needle.lower() in errors[0].lower(), errors[0]
-    return errors[0]
 
 
 def assert_no_files(folder: Path) -> None:
@@ -256,7 +233,7 @@ BAD_INPUT = [
     ("models layers/missing", ["models", "layers", "--model", "{d}/missing.safetensors"], "no such file"),
     ("models layers/truncated", ["models", "layers", "--model", "{d}/truncated.safetensors"], "not a readable safetensors file"),
     ("models layers/random bytes", ["models", "layers", "--model", "{d}/random.safetensors"], "not a readable safetensors file"),
-    ("models layers/pickled .pt", ["models", "layers", "--model", "{d}/model.pt"], "never loads"),
+    ("models layers/pickled .pt", ["models", "layers", "--model", "{d}/model.pt"], "pickled PyTorch file"),
     ("models layers/npz", ["models", "layers", "--model", "{d}/rgb.npz"], "NumPy .npz"),
     ("models layers/folder", ["models", "layers", "--model", "{d}/folder.safetensors"], "no such file"),
     ("models layers/split file", ["models", "layers", "--model", "{d}/not-a-checkpoint.safetensors"], "not a nonrobust checkpoint"),
@@ -513,7 +490,8 @@ def _evil_cifar(root: Path, marker: Path) -> None:
 
 
 @pytest.mark.parametrize("what", ["cifar batch (data info)", "npz with a pickled object array (attack --data)", ".pt checkpoint (attack --model)",
-                                  ".pt checkpoint (models layers)", ".pt as split file (attack --masks)"])
+                                  ".pt checkpoint (models layers)", ".pt as split file (attack --masks)",
+                                  ".pt state dict (attack --model ARCH=)", ".pt state dict (models convert)"])
 def test_untrusted_pickles_are_refused_through_the_cli_without_running(capsys, world, tmp_path, what):
     """The payload would create MARKER when unpickled (os.system via __reduce__); every command refuses it unexecuted."""
     marker = tmp_path / "MARKER"
@@ -531,10 +509,12 @@ def test_untrusted_pickles_are_refused_through_the_cli_without_running(capsys, w
     argv, needle = {
         "cifar batch (data info)": (["data", "info", "--data", "cifar10", "--data-dir", tmp_path / "cifar"], "refusing to unpickle"),
         "npz with a pickled object array (attack --data)": (_attack("{d}/tiny.safetensors", f"npz:{evil_npz}"), "allow_pickle=False"),
-        ".pt checkpoint (attack --model)": (_attack(str(evil_pt)), "never loads"),
-        ".pt checkpoint (models layers)": (["models", "layers", "--model", evil_pt], "never loads"),
+        ".pt checkpoint (attack --model)": (_attack(str(evil_pt)), "pickled PyTorch file"),
+        ".pt checkpoint (models layers)": (["models", "layers", "--model", evil_pt], "pickled PyTorch file"),
         ".pt as split file (attack --masks)": (_attack("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--attack", "nrf-linf", "--masks", str(evil_pt)),
                                                "not a readable safetensors file"),
+        ".pt state dict (attack --model ARCH=)": (_attack(f"tiny_cnn={evil_pt}"), "refused: besides tensors it holds"),
+        ".pt state dict (models convert)": (["models", "convert", evil_pt, "--arch", "tiny_cnn", "--out", "{o}/m.safetensors"], "refused"),
     }[what]
     code, _, err = cli(capsys, *[str(a).format(d=world, o=tmp_path) for a in argv])
     assert_one_error_line(code, err, needle)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .errors import check
+
 if TYPE_CHECKING:
     from .attacks import Attack
     from .bottleneck import IBConfig, IBResult
@@ -34,14 +36,20 @@ if TYPE_CHECKING:
 __all__ = ["load_model", "load_data", "split_model", "distill", "make_attack", "evaluate_attacks", "run_report"]
 
 
-def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """A model ready to analyse: a shipped one by name, or a nonrobust checkpoint file.
+def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", *,
+               input_shape: tuple[int, int, int] | None = None, **options: Any) -> nn.Module:
+    """A model ready to analyse: a shipped one by name, a nonrobust checkpoint, or a model from elsewhere.
 
     Args:
         model: a pretrained name (``nonrobust models list``: e.g. ``"cifar10-small-at"``,
-            ``"cifar10-vgg16-at"``) or the path of a ``.safetensors`` checkpoint written by
-            nonrobust (training, ``models.save``). Nothing is unpickled.
+            ``"cifar10-vgg16-at"``), the path of a ``.safetensors`` checkpoint written by
+            nonrobust (nothing is unpickled), ``"ARCH=weights.pt"`` (a PyTorch state dict of a
+            registered architecture, read with ``weights_only=True``), ``"robustbench:NAME"`` or
+            ``"file.py:function"`` (runs that file; needs ``input_shape``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` ...
+        input_shape: ``(C, H, W)`` of the images, for ``file.py:function`` models.
+        **options: :class:`nonrobust.foreign.ModelOptions` fields for the foreign routes:
+            ``normalize="cifar10"``, ``num_classes=100``, ``arch_options="depth=34"``, ``model_dir=...``.
 
     Returns:
         The model in eval mode on ``device``, mapping images ``[B, C, H, W]`` in [0, 1] to
@@ -58,9 +66,15 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
         >>> meta.arch, meta.split_layer, meta.input_shape
         ('small_cnn', 'features.23', (3, 32, 32))
     """
+    from dataclasses import fields
+
+    from .foreign import ModelOptions
     from .models import resolve
 
-    return resolve(model, device)[0]
+    known = [f.name for f in fields(ModelOptions)]
+    check(set(options) <= set(known), f"load_model: unknown option(s) {', '.join(sorted(set(options) - set(known)))}: "
+                                      f"the options are {', '.join(known)}")
+    return resolve(model, device, input_shape, options=ModelOptions(**options))[0]
 
 
 def load_data(name: str, split: str = "test", *, n: int | None = None, data_dir: str | os.PathLike | None = None,

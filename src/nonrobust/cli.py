@@ -33,9 +33,24 @@ def add_data_args(p: argparse.ArgumentParser, default_split: str = "test") -> No
     p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")
 
 
-def add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint path (.safetensors), a shipped pretrained name (see `nonrobust models list`), "
-                   "or path/to/file.py:function returning your own nn.Module (runs that file's code)")
+MODEL_HELP = ("a nonrobust checkpoint (.safetensors), a shipped pretrained name (see `nonrobust models list`), ARCH=weights.pt "
+              "(a state dict of a registered architecture, read without running code; see --normalize), "
+              "robustbench:NAME[:DATASET[:THREAT]], or path/to/file.py:function returning your own nn.Module (runs that file's code)")
+_MODEL_OPTIONS = ("num_classes", "normalize", "arch_options", "model_dir")  # ModelOptions fields that are options
+
+
+def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    from .foreign import ModelOptions
+
+    p.add_argument("--model", required=required, metavar="MODEL", help=MODEL_HELP)
+    add_settings(p, ModelOptions, _MODEL_OPTIONS)
+
+
+def model_options(args: argparse.Namespace):
+    """The :class:`nonrobust.foreign.ModelOptions` given on the command line."""
+    from .foreign import ModelOptions
+
+    return ModelOptions(**{k: v for k, v in settings_from(args, ModelOptions, _MODEL_OPTIONS).items() if v is not None})
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -113,7 +128,8 @@ def load_model_and_data(args: argparse.Namespace):
 
     device = resolve_device(args.device)
     ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size)
-    model, meta = models.resolve(args.model, device=device, input_shape=ds.input_shape)
+    model, meta = models.resolve(args.model, device=device, input_shape=ds.input_shape, options=model_options(args),
+                                 data_dir=args.data_dir)
     models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
     return model, meta, ds, device
 
@@ -237,7 +253,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {"arch": args.arch, "data": args.data, "method": args.method, "device": args.device,
                  **settings_from(args, training.TrainConfig, _TRAIN_OPTIONS)}
     if args.arch_option:
-        overrides["arch_options"] = dict(_key_value(item) for item in args.arch_option)
+        from .foreign import parse_arch_options
+
+        overrides["arch_options"] = {k: v for item in args.arch_option for k, v in parse_arch_options(item).items()}
     base = training.load_config(args.out) if args.resume else None
     config = training.make_config(args.preset, base=base, **overrides)
     result = training.train(config, args.out, resume=args.resume, command=sys.argv)
@@ -250,19 +268,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_value(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (numbers, true/false), else kept as text."""
-    import json
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UserError(f"--arch-option expects KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
     """ReportSettings from the report options (a profile's values where an option was not given)."""
     from .report import ReportSettings, profile
@@ -270,6 +275,8 @@ def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
     # the model, data and run options every command shares, then the report's own (add_report_args)
     values = {k: getattr(args, k, None) for k in ("model", "data", "split", "data_dir", "image_size", "n", "batch_size", "seed", "device")}
     values.update(settings_from(args, ReportSettings, _REPORT_OPTIONS))
+    if hasattr(args, "ModelOptions.normalize"):
+        values["model_options"] = model_options(args)
     if getattr(args, "attacks", None):
         values["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     if getattr(args, "no_table4", False):
@@ -302,11 +309,11 @@ def _report_and_headline(settings, out: str, only: tuple[str, ...] | None = None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    return _report_and_headline(_report_settings(args), args.out)
+    return _report_and_headline(_report_settings(args, args.profile), args.out)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    return _report_and_headline(_report_settings(args), args.out, only=(args.section,))
+    return _report_and_headline(_report_settings(args, args.profile), args.out, only=(args.section,))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -349,21 +356,41 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_layers(args: argparse.Namespace) -> int:
-    from . import models, split
+def cmd_models_convert(args: argparse.Namespace) -> int:
+    from . import foreign
 
-    model, meta = models.resolve(args.model, input_shape=tuple(args.input_shape) if args.input_shape else None)
-    shape = tuple(meta.input_shape)
-    for name in split.list_layers(model):
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    model, meta = foreign.convert(args.weights, args.arch, args.out, model_options(args),
+                                  input_shape=tuple(args.input_shape) if args.input_shape else None, dataset=args.dataset,
+                                  classes=classes, dtype=torch_dtype(args.dtype))
+    print(f"wrote {args.out}: {meta.describe()}, input {'×'.join(map(str, meta.input_shape))}, split layer {meta.split_layer}, "
+          f"normalisation mean {[round(v, 4) for v in meta.mean]} std {[round(v, 4) for v in meta.std]}")
+    return 0
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    return None if name in (None, "float32") else getattr(torch, name)
+
+
+def cmd_models_layers(args: argparse.Namespace) -> int:
+    from . import data, models, split
+
+    shape = tuple(args.input_shape) if args.input_shape else None
+    if shape is None and args.data:
+        shape = data.load_dataset(args.data, "test", args.data_dir, n=1, image_size=args.image_size).input_shape
+    model, meta = models.resolve(args.model, input_shape=shape, options=model_options(args), data_dir=args.data_dir)
+    shape = shape or tuple(meta.input_shape)
+    try:
+        layers = split.layer_shapes(model, shape)
+    except Exception as exc:  # the user's model on the user's shape
+        raise UserError(f"the model fails on images of shape {list(shape)} ({type(exc).__name__}): pass the right --input-shape C H W") from None
+    print(f"{meta.arch}: layers for {shape[0]}×{shape[1]}×{shape[2]} images (name, type, output shape per image)")
+    width = max(map(len, layers), default=0)
+    for name, (kind, out) in layers.items():
         marker = "  <- default split layer" if name == meta.split_layer else ""
-        if args.shapes:
-            try:
-                out = split.feature_shape(split.split_model(model, name), shape)
-            except UserError as exc:
-                out = f"({exc})"
-            print(f"{name:<32} {out}{marker}")
-        else:
-            print(f"{name}{marker}")
+        print(f"{name:<{width}}  {kind:<20} {'×'.join(map(str, out)) if out else '-'}{marker}")
     return 0
 
 
@@ -378,6 +405,8 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacks", metavar="A,B,…", help="Table 3's attacks, comma-separated, from: " + ", ".join(TABLE3_ATTACKS)
                    + f" (default: {','.join(ReportSettings.__dataclass_fields__['attacks'].default)})")
     p.add_argument("--no-table4", action="store_true", help="skip Table 4 (NRF, NRF2, RF, RF2)")
+    p.add_argument("--profile", choices=("quick", "full"), help="start from named settings: quick (the demo's trimming: 200 images, "
+                   "shorter attacks and sweeps; a few minutes on a CPU for a small model) or full; the options given win")
     add_settings(p, ReportSettings, _REPORT_OPTIONS)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder: report.html, results.json, CSVs, figures, cached steps")
     add_run_args(p)
@@ -499,11 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the whole analysis on the shipped robust model and CIFAR-10 slice, in a few minutes on a CPU")
+    p = sub.add_parser("demo", help="the whole analysis, trimmed to a few minutes on a CPU, on the shipped CIFAR-10 slice: the shipped "
+                       "robust model, or --model yours (any CIFAR-10 classifier)")
     p.add_argument("--full", action="store_true", help="full size: the whole CIFAR-10 test set (needs --data-dir or $NONROBUST_DATA) and every attack")
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10 lives, for --full")
-    p.add_argument("--model", metavar="NAME|CKPT", help="another shipped model (e.g. cifar10-vgg16-at: see `nonrobust models list`) "
-                   "or checkpoint (default: the shipped cifar10-small-at)")
+    add_model_arg(p, required=False)
     p.add_argument("--out", default="nonrobust-demo", metavar="DIR", help="report folder (default ./nonrobust-demo)")
     add_device_arg(p)
     p.set_defaults(func=cmd_demo)
@@ -522,11 +551,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub_models = p_models.add_subparsers(dest="models_command", metavar="ACTION")
     p = sub_models.add_parser("list", help="registered architectures and shipped pretrained models")
     p.set_defaults(func=cmd_models_list)
+    p = sub_models.add_parser("convert", help="write a PyTorch state dict (.pt, read without running code) as a nonrobust checkpoint")
+    p.add_argument("weights", metavar="IN.pt", help="the state dict (torch.save(model.state_dict()), possibly wrapped or prefixed)")
+    p.add_argument("--arch", required=True, metavar="NAME", help="its architecture (see `nonrobust models list`)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write (.safetensors)")
+    from .foreign import ModelOptions
+
+    add_settings(p, ModelOptions, _MODEL_OPTIONS[:3])
+    p.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
+                   help="the images it was trained on (default: the architecture's native size)")
+    p.add_argument("--dataset", metavar="NAME", help="the data set it was trained on, for the record")
+    p.add_argument("--classes", metavar="A,B,…", help="class names, comma-separated, for the record")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="precision of the stored weights (default float32)")
+    p.set_defaults(func=cmd_models_convert)
     p = sub_models.add_parser("layers", help="the layers a model can be split at")
     add_model_arg(p)
-    p.add_argument("--shapes", action="store_true", help="also print the feature shape at each layer")
     p.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
-                   help="image shape, for a model given as file.py:function (default: the checkpoint's)")
+                   help="image shape (default: the checkpoint's, or that of --data)")
+    p.add_argument("--data", metavar="NAME", help="take the image shape from this data set instead: " + _data_help())
+    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize the data's images to PX×PX")
     p.set_defaults(func=cmd_models_layers)
     return parser
 

@@ -468,8 +468,11 @@ def load_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu") 
         tensors, raw = load_tensors(path, device="cpu")
     except UserError as exc:
         if _looks_pickled(path):
-            raise UserError(f"{exc}; it looks like a pickled PyTorch file, which nonrobust never loads (unpickling can run code): "
-                            "torch.load it with weights_only=True yourself, load_state_dict into models.build(...), then models.save") from None
+            raise UserError(f"{exc}; it looks like a pickled PyTorch file: if it is a state dict, pass it as ARCH={path} "
+                            "(e.g. preact_resnet18=PATH, read without running code) or convert it once with "
+                            "`nonrobust models convert PATH --arch ARCH --out MODEL.safetensors`") from None
+        if "no 'nonrobust' metadata" in str(exc):
+            raise UserError(f"{exc}: if it holds a state dict, pass it as ARCH={path} (e.g. preact_resnet18={path})") from None
         if _looks_like_npz(path):
             raise UserError(f"{path}: a NumPy .npz file (a data set?), not a model checkpoint: pass a .safetensors checkpoint "
                             f"written by nonrobust as the model, and the .npz as --data npz:{path}") from None
@@ -582,30 +585,47 @@ def pretrained(name: str, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def resolve(model_arg: str | os.PathLike, device: str | torch.device = "cpu",
-            input_shape: tuple[int, int, int] | None = None) -> tuple[nn.Module, CheckpointMeta]:
-    """Turn a command-line model argument into ``(model, meta)``.
+            input_shape: tuple[int, int, int] | None = None, options: Any = None,
+            data_dir: str | os.PathLike | None = None) -> tuple[nn.Module, CheckpointMeta]:
+    """Turn a command-line model argument into ``(model, meta)``; the model is in eval mode on ``device``.
 
-    ``model_arg`` is a :data:`PRETRAINED` name, a checkpoint path, or
-    ``path/to/file.py:function`` for a model the user brings (see
-    :func:`load_python_model`; needs ``input_shape``).
+    ``model_arg`` is one of (tried in this order):
 
-    A registered pretrained name wins over a file of the same name (write
-    ``./name`` for the file). The model is in eval mode on ``device``.
+    - a :data:`PRETRAINED` name (it wins over a file of the same name: write ``./name`` for the file);
+    - ``robustbench:NAME[:DATASET[:THREAT]]`` (:func:`nonrobust.foreign.load_robustbench`);
+    - ``path/to/file.py:function`` for a model the user brings (:func:`load_python_model`; runs
+      that file's code, needs ``input_shape``);
+    - the path of a nonrobust ``.safetensors`` checkpoint (:func:`load_with_meta`);
+    - ``ARCH=weights.pt``, a state dict of a registered architecture
+      (:func:`nonrobust.foreign.load_state_dict_model`; nothing in the file runs).
+
+    ``options`` is a :class:`nonrobust.foreign.ModelOptions` (class count, normalisation,
+    architecture options, RobustBench folder) for the foreign routes; ``data_dir`` is where the
+    RobustBench folder defaults to.
 
     Raises:
-        UserError: neither a pretrained name nor an existing file (the message
-            lists the names), or any :func:`load_with_meta` error.
+        UserError: none of the above (the message lists the forms), or the route's own errors.
     """
-    if isinstance(model_arg, str) and model_arg in PRETRAINED:
-        return _pretrained_with_meta(model_arg, device)
-    if is_python_spec(str(model_arg)):
+    from . import foreign
+
+    options = options or foreign.ModelOptions()
+    arg = str(model_arg)
+    if arg in PRETRAINED:
+        return _pretrained_with_meta(arg, device)
+    if foreign.is_robustbench_spec(arg):
+        return foreign.load_robustbench(arg, options, data_dir=data_dir, device=device)
+    if is_python_spec(arg):
         if input_shape is None:
-            raise UserError(f"{model_arg}: a model from a Python file needs the input shape (it comes from the data set)")
-        return load_python_model(str(model_arg), input_shape, device)
-    if not Path(model_arg).is_file():
-        names = ", ".join(PRETRAINED) or "(none)"
-        raise UserError(f"{str(model_arg)!r}: no such file, and not a pretrained model name ({names}): pass the path of a .safetensors checkpoint written by nonrobust, or one of those names")
-    return load_with_meta(model_arg, device)
+            raise UserError(f"{arg}: a model from a Python file needs the input shape: pass --input-shape C H W (or --data)")
+        return load_python_model(arg, input_shape, device)
+    if Path(arg).is_file():
+        return load_with_meta(arg, device)
+    if foreign.is_state_dict_spec(arg):
+        arch, _, path = arg.partition("=")
+        return foreign.load_state_dict_model(path, arch, options, input_shape=input_shape, device=device)
+    names = ", ".join(PRETRAINED) or "(none)"
+    raise UserError(f"{arg!r}: no such file, and not a pretrained model name ({names}): pass a nonrobust .safetensors checkpoint, "
+                    "one of those names, ARCH=weights.pt, robustbench:NAME or path/to/file.py:function")
 
 
 # --------------------------------------------------------------------------- models users bring

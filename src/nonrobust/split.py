@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .errors import UserError, check
 
-__all__ = ["LayerSplit", "split_model", "list_layers", "feature_shape", "require_4d"]
+__all__ = ["LayerSplit", "split_model", "list_layers", "layer_shapes", "feature_shape", "require_4d"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,35 @@ def list_layers(model: nn.Module, kind: str = "all") -> list[str]:
         "conv": lambda m: isinstance(m, (nn.Conv2d, nn.BatchNorm2d)),
     }[kind]
     return [name for name, m in model.named_modules() if name and keep(m)]
+
+
+def layer_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    """Each :func:`list_layers` layer's type and output shape for one image of ``input_shape``, in one forward pass.
+
+    Returns ``{name: (type name, shape without the batch axis)}``; the shape is ``None`` for a layer
+    whose output is not a tensor or that the forward pass never calls. The model's modes are kept.
+    """
+    check(len(input_shape) == 3 and all(isinstance(s, int) and s > 0 for s in input_shape),
+          f"input shape {tuple(input_shape)} is not (channels, height, width) with positive sizes")
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...] | None] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output):  # noqa: ARG001
+            shapes[name] = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
+        return hook
+
+    names = list_layers(model)
+    handles = [modules[n].register_forward_hook(record(n)) for n in names]
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (type(modules[n]).__name__, shapes.get(n)) for n in names}
 
 
 def feature_shape(split: LayerSplit, input_shape: tuple[int, int, int]) -> tuple[int, ...]:

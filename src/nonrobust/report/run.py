@@ -89,7 +89,8 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     device = resolve_device(settings.device)
     full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size)
     ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
-    model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape)
+    model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape, options=settings.model_options,
+                                 data_dir=settings.data_dir)
     models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
     layer = settings.layer or meta.split_layer
     check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..attacks import ATTACK_SETS, ATTACKS
 from ..bottleneck import IBConfig, threshold_quantile
 from ..errors import check
 from ..fields import default_of, setting
+from ..foreign import ModelOptions
 
 PER_IMAGE_PROTOCOLS = ("paper", "batch-free")
 """The bottleneck protocols Tables 1 and 2 show next to ``population``."""
@@ -32,7 +33,8 @@ class ReportSettings:
     """What a report runs. Defaults are the full analysis; :data:`PROFILES` ``["demo"]`` is the trimmed one.
 
     Attributes:
-        model: a checkpoint, a shipped pretrained name or ``file.py:function``.
+        model: anything :func:`nonrobust.models.resolve` takes (a checkpoint, a shipped name, ``ARCH=weights.pt``, …).
+        model_options: what a model from outside nonrobust needs (:class:`nonrobust.foreign.ModelOptions`).
         data, split, data_dir, image_size: the data set (see :func:`nonrobust.data.load_dataset`).
         n: evaluate the first ``n`` images (None: all).
         attacks: Table 3's attacks, from :data:`TABLE3_ATTACKS`.
@@ -55,6 +57,7 @@ class ReportSettings:
 
     model: str
     data: str
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     split: str = "test"
     data_dir: str | None = None
     image_size: int | None = None
@@ -89,6 +92,8 @@ class ReportSettings:
     trimmed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.model_options, dict):  # e.g. read back from results.json
+            object.__setattr__(self, "model_options", ModelOptions(**self.model_options))
         unknown = [a for a in self.attacks if a not in TABLE3_ATTACKS]
         check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
         check(len(self.attacks) > 0, "a report needs at least one attack")
@@ -105,23 +110,29 @@ class ReportSettings:
         check(all(b >= 0 for b in self.betas), "every β must be ≥ 0")
 
 
+_QUICK = dict(n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"), l2_steps=100, population_n=800,
+              population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200, featvis_images=2,
+              featvis_steps=96, table4=True)
+_QUICK_TRIMMED = ("AutoAttack trimmed to its first component, APGD-CE (an upper bound on AutoAttack accuracy); FAB left out",
+                  "CW-L2 and the NRF L2 family run 100 Adam steps instead of 200",
+                  "population split: 100 Adam steps on up to 800 images; β sweep: 6 values of β on 128 images",
+                  "feature visualisation: 2 images, 96 steps instead of 512")
+
 PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"settings": _QUICK, "trimmed": ("the first 200 images", *_QUICK_TRIMMED)},
     "demo": {
-        "settings": dict(model="cifar10-small-at", data="cifar10-slice", n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"),
-                         l2_steps=100, population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0),
-                         beta_n=128, tsne_n=200, featvis_images=2, featvis_steps=96, table4=True),
+        "settings": dict(_QUICK, model="cifar10-small-at", data="cifar10-slice"),
         "trimmed": ("200 of the shipped slice's 1,000 CIFAR-10 test images (the population split is fitted on the other 800)",
-                    "AutoAttack trimmed to its first component, APGD-CE (an upper bound on AutoAttack accuracy); FAB left out",
-                    "CW-L2 and the NRF L2 family run 100 Adam steps instead of 200",
-                    "population split: 100 Adam steps; β sweep: 6 values of β on 128 images",
-                    "feature visualisation: 2 images, 96 steps instead of 512"),
+                    *_QUICK_TRIMMED),
     },
     "full": {
         "settings": dict(model="cifar10-small-at", data="cifar10", n=None),
         "trimmed": (),
     },
 }
-"""Named report settings: ``demo`` (``nonrobust demo``: under 5 minutes on 2 CPU cores) and ``full``."""
+"""Named report settings: ``quick`` (``report --profile quick``: a few minutes of a 2-core CPU on a small model),
+``demo`` (``nonrobust demo``: ``quick`` on the shipped model and slice, under 5 minutes) and ``full`` (every
+analysis at full size). Values given explicitly win over a profile's."""
 
 
 def profile(name: str, **overrides: Any) -> ReportSettings:
