@@ -190,3 +190,21 @@ def test_split_with_every_diagnostic_at_once(capsys, files):
     code, _, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--threshold", "median",
                        "--out", files / "bad.safetensors")
     assert code == 2 and "threshold rule" in err and not (files / "bad.safetensors").exists()
+
+
+def test_a_model_and_data_that_do_not_match_are_named_in_one_line_warnings(capsys, tmp_path):
+    """A CIFAR-10 model on a 4-class folder of 48 px images runs, and says twice, in one line each, what does not match."""
+    import numpy as np
+    from PIL import Image
+
+    for c in ("ant", "bee", "cow", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.fromarray(np.full((48, 48, 3), 100, np.uint8)).save(tmp_path / "imgs" / c / "0.png")
+    code, _, err = run(capsys, "attack", "--model", "cifar10-small-at", "--data", f"folder:{tmp_path / 'imgs'}", "--attack", "fgsm",
+                       "--device", "cpu", "--out", tmp_path / "a.safetensors")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert any("trained on 32×32 images, the data's are 48×48: resize them with --image-size 32" in line for line in lines), err
+    assert any("the data's classes (ant, bee, cow, dog) are not the model's (airplane, automobile, bird, cat, …)" in line
+               for line in lines), err
+    assert "Traceback" not in err and "UserWarning" not in err

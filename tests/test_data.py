@@ -281,7 +281,9 @@ def test_folder_of_pngs_exact(tmp_path):
             _write_png(tmp_path / "set" / cls / f"{k:03d}.png", arr)
             expected[(cls, k)] = arr
     (tmp_path / "set" / "dog" / "notes.txt").write_text("not an image")
-    for split in ("train", "test"):  # no split sub-folders: the folder is the data of either split
+    with pytest.raises(UserError, match="no train/ sub-folder.*read as the test split"):  # no split sub-folders: only test
+        load_dataset(f"folder:{tmp_path / 'set'}", "train")
+    for split in ("test",):
         ds = load_dataset(f"folder:{tmp_path / 'set'}", split)
         assert ds.name == f"folder:{(tmp_path / 'set').resolve()}"
         assert ds.classes == ["cat", "dog"]

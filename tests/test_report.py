@@ -236,15 +236,21 @@ def test_cli_evaluate_and_errors(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "nope" in r.stderr
 
 
-def _chromium() -> tuple[str, str] | None:
+def _chromium() -> tuple[str | None, str | None]:
     import shutil
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
+    return browser, shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
+def _browser_missing() -> str | None:
+    """Why the browser test cannot run (naming exactly what is missing), or None."""
+    browser, driver = _chromium()
+    missing = [what for what, found in (("headless Chromium", browser), ("chromedriver", driver)) if not found]
+    return f"{' and '.join(missing)} not installed (Debian: apt-get install chromium chromium-driver)" if missing else None
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
 def test_report_in_a_real_browser(tiny_report, tmp_path):
     """Headless Chromium loads report.html with no console errors, and its screenshot is not blank."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
@@ -360,3 +366,30 @@ def test_table4_on_the_first_images_only(tiny_report, tmp_path):
     assert "on the first 12 of the 24 images" in (copy / "report.html").read_text()
     with pytest.raises(UserError, match="table4_n"):
         replace(settings, table4_n=0)
+
+
+def _flat_folder(root: Path, side: int = 32, classes=("cat", "dog", "fox"), per_class: int = 4) -> Path:
+    """Class sub-folders of PNG images directly under ``root`` (no train/ or test/)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(side)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_population_split_of_a_folder_without_splits_uses_the_images_not_evaluated(tmp_path):
+    """A flat folder is only a test split: the population split is fitted on the images not evaluated, and the report says so."""
+    folder = _flat_folder(tmp_path / "imgs")
+    settings = ReportSettings(**{**TINY, "data": f"folder:{folder}", "n": 8, "batch_size": 4, "attacks": ("fgsm",), "table4": False,
+                                 "population_n": 100, "featvis_images": 0, "tsne_n": 8, "beta_n": 4})
+    with pytest.warns(UserWarning, match="classes"):
+        results = run_report(settings, tmp_path / "r", only=("table1",), progress=False)
+    assert results["population"]["fitted_on"] == "test split, images 8…11 (not evaluated)" and results["population"]["n"] == 4
+    with pytest.warns(UserWarning, match="classes"):
+        results = run_report(replace(settings, n=None), tmp_path / "r2", only=("table1",), progress=False)
+    assert results["population"]["fitted_on"] == "the evaluated images themselves (the data set has no others)"
+    assert any("fitted on the evaluated images" in note for note in results["notes"])

@@ -363,9 +363,9 @@ def robust_channels(sigma: Tensor, threshold: Tensor) -> Tensor:
 def _warn_degenerate(robust: Tensor) -> None:
     """Warn when the split is all-robust or all-non-robust (the R or NR head then sees only zeros)."""
     if bool(robust.all()):
-        warnings.warn("every channel came out robust (σ² > T everywhere): the non-robust features are all zero; try a larger beta", stacklevel=3)
+        warnings.warn("every channel came out robust (σ² > T everywhere): the non-robust features are all zero; a larger β (--beta) gives fewer robust channels", stacklevel=3)
     elif not bool(robust.any()):
-        warnings.warn("no channel came out robust (σ² ≤ T everywhere): the robust features are all zero; try a smaller beta", stacklevel=3)
+        warnings.warn("no channel came out robust (σ² ≤ T everywhere): the robust features are all zero; a smaller β (--beta) gives more robust channels", stacklevel=3)
 
 
 class _IBLoss:

@@ -130,7 +130,7 @@ def load_model_and_data(args: argparse.Namespace):
     ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size)
     model, meta = models.resolve(args.model, device=device, input_shape=ds.input_shape, options=model_options(args),
                                  data_dir=args.data_dir)
-    models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
+    models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device, classes=ds.classes)
     return model, meta, ds, device
 
 
@@ -298,7 +298,8 @@ def _print_headline(results: dict, out: Path) -> None:
     for protocol, r in h["table2"].items():
         if r["nonrobust_agrees"] is not None:
             print(f"  Table 2 ({protocol}): NR features predict {ref}'s label on {r['nonrobust_agrees']:.1%} of {r['fooled']} fooled points")
-    print(f"wrote {out / 'report.html'} ({results['wall_seconds']:.0f} s)")
+    page = (out / "report.html").resolve()
+    print(f"wrote {page} ({results['wall_seconds']:.0f} s): open it in a browser; {page.parent / 'results.json'} holds every number")
 
 
 def _report_and_headline(settings, out: str, only: tuple[str, ...] | None = None) -> int:
@@ -324,7 +325,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo: {settings.model} on the shipped CIFAR-10 slice, trimmed to finish in a few minutes on a CPU:")
         for item in settings.trimmed:
             print(f"  - {item}")
-    return _report_and_headline(settings, args.out)
+    code = _report_and_headline(settings, args.out)
+    print("next: the same analysis on your model and data: nonrobust report --model MODEL --data DATA --profile quick --out DIR "
+          "(README: Bring your own model)")
+    return code
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -603,6 +607,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(args.verbose)
     _stop_cleanly_on_sigterm()
+    import warnings
+
+    shown = warnings.showwarning
+    if not args.debug:  # a library warning is one line, not a source location and its code
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
     try:
         return int(func(args) or 0)
     except UserError as exc:
@@ -613,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,9 @@ A data set is named by one of
 * ``folder:PATH``: one sub-folder of images per class (sorted folder names give
   the labels). If ``PATH`` has a ``train`` or ``test`` sub-folder, the split is
   read from ``PATH/train`` or ``PATH/test`` (``PATH/val`` is accepted for
-  ``test``); otherwise ``PATH`` itself is the data of either split;
+  ``test``); otherwise ``PATH`` itself is the ``test`` split and there is no
+  ``train`` split (asking for it is an error that says so; the report then fits
+  its population split on the images it does not evaluate);
 * ``npz:PATH``: a NumPy ``.npz`` with ``x_train``, ``y_train``, ``x_test``,
   ``y_test`` (uint8 images ``N×H×W`` or ``N×H×W×C`` with ``C`` 1 or 3, integer
   labels) and optionally ``classes`` (class names).
@@ -480,7 +482,7 @@ DATASETS: dict[str, DatasetInfo] = {
 DATA_CHOICES_HELP = (
     f"{', '.join(k for k, v in DATASETS.items() if not v.bundled)} (official release under --data-dir; fetch with "
     f"`nonrobust data prepare NAME`), {', '.join(k for k, v in DATASETS.items() if v.bundled)} (shipped with the package), "
-    "folder:PATH (one sub-folder of images per class, optionally inside train/ and test/), "
+    "folder:PATH (one sub-folder of images per class: the test split; or inside train/ and test/), "
     "or npz:PATH (uint8 x_train, y_train, x_test, y_test arrays)"
 )
 
@@ -576,6 +578,8 @@ def _folder_split_dir(root: Path, split: str) -> Path:
     names = ("train",) if split == "train" else ("test", "val")
     has_splits = any((root / s).is_dir() for s in ("train", "test", "val"))
     if not has_splits:
+        check(split != "train", f"folder:{root} has no train/ sub-folder: a folder of class sub-folders is one set of images, read as "
+                                f"the test split; for a training split put the images under {root / 'train'} and {root / 'test'}")
         return root
     for s in names:
         if (root / s).is_dir():

@@ -21,6 +21,7 @@ import inspect
 import logging
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -691,13 +692,30 @@ def _last_feature_layer(model: nn.Module) -> str | None:
 
 
 def check_compatible(model: nn.Module, meta: CheckpointMeta, input_shape: tuple[int, int, int], num_classes: int,
-                     device: str | torch.device = "cpu") -> None:
+                     device: str | torch.device = "cpu", classes: Sequence[str] | None = None) -> None:
     """Raise :class:`UserError` unless ``model`` can classify images of ``input_shape`` into ``num_classes``.
 
     Checks the channel count, that the data's labels fit the model's logits, and
     runs one blank image through the model (so other image sizes work where the
-    architecture allows them).
+    architecture allows them). Warns (``UserWarning``) when the data differs from what the
+    model was trained on in a way that runs but misleads: another image size, or classes
+    (``classes``, the data's names) that are not the model's in the model's order, since
+    labels are compared with the model's outputs by index.
     """
+    trained = tuple(meta.input_shape[1:])
+    if tuple(input_shape[1:]) != trained:
+        warnings.warn(f"the model was trained on {trained[0]}×{trained[1]} images, the data's are {input_shape[1]}×{input_shape[2]}: "
+                      f"resize them with --image-size {trained[0]} (at another size the model is not the one that was trained)",
+                      stacklevel=2)
+    if classes is not None and meta.classes is not None:
+        if list(classes) != list(meta.classes)[:len(classes)]:
+            shown = lambda names: ", ".join(list(names)[:4]) + (", …" if len(names) > 4 else "")  # noqa: E731
+            warnings.warn(f"the data's classes ({shown(classes)}) are not the model's ({shown(meta.classes)}) in its order: labels are "
+                          "compared with the model's outputs by index, so the accuracies are only meaningful for data in the model's "
+                          "class order", stacklevel=2)
+    elif num_classes != meta.num_classes:
+        warnings.warn(f"the data has {num_classes} classes, the model predicts {meta.num_classes}: labels are compared with the "
+                      "model's outputs by index, so the accuracies are only meaningful if label i is the model's class i", stacklevel=2)
     if input_shape[0] != meta.input_shape[0]:
         raise UserError(f"the model takes {meta.input_shape[0]}-channel images, the data has {input_shape[0]} channels: use a matching model or data set")
     if num_classes > meta.num_classes:

@@ -91,13 +91,15 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
     model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape, options=settings.model_options,
                                  data_dir=settings.data_dir)
-    models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device)
+    models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device, classes=ds.classes)
     layer = settings.layer or meta.split_layer
     check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
     split = split_model(model, layer)
     check_feature_map(split, next(ds.batches(1, device=device))[0])
     out.mkdir(parents=True, exist_ok=True)
-    with exclusive(out):
+    with exclusive(out), warnings.catch_warnings():
+        # an all-robust or all-non-robust split is shown in the tables' channel counts, not warned about batch by batch
+        warnings.filterwarnings("ignore", message=r"(every|no) channel came out robust")
         ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed,
                       threshold=settings.threshold)
         base = {"model": tensor_fingerprint(iter(model.state_dict().items())),
