@@ -57,6 +57,43 @@ def test_report_files(tiny_report):
     assert set(results["readings"]) >= {"table1", "table2", "table3", "table4", "beta", "sigma", "tsne", "featvis"}
 
 
+def test_the_page_says_one_thing_per_word_with_uncertainty(tiny_report):
+    """Issue 16's page items: a summary on top, words defined once, intervals, paired tests, folded settings, β as itself."""
+    settings, out, results = tiny_report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    body = page[page.index("<body>"):]
+    assert body.index("<b>Summary.</b>") < body.index("<h2>")  # the summary comes first
+    assert 3 <= len(__import__("nonrobust.report.readings", fromlist=["summary"]).summary(results)) <= 5
+    assert "fooled" not in body.lower()  # two meanings, two words: "turned wrong", "misclassified under attack"
+    assert body.count("<b>turned wrong</b>:") == 1 and body.count("<b>misclassified under attack</b>:") == 1
+    assert "L2 median (all)" not in body and "L2 median (changed)" in body
+    assert "\\u03b2" not in page and "\\u" not in (out / "results.json").read_text(encoding="utf-8")
+    assert "<details><summary>every setting of this run" in body
+    for row in results["table3"]["rows"]:
+        n, k = results["table3"]["n"], round(row["robust_accuracy"] * results["table3"]["n"])
+        lo, hi = row["robust_accuracy_ci95"]
+        z = 1.959964  # the Wilson score interval, written out again
+        centre, half = (k / n + z * z / (2 * n)) / (1 + z * z / n), z * ((k / n) * (1 - k / n) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+        assert (lo, hi) == pytest.approx((max(0, centre - half), min(1, centre + half)))
+        assert lo <= row["robust_accuracy"] <= hi and f"[{100 * lo:.1f}–{100 * hi:.1f}]" in body
+    pairs = results["table3"]["paired"]
+    assert len(pairs) == len(results["table3"]["rows"]) * (len(results["table3"]["rows"]) - 1) // 2
+    from nonrobust.streams import correct_under_attack
+
+    a, b = pairs[0]["a"], pairs[0]["b"]
+    key = {r["label"]: r["attack"] for r in results["table3"]["rows"]}
+    ca, cb = (correct_under_attack(out / "adversarial" / f"{key[x]}.safetensors") for x in (a, b))
+    assert pairs[0]["a_only"] == int((ca & ~cb).sum()) and pairs[0]["b_only"] == int((cb & ~ca).sum())
+    t4 = [r["label"] for r in results["table4"]["rows"]]
+    assert t4 == ["G_nr ↑ (NRF)", "G_nr ↓ (NRF2)", "G_r ↑ (RF)", "G_r ↓ (RF2)"]
+    assert "example 1 (image" in " ".join(results["featvis"]["rows"])
+    sep = results["tsne"]["separation"]
+    assert set(sep) == {"clean/robust", "clean/nonrobust", "attack/robust", "attack/nonrobust"}
+    assert "nearest-neighbour accuracy" in results["readings"]["tsne"] and " here." in results["readings"]["tsne"]
+    ch = results["table1"]["paper"]["channels"]
+    assert f"{ch['robust']:.2f} robust / {ch['nonrobust']:.2f} non-robust" in body  # one rounding, the images named
+
+
 def test_table3_matches_independent_recount(tiny_report):
     settings, out, results = tiny_report
     from nonrobust.data import load_dataset
@@ -149,11 +186,13 @@ def test_table1_reading_compares_the_protocols_also_when_one_has_no_robust_chann
 
     def protocol(robust_channels, r_adv):
         rows = {"clean": {"robust": 0.3, "nonrobust": 0.7, "int": 0.7}, "PGD-20": {"robust": r_adv, "nonrobust": 0.3, "int": 0.35}}
-        return {"rows": rows, "channels": {"robust": robust_channels, "total": 256}}
+        return {"rows": rows, "channels": {"robust": robust_channels, "total": 256}, "n": 200}
 
     text = _reading_table1({"paper": protocol(1.6, 0.2), "population": protocol(0.0, 0.1)}, "PGD-20", 0.1)
     assert "fewer than one channel" in text
     assert "10.0 points less robust-feature accuracy" in text
+    assert text.count("The paper's pattern") == 1  # one comparative reading, not one per protocol
+    assert "20.0% [15.0–26.1] (paper), 10.0% [6.6–14.9] (population) under PGD-20" in text  # Wilson intervals over n = 200
 
 
 def test_only_one_section(tmp_path):
@@ -273,6 +312,10 @@ def test_report_in_a_real_browser(tiny_report, tmp_path):
         assert "nonrobust report" in driver.title
         images = driver.find_elements("tag name", "img")
         assert len(images) == 5
+        assert driver.find_element("css selector", ".reading").text.startswith("Summary.")  # the headline is the first thing read
+        folded = driver.find_elements("tag name", "details")
+        assert len(folded) >= 3 and not any(d.get_attribute("open") for d in folded)  # words, paired tests, settings: folded
+        assert "β" in driver.find_element("tag name", "body").text
         assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
         errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
         assert errors == []
@@ -345,7 +388,7 @@ def test_table1_shows_its_rule_stability_and_label_control(tiny_report):
     assert "stability" not in results["table1"]["population"]  # one split for all images: nothing per image to compare
     page = (out / "report.html").read_text()
     assert "Stability over 3 noise seeds" in page and "random wrong label" in page and "threshold rule max" in page
-    assert "Control: with masks made from a random wrong label" in results["readings"]["table1"]
+    assert "Control (paper): with masks made from a random wrong label" in results["readings"]["table1"]
 
 
 def test_table4_on_the_first_images_only(tiny_report, tmp_path):

@@ -37,7 +37,8 @@ from .streams import StoredAdversarial
 from .runtime import frozen
 from .split import LayerSplit
 
-__all__ = ["feature_accuracy", "adversarial_agreement", "pooled_features", "tsne_embedding", "beta_sweep", "Adversarial"]
+__all__ = ["feature_accuracy", "adversarial_agreement", "pooled_features", "tsne_embedding", "cluster_separation", "beta_sweep",
+           "Adversarial"]
 
 
 Adversarial = Attack | StoredAdversarial  # an attack to run, or its examples computed before
@@ -251,6 +252,30 @@ def tsne_embedding(features: Tensor, *, seed: int = 0, perplexity: float = 30.0)
     with threadpool_limits(limits=1, user_api="openmp"):
         emb = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed).fit_transform(x)
     return torch.from_numpy(emb).float()
+
+
+def cluster_separation(embedding: Tensor, labels: Tensor, k: int = 5) -> dict[str, float]:
+    """How well an embedding ``[N, 2]`` (e.g. a t-SNE) separates the classes ``labels`` ``[N]``.
+
+    Returns ``knn_accuracy``: the leave-one-out accuracy of a ``k``-nearest-neighbour vote
+    (ties to the lowest class), 1/classes for mixed classes and 1 for separated ones; and
+    ``silhouette``: scikit-learn's silhouette score in [−1, 1] (None when it is undefined:
+    fewer than 2 classes, or every point at one place).
+    """
+    from sklearn.metrics import silhouette_score
+
+    check(embedding.dim() == 2 and embedding.shape[0] == labels.numel() and labels.numel() > k,
+          f"need an embedding [N, D] and N > k labels, got {list(embedding.shape)} and {labels.numel()}")
+    x = embedding.double()
+    y = labels.long().flatten()
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    nearest = d.topk(k, largest=False).indices
+    votes = torch.zeros(len(y), int(y.max()) + 1, dtype=torch.long).scatter_add_(1, y[nearest], torch.ones_like(nearest))
+    knn = float((votes.argmax(1) == y).double().mean())
+    spread = float(x.std(0).max()) > 0
+    sil = float(silhouette_score(x.numpy(), y.numpy())) if spread and 2 <= len(y.unique()) < len(y) else None
+    return {"knn_accuracy": knn, "silhouette": sil, "k": k}
 
 
 def beta_sweep(

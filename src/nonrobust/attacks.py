@@ -848,7 +848,7 @@ ATTACK_SETS: dict[str, AttackSet] = {s.name: s for s in [
         ("fgsm", {}, None), ("pgd-20", {}, None), ("cw-inf", {}, None), ("autoattack", {}, None), ("nrf-linf", {}, None))),
     AttackSet("table4", "the paper's Table 4: maximise / minimise the gradient norm of non-robust / robust features "
               "(surrogate form, unbounded L2)", (
-        ("nrf", {}, None), ("nrf2", {}, None), ("rf", {}, None), ("rf2", {}, None))),
+        ("nrf", {}, "G_nr ↑ (NRF)"), ("nrf2", {}, None), ("rf", {}, None), ("rf2", {}, None))),
 ]}
 
 

@@ -297,7 +297,8 @@ def _print_headline(results: dict, out: Path) -> None:
         print(f"  Table 1 ({protocol}) under {ref}: Int {row['int']:.1%}, R {row['robust']:.1%}, NR {row['nonrobust']:.1%}")
     for protocol, r in h["table2"].items():
         if r["nonrobust_agrees"] is not None:
-            print(f"  Table 2 ({protocol}): NR features predict {ref}'s label on {r['nonrobust_agrees']:.1%} of {r['fooled']} fooled points")
+            print(f"  Table 2 ({protocol}): NR features predict {ref}'s label on {r['nonrobust_agrees']:.1%} of the {r['fooled']} "
+                  "images misclassified under it")
     page = (out / "report.html").resolve()
     print(f"wrote {page} ({results['wall_seconds']:.0f} s): open it in a browser; {page.parent / 'results.json'} holds every number")
 

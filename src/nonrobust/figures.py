@@ -96,9 +96,12 @@ def beta_figure(sweep: list[dict], attack: str) -> bytes:
     ax1.legend(fontsize=7)
     robust = [r["robust_channels"] for r in sweep]
     nonrobust = [r["nonrobust_channels"] for r in sweep]
-    ax2.bar(xs, robust, color=_COLOURS["robust"], label="robust channels")
-    ax2.bar(xs, nonrobust, bottom=robust, color=_COLOURS["nonrobust"], label="non-robust channels")
-    ax2.set_ylabel("channels (mean per image)")
+    width = 0.4  # side by side on a log axis, so that 1 robust channel of 256 stays visible
+    ax2.bar([x - width / 2 for x in xs], robust, width, color=_COLOURS["robust"], label="robust channels")
+    ax2.bar([x + width / 2 for x in xs], nonrobust, width, color=_COLOURS["nonrobust"], label="non-robust channels")
+    ax2.set_yscale("symlog", linthresh=0.1)
+    ax2.set_ylim(0, max(robust + nonrobust) * 2)
+    ax2.set_ylabel("channels (mean per image, log scale)")
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.set_xticks(xs, [f"{b:g}" for b in betas])

@@ -36,7 +36,7 @@ __all__ = [
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; rename it over ``path`` on success.
+    """Open a temporary file next to ``path`` (text modes write UTF-8); rename it over ``path`` on success.
 
     On an exception the temporary file is removed and ``path`` is untouched.
     """
@@ -47,7 +47,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or path.parent}); choose another output path") from None
     try:
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:  # text is UTF-8 on every locale
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -67,7 +67,7 @@ def _umask() -> int:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, ensure_ascii=False) + "\n"  # β, not \u03b2
     with atomic_write(path, "w") as fh:
         fh.write(text)
 
@@ -78,7 +78,7 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
 
@@ -243,7 +243,7 @@ class StreamingTensorFile:
         if not self.progress_path.is_file():
             return None
         try:
-            return json.loads(self.progress_path.read_text())
+            return json.loads(self.progress_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             return None
 

@@ -32,7 +32,7 @@ from .split import LayerSplit, check_feature_map
 if TYPE_CHECKING:
     from .data import ImageDataset
 
-__all__ = ["attack_to_file", "summarise_file", "StoredAdversarial", "worst_case", "split_dataset"]
+__all__ = ["attack_to_file", "summarise_file", "correct_under_attack", "StoredAdversarial", "worst_case", "split_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +95,33 @@ _SIZE_COLUMNS = ("linf", "l2", "nan", "min", "max")  # point_sizes' columns, as 
 def summarise_file(path: str | Path) -> dict:
     """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
 
-    ``perturbation`` measures every image; ``perturbation_fooled`` only the points the
-    attack turned from correct to wrong (the size of an unbounded attack's successes).
+    ``perturbation`` measures every image; ``perturbation_changed`` the images the attack
+    changed at all (L2 > 0: an attack that stops early leaves many unchanged, and their
+    zeros pull the median of all to 0); ``perturbation_fooled`` only the points the attack
+    turned from correct to wrong (the size of an unbounded attack's successes).
     Reads only the per-point columns, never the images.
     """
     t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", *_SIZE_COLUMNS))
     clean_ok, adv_ok = t["clean_pred"] == t["y"], t["adv_pred"] == t["y"]
     fooled = clean_ok & ~adv_ok
+    changed = t["l2"] > 0
     return {
         **settings,
         "clean_accuracy": float(clean_ok.float().mean()),
         "robust_accuracy": float((clean_ok & adv_ok).float().mean()),
         "success_rate": float((clean_ok & ~adv_ok).sum() / clean_ok.sum().clamp_min(1)),
         "perturbation": summarise_sizes(t),
+        "perturbation_changed": summarise_sizes({k: t[k][changed] for k in _SIZE_COLUMNS}),
         # the points the attack turned from correct to wrong: an unbounded attack's size
         "perturbation_fooled": summarise_sizes({k: t[k][fooled] for k in _SIZE_COLUMNS}),
     }
+
+
+def correct_under_attack(path: str | Path) -> torch.Tensor:
+    """Bool ``[N]``: which images of a file written by :func:`attack_to_file` the model classifies correctly both clean
+    and attacked (the images counted in its robust accuracy)."""
+    t, _ = load_tensors(path, keys=("y", "clean_pred", "adv_pred"))
+    return (t["clean_pred"] == t["y"]) & (t["adv_pred"] == t["y"])
 
 
 class StoredAdversarial:

@@ -38,56 +38,104 @@ def headline(results: dict) -> dict[str, Any]:
             "table2": {p: t["rows"][ref] for p, t in results.get("table2", {}).items()}}
 
 
+def ci(v: float | None, n: int | None) -> str:
+    """``38.7% [35.7–41.8]``: a share with its 95% Wilson interval over ``n`` images."""
+    from ..stats import wilson
+
+    if v is None or not n:
+        return pct(v)
+    lo, hi = wilson(round(v * n), n)
+    return f"{100 * v:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]"
+
+
+def _pair(table: dict, a: str, b: str) -> dict | None:
+    """The paired test of rows labelled ``a`` and ``b``, oriented so that ``a_only`` counts images that survive ``a`` only."""
+    for pr in table.get("paired", []):
+        if (pr["a"], pr["b"]) == (a, b):
+            return pr
+        if (pr["a"], pr["b"]) == (b, a):
+            return {**pr, "a": a, "b": b, "a_only": pr["b_only"], "b_only": pr["a_only"]}
+    return None
+
+
+def versus(table: dict, a: dict, b: dict) -> str:
+    """Which of attacks ``a`` and ``b`` (rows of one table, the same images) is stronger, by an exact McNemar test."""
+    from ..stats import SIGNIFICANCE
+
+    pr = _pair(table, a["label"], b["label"])
+    if pr is None:
+        return "(no paired test)"
+    counts = f"{pr['a_only']} images survive only {a['label']}, {pr['b_only']} only {b['label']}"
+    if pr["p"] < SIGNIFICANCE:
+        stronger = b if pr["a_only"] > pr["b_only"] else a
+        return f"{stronger['label']} is stronger (exact McNemar p = {pr['p']:.2g}: {counts})"
+    return f"the difference is not significant (exact McNemar p = {pr['p']:.2g}: {counts})"
+
+
 def readings(results: dict) -> dict[str, str]:
     """A short plain-language reading of each result, written from the measured numbers."""
     out: dict[str, str] = {}
     if "table3" in results:
         out["table3"] = _reading_table3(results["table3"])
     ref = results["reference_attack"]
+    chance = 1 / len(results["classes"])
     if "table1" in results:
-        out["table1"] = _reading_table1(results["table1"], ref, 1 / len(results["classes"]))
+        out["table1"] = _reading_table1(results["table1"], ref, chance)
     if "table2" in results:
         out["table2"] = _reading_table2(results["table2"], ref)
     if "table4" in results:
-        t4 = {r["attack"]: r for r in results["table4"]["rows"]}
-        out["table4"] = (f"Maximising the non-robust gradient norm (NRF) leaves {pct(t4['nrf']['robust_accuracy'])} accuracy, "
-                         f"minimising it (NRF2) {pct(t4['nrf2']['robust_accuracy'])}; for the robust channels, RF leaves "
-                         f"{pct(t4['rf']['robust_accuracy'])} and RF2 {pct(t4['rf2']['robust_accuracy'])}. "
-                         f"All four are unbounded L2 attacks, compared by accuracy at the median L2 size of their successes.")
+        t4 = results["table4"]
+        r = {row["attack"]: row for row in t4["rows"]}
+        n = t4["n"]
+        out["table4"] = (f"On {n} images, maximising the non-robust gradient norm ({r['nrf']['label']}) leaves "
+                         f"{ci(r['nrf']['robust_accuracy'], n)} accuracy and minimising it ({r['nrf2']['label']}) "
+                         f"{ci(r['nrf2']['robust_accuracy'], n)}: {versus(t4, r['nrf'], r['nrf2'])}. For the robust channels, "
+                         f"{r['rf']['label']} leaves {ci(r['rf']['robust_accuracy'], n)} and {r['rf2']['label']} "
+                         f"{ci(r['rf2']['robust_accuracy'], n)}: {versus(t4, r['rf'], r['rf2'])}. All four are unbounded L2 attacks, "
+                         f"so their sizes matter as much as their accuracies (median L2 of the images each changed: "
+                         + ", ".join(f"{row['label']} {fmt(row['l2_median_changed'])}" for row in t4["rows"]) + ").")
     if results.get("beta_sweep"):
         sweep = results["beta_sweep"]["rows"]
         first, last = sweep[0], sweep[-1]
-        out["beta"] = (f"From β = {first['beta']:g} to β = {last['beta']:g} the mean number of robust channels goes from "
-                       f"{first['robust_channels']:.1f} to {last['robust_channels']:.1f} (of "
-                       f"{first['robust_channels'] + first['nonrobust_channels']:.0f}). The paper reports fewer robust channels as β grows.")
+        out["beta"] = (f"From β = {first['beta']:g} to β = {last['beta']:g} the mean number of robust channels per image goes from "
+                       f"{first['robust_channels']:.2f} to {last['robust_channels']:.2f} (of "
+                       f"{first['robust_channels'] + first['nonrobust_channels']:.0f}), on the first {results['beta_sweep']['n']} "
+                       f"images. The paper reports fewer robust channels as β grows.")
     if "sigma" in results:
         sg = results["sigma"]
-        out["sigma"] = (f"On the first batch ({sg['images']} images), T = {sg['threshold']:.3g}; {sg['robust']:.1f} channels per image "
-                        f"have σ² above it (robust) and {sg['nonrobust']:.1f} below (non-robust).")
+        out["sigma"] = (f"On the first batch ({sg['images']} images), T = {sg['threshold']:.3g}; {sg['robust']:.2f} channels per image "
+                        f"have σ² above it (robust) and {sg['nonrobust']:.2f} below (non-robust).")
     if "tsne" in results:
-        out["tsne"] = ("Each point is one image's spatially averaged masked features. Separated class clusters in the robust panel "
-                       "under attack, and mixed ones in the non-robust panel, are the paper's Fig. 2 pattern.")
+        out["tsne"] = _reading_tsne(results["tsne"], chance)
     if results.get("featvis"):
         out["featvis"] = ("Images optimised so that their features at the split layer match the input's Z, Z_r or Z_nr (feature "
                           "inversion). Under each, the class the head after the layer predicts from that target.")
     return out
 
 
+def _verdict(clean: dict, attacked: dict, chance: float) -> str:
+    """Whether Table 1's paper pattern holds for one protocol: ``holds``, ``holds only in part`` or ``does not hold``."""
+    keeps = attacked["robust"] >= PAPER_PATTERN["robust_keeps"] * clean["robust"] and clean["robust"] > PAPER_PATTERN["robust_above_chance"] * chance
+    collapses = attacked["nonrobust"] <= PAPER_PATTERN["nonrobust_loses"] * clean["nonrobust"]
+    return "holds" if keeps and collapses else "holds only in part" if keeps or collapses else "does not hold"
+
+
 def _reading_table3(t3: dict) -> str:
     rows = {r["attack"]: r for r in t3["rows"]}  # keyed by registered attack, not by display label
+    n = t3["n"]
     linf = sorted((r for r in t3["rows"] if r["norm"] == "linf"), key=lambda r: r["robust_accuracy"])
-    text = [f"The model classifies {pct(t3['clean_accuracy'])} of the {t3['n']} images correctly."]
+    text = [f"The model classifies {ci(t3['clean_accuracy'], n)} of the {n} images correctly (95% Wilson intervals in brackets)."]
     if linf:
         eps = linf[0]["eps"]
-        text.append(f"Within the L∞ ball of radius {eps:.4f} ({eps * 255:.1f}/255) the strongest attack here is {linf[0]['label']} "
-                    f"({pct(linf[0]['robust_accuracy'])} accuracy left); the per-point worst case over all L∞ attacks is "
-                    f"{pct(t3['worst_case_linf'])}.")
+        text.append(f"Within the L∞ ball of radius {eps:.4f} ({eps * 255:.1f}/255) the lowest accuracy is {linf[0]['label']}'s "
+                    f"({ci(linf[0]['robust_accuracy'], n)})"
+                    + (f"; against the next, {linf[1]['label']} ({pct(linf[1]['robust_accuracy'])}), {versus(t3, linf[0], linf[1])}"
+                       if len(linf) > 1 else "")
+                    + f". The per-point worst case over all L∞ attacks is {pct(t3['worst_case_linf'])}.")
         if "nrf-linf" in rows and "pgd-20" in rows:
             nrf, pgd = rows["nrf-linf"], rows["pgd-20"]
-            d = nrf["robust_accuracy"] - pgd["robust_accuracy"]
-            text.append(f"At the same budget and schedule {nrf['label']} leaves {pct(nrf['robust_accuracy'])} against {pgd['label']}'s "
-                        f"{pct(pgd['robust_accuracy'])}: it is {'stronger' if d < 0 else 'weaker' if d > 0 else 'as strong'} "
-                        f"by {abs(100 * d):.1f} points.")
+            text.append(f"At the same budget and schedule {nrf['label']} leaves {pct(nrf['robust_accuracy'])} against "
+                        f"{pgd['label']}'s {pct(pgd['robust_accuracy'])}: {versus(t3, nrf, pgd)}.")
     if "nrf" in rows and "cw-l2" in rows:
         a, b = rows["nrf"], rows["cw-l2"]
         text.append(f"NRF-L2 and CW-L2 are unbounded: they are compared by accuracy and by the median L2 size of their successful "
@@ -98,43 +146,47 @@ def _reading_table3(t3: dict) -> str:
 
 
 def _reading_table1(table1: dict, ref: str, chance: float) -> str:
-    parts = []
-    for protocol, t in table1.items():
-        c, a = t["rows"]["clean"], t["rows"].get(ref)
-        if a is None:
-            continue
-        # R features at chance keep nothing
-        keeps = a["robust"] >= PAPER_PATTERN["robust_keeps"] * c["robust"] and c["robust"] > PAPER_PATTERN["robust_above_chance"] * chance
-        collapses = a["nonrobust"] <= PAPER_PATTERN["nonrobust_loses"] * c["nonrobust"]
-        verdict = "holds" if keeps and collapses else "holds only in part" if keeps or collapses else "does not hold"
+    """One comparative reading of Table 1 over the protocols shown."""
+    shown = {p: t for p, t in table1.items() if ref in t["rows"]}
+    if not shown:
+        return ""
+    names = list(shown)
+
+    def each(part: str, row: str) -> str:
+        return ", ".join(f"{ci(t['rows'][row][part], t['n'])} ({p})" for p, t in shown.items())
+
+    parts = [f"With masks from the clean images, the robust features Z_r classify {each('robust', 'clean')} of the clean images "
+             f"and {each('robust', ref)} under {ref}; the non-robust features Z_nr {each('nonrobust', 'clean')} and "
+             f"{each('nonrobust', ref)}; the whole layer {ci(shown[names[0]]['rows']['clean']['int'], shown[names[0]]['n'])} and "
+             f"{ci(shown[names[0]]['rows'][ref]['int'], shown[names[0]]['n'])}."]
+    verdicts = {p: _verdict(t["rows"]["clean"], t["rows"][ref], chance) for p, t in shown.items()}
+    rule = (f"robust features keep at least {PAPER_PATTERN['robust_keeps']:.0%} of their clean accuracy under attack, "
+            f"non-robust ones lose at least {1 - PAPER_PATTERN['nonrobust_loses']:.0%}")
+    if len(set(verdicts.values())) == 1:
+        parts.append(f"The paper's pattern ({rule}) {next(iter(verdicts.values()))} under "
+                     f"{'both protocols' if len(verdicts) == 2 else 'the ' + names[0] + ' protocol'}.")
+    else:
+        parts.append(f"The paper's pattern ({rule}) " + "; ".join(f"{v} under {p}" for p, v in verdicts.items()) + ".")
+    for p, t in shown.items():
         if t["channels"]["robust"] < 1:
-            parts.append(f"Under the {protocol} protocol fewer than one channel per image came out robust "
-                         f"({t['channels']['robust']:.2f} of {t['channels']['total']}): Z_r is (almost) all zeros, so its "
-                         f"accuracy is that of a near-constant prediction.")
-        parts.append(f"Under the {protocol} protocol, with masks from the clean images, the robust features give {pct(c['robust'])} "
-                     f"clean and {pct(a['robust'])} under {ref}; the non-robust features {pct(c['nonrobust'])} and "
-                     f"{pct(a['nonrobust'])}; the whole layer {pct(c['int'])} and {pct(a['int'])}. The paper's pattern "
-                     f"(robust features keep at least {PAPER_PATTERN['robust_keeps']:.0%} of their clean accuracy under attack, "
-                     f"non-robust ones lose at least {1 - PAPER_PATTERN['nonrobust_loses']:.0%}) "
-                     f"{verdict} here.")
+            parts.append(f"Under {p}, fewer than one channel per image came out robust ({t['channels']['robust']:.2f} of "
+                         f"{t['channels']['total']}): Z_r is (almost) all zeros, so its accuracy is that of a near-constant prediction.")
         if "label_control" in t:
             lc = t["label_control"]
             follows = lc["robust_predicts_mask_label"] > lc["robust_predicts_true_label"]
-            parts.append(f"Control: with masks made from a random wrong label ŷ, the robust features predict ŷ for "
-                         f"{pct(lc['robust_predicts_mask_label'])} of the images and the true label for "
-                         f"{pct(lc['robust_predicts_true_label'])}: they follow "
-                         f"{'the label the mask was made with, so the robust mask encodes the label' if follows else 'the true label more than the mask label'}"
-                         f" (chance is {pct(chance)}).")
-    if len(table1) == 2 and all(ref in t["rows"] for t in table1.values()):  # both protocols: compare them
-        p = list(table1)
-        gap = table1[p[0]]["rows"][ref]["robust"] - table1[p[1]]["rows"][ref]["robust"]
+            parts.append(f"Control ({p}): with masks made from a random wrong label ŷ, Z_r predicts ŷ for "
+                         f"{ci(lc['robust_predicts_mask_label'], t['n'])} of the images and the true label for "
+                         f"{ci(lc['robust_predicts_true_label'], t['n'])} (chance {pct(chance)}): it follows "
+                         f"{'the label the mask was made with, so the robust mask encodes the label' if follows else 'the true label more than the mask label'}.")
+    if len(shown) == 2:  # both protocols: compare them
+        gap = shown[names[0]]["rows"][ref]["robust"] - shown[names[1]]["rows"][ref]["robust"]
         if gap > 0:
-            parts.append(f"The per-image masks of the {p[0]} protocol are chosen with each image's true label; the label-free "
+            parts.append(f"The per-image masks of the {names[0]} protocol are chosen with each image's true label; the label-free "
                          f"population masks give {100 * gap:.1f} points less robust-feature accuracy under {ref}, so up to that much "
-                         f"of the {p[0]} figure may come from the labels rather than from the features.")
+                         f"of the {names[0]} figure may come from the labels rather than from the features.")
         else:
             parts.append(f"The label-free population masks give {abs(100 * gap):.1f} points more robust-feature accuracy under {ref} "
-                         f"than the label-informed per-image masks of the {p[0]} protocol.")
+                         f"than the label-informed per-image masks of the {names[0]} protocol.")
     return " ".join(parts)
 
 
@@ -143,7 +195,60 @@ def _reading_table2(table2: dict, ref: str) -> str:
     for protocol, t in table2.items():
         r = t["rows"].get(ref)
         if r and r["fooled"]:
-            parts.append(f"{protocol}: on the {r['fooled']} points {ref} fooled, the non-robust features of the adversarial image "
-                         f"predict the adversarial label for {pct(r['nonrobust_agrees'])} of them and the robust features for "
-                         f"{pct(r['robust_agrees'])}.")
-    return (" ".join(parts) + f" The paper reports {TABLE2_PAPER_RANGE} for the non-robust features.") if parts else f"{ref} fooled no point."
+            parts.append(f"{protocol}: on the {r['fooled']} images misclassified under {ref}, the non-robust features of the "
+                         f"adversarial image predict the adversarial label for {ci(r['nonrobust_agrees'], r['fooled'])} of them and "
+                         f"the robust features for {ci(r['robust_agrees'], r['fooled'])}.")
+    return (" ".join(parts) + f" The paper reports {TABLE2_PAPER_RANGE} for the non-robust features.") if parts else f"{ref} misclassified no image."
+
+
+def _reading_tsne(tsne: dict, chance: float) -> str:
+    sep = tsne.get("separation")
+    if not sep:
+        return ("Each point is one image's spatially averaged masked features. Separated class clusters in the robust panel "
+                "under attack, and mixed ones in the non-robust panel, are the paper's Fig. 2 pattern.")
+    k = next(iter(sep.values()))["k"]
+    acc = {key: v["knn_accuracy"] for key, v in sep.items()}
+    pattern = _verdict({"robust": acc["clean/robust"], "nonrobust": acc["clean/nonrobust"]},
+                       {"robust": acc["attack/robust"], "nonrobust": acc["attack/nonrobust"]}, chance)
+    return (f"Each point is one image's spatially averaged masked features. Class separation on each 2-D embedding, as the "
+            f"leave-one-out {k}-nearest-neighbour accuracy (chance {pct(chance)}; 100% for separated clusters): robust features "
+            f"{pct(acc['clean/robust'])} clean and {pct(acc['attack/robust'])} under {tsne['attack']}; non-robust features "
+            f"{pct(acc['clean/nonrobust'])} and {pct(acc['attack/nonrobust'])}. The paper's Fig. 2 pattern (robust clusters stay "
+            f"separated under attack, non-robust ones mix; the thresholds of Table 1's verdict) {pattern} here.")
+
+
+def summary(results: dict) -> list[str]:
+    """The report's headline: 3–5 sentences on what was run and what held, from the measured numbers."""
+    ref = results["reference_attack"]
+    chance = 1 / len(results["classes"])
+    s = results["settings"]
+    out = [f"{results['arch']} ({s['model']}), split at {results['layer']}, on {results['n']} {results['data']['name']} "
+           f"{results['data']['split']} images" + (f", attacked with {', '.join(r['label'] for r in results['table3']['rows'])}"
+                                                   if "table3" in results else "") + "."]
+    t3 = results.get("table3")
+    if t3:
+        linf = sorted((r for r in t3["rows"] if r["norm"] == "linf"), key=lambda r: r["robust_accuracy"])
+        out.append(f"Clean accuracy {ci(t3['clean_accuracy'], t3['n'])}"
+                   + (f"; the strongest L∞ attack, {linf[0]['label']}, leaves {ci(linf[0]['robust_accuracy'], t3['n'])}" if linf else "")
+                   + ".")
+    if "table1" in results:
+        verdicts = [f"{_verdict(t['rows']['clean'], t['rows'][ref], chance)} under {p} ({t['channels']['robust']:.2f} robust channels "
+                    f"per image; Z_r {pct(t['rows'][ref]['robust'])} under {ref})" for p, t in results["table1"].items() if ref in t["rows"]]
+        if verdicts:
+            out.append("Table 1's pattern (robust features survive the attack, non-robust ones do not) " + "; ".join(verdicts) + ".")
+        extra = []
+        for p, t in results["table1"].items():
+            if "stability" in t and t["stability"]["jaccard_nonempty_pairs"] is not None:
+                extra.append(f"{t['stability']['seeds']} noise seeds agree on {t['stability']['jaccard_nonempty_pairs']:.2f} of an "
+                             f"image's robust channels (mean Jaccard over pairs with any)")
+            if "label_control" in t:
+                extra.append(f"masks made from a wrong label make Z_r predict that label for "
+                             f"{pct(t['label_control']['robust_predicts_mask_label'])} of the images")
+        if extra:
+            out.append("Per image (" + next(iter(results["table1"])) + " protocol): " + "; ".join(extra) + ".")
+    if "table2" in results:
+        rows = [(p, t["rows"][ref]) for p, t in results["table2"].items() if ref in t["rows"] and t["rows"][ref]["fooled"]]
+        if rows:
+            out.append(f"On the images misclassified under {ref}, the non-robust features predict the adversarial label for "
+                       + ", ".join(f"{pct(r['nonrobust_agrees'])} ({p})" for p, r in rows) + f" (paper: {TABLE2_PAPER_RANGE}).")
+    return out[:5]

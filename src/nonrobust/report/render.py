@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
 from ..io import atomic_write, load_tensors, write_json
-from .readings import fmt, pct
+from .readings import ci, fmt, pct, summary
 
 if TYPE_CHECKING:
     from .run import Context
@@ -55,7 +55,7 @@ def write_outputs(ctx: Context, results: dict) -> None:
 def _csv_tables(results: dict) -> dict[str, tuple[list[str], list[list]]]:
     """One CSV per table present in ``results``: name -> (header, rows)."""
     attack_cols = ["label", "attack", "norm", "eps", "clean_accuracy", "robust_accuracy", "success_rate", "linf_max", "l2_median",
-                   "l2_max", "fooled", "l2_median_fooled", "nan", "seconds"]
+                   "l2_max", "changed", "l2_median_changed", "fooled", "l2_median_fooled", "nan", "seconds"]
     out = {}
     for name in ("table3", "table4"):
         if name in results:
@@ -64,7 +64,7 @@ def _csv_tables(results: dict) -> dict[str, tuple[list[str], list[list]]]:
         out["table1"] = (["protocol", "input", "int", "robust", "nonrobust"],
                          [[p, k, r["int"], r["robust"], r["nonrobust"]] for p, t in results["table1"].items() for k, r in t["rows"].items()])
     if "table2" in results:
-        out["table2"] = (["protocol", "attack", "fooled", "nonrobust_agrees", "robust_agrees"],
+        out["table2"] = (["protocol", "attack", "misclassified", "nonrobust_agrees", "robust_agrees"],
                          [[p, k, r["fooled"], r["nonrobust_agrees"], r["robust_agrees"]] for p, t in results["table2"].items()
                           for k, r in t["rows"].items()])
     if "beta_sweep" in results:
@@ -96,6 +96,11 @@ def _p(v: float | None) -> _Raw:
     return _Raw(html.escape(pct(v)))
 
 
+def _c(v: float | None, n: int | None) -> _Raw:
+    """A share with its 95% Wilson interval over ``n`` images."""
+    return _Raw(html.escape(ci(v, n)))
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -109,13 +114,30 @@ def _attack_rows(table: dict) -> list[list[Any]]:
     rows = []
     for r in table["rows"]:
         budget = f"L∞ ≤ {r['eps']:.4f} ({r['eps'] * 255:.1f}/255)" if r["norm"] == "linf" else "L2, unbounded"
-        rows.append([r["label"], budget, _p(r["robust_accuracy"]), _p(r["success_rate"]), r["linf_max"], r["l2_median"],
-                     r["l2_median_fooled"], r["l2_max"], r["nan"], f"[{r['min']:.3g}, {r['max']:.3g}]", r["seconds"]])
+        rows.append([r["label"], budget, _c(r["robust_accuracy"], table["n"]), _p(r["success_rate"]), r["linf_max"],
+                     r.get("changed"), r.get("l2_median_changed"), r["fooled"], r["l2_median_fooled"], r["l2_max"], r["nan"],
+                     f"[{r['min']:.3g}, {r['max']:.3g}]", r["seconds"]])
     return rows
 
 
-_ATTACK_HEADER = ["attack", "threat model", "accuracy", "success rate", "L∞ max", "L2 median (all)", "L2 median (fooled)", "L2 max",
-                  "NaN", "value range", "seconds"]
+_ATTACK_HEADER = ["attack", "threat model", "accuracy [95% CI]", "success rate", "L∞ max", "changed images", "L2 median (changed)",
+                  "turned wrong", "L2 median (turned wrong)", "L2 max", "NaN", "value range", "seconds"]
+
+WORDS = (("turned wrong", "an image the model classifies correctly, whose adversarial version it classifies wrongly (Tables 3, 4)"),
+         ("misclassified under attack", "an adversarial image the model classifies wrongly, whether or not it was right on the clean "
+                                        "image (Table 2, as in the paper)"),
+         ("changed images", "images the attack changed at all (L2 > 0); an attack that stops early leaves the others as they were"),
+         ("accuracy [95% CI]", "the share of all images classified correctly both clean and attacked, with its 95% Wilson interval"),
+         ("stronger", "said of one attack against another on the same images only when an exact McNemar test gives p < 0.05"))
+"""The report's words with more than one possible meaning, each defined once at the top of the page."""
+
+
+def _paired(table: dict) -> str:
+    if not table.get("paired"):
+        return ""
+    rows = [[pr["a"], pr["b"], pr["a_only"], pr["b_only"], f"{pr['p']:.3g}"] for pr in table["paired"]]
+    return ("<details><summary>Paired comparisons (exact McNemar test on the same images)</summary>"
+            + _table(["attack A", "attack B", "survive only A", "survive only B", "p"], rows) + "</details>")
 
 
 def render_html(results: dict, figs: dict[str, bytes]) -> str:
@@ -130,6 +152,9 @@ def render_html(results: dict, figs: dict[str, bytes]) -> str:
              f"({html.escape(results['data']['split'])} split, {results['n']} of {results['data']['n_available']} images, shape "
              f"{results['data']['input_shape']}); seed {s['seed']}. Method: Kim, Lee, Ro, <i>Distilling Robust and Non-Robust Features "
              f"in Adversarial Examples by Information Bottleneck</i>, NeurIPS 2021. Total wall time {results['wall_seconds']:.0f} s.</p>"]
+    parts.append('<div class="reading"><b>Summary.</b> ' + " ".join(html.escape(x) for x in summary(results)) + "</div>")
+    parts.append("<details><summary>Words used on this page</summary><ul>"
+                 + "".join(f"<li><b>{html.escape(w)}</b>: {html.escape(d)}</li>" for w, d in WORDS) + "</ul></details>")
     if results["data"].get("provenance"):
         parts.append(f'<p class="note">The data: {html.escape(results["data"]["provenance"])}.</p>')
     if s["trimmed"]:
@@ -142,12 +167,14 @@ def render_html(results: dict, figs: dict[str, bytes]) -> str:
             parts += render(results, figs)
     if results.get("model_metrics"):
         parts.append("<h2>The model's recorded measurements</h2>")
-        parts.append(f"<pre>{html.escape(json.dumps(results['model_metrics'], indent=1, default=str))}</pre>")
+        parts.append(f"<details><summary>as stored in the checkpoint</summary><pre>"
+                     f"{html.escape(json.dumps(results['model_metrics'], indent=1, default=str, ensure_ascii=False))}</pre></details>")
     parts.append("<h2>Steps and wall time</h2>")
     parts.append(_table(["step", "seconds", "this run"], [[k, v["seconds"], "reused" if v["reused"] else "computed"]
                                                           for k, v in results["steps"].items()]))
     parts.append("<h2>Settings and environment</h2>")
-    parts.append(f"<pre>{html.escape(json.dumps({'settings': s, 'environment': e}, indent=1, default=str))}</pre>")
+    parts.append(f"<details><summary>every setting of this run, and the machine</summary><pre>"
+                 f"{html.escape(json.dumps({'settings': s, 'environment': e}, indent=1, default=str, ensure_ascii=False))}</pre></details>")
     parts.append(f"<p class=\"small\">Written by nonrobust {html.escape(__version__)}.</p></body></html>")
     return "\n".join(parts)
 
@@ -155,9 +182,10 @@ def render_html(results: dict, figs: dict[str, bytes]) -> str:
 def _html_table3(results: dict, figs: dict) -> list[str]:
     t3 = results["table3"]
     return ["<h2>Table 3 — accuracy under attack</h2>", _table(_ATTACK_HEADER, _attack_rows(t3)),
-            f"<p class=\"small\">Clean accuracy {pct(t3['clean_accuracy'])}; per-point worst case over the L∞ attacks "
-            f"{pct(t3['worst_case_linf'])}. Perturbation sizes are measured on every image (all) and on the points each attack "
-            f"turned from correct to wrong (fooled).</p>", _reading(results, "table3")]
+            f"<p class=\"small\">Clean accuracy {html.escape(ci(t3['clean_accuracy'], t3['n']))} of {t3['n']} images; per-point "
+            f"worst case over the L∞ attacks {pct(t3['worst_case_linf'])}. Perturbation sizes are measured on the images each attack "
+            f"changed and on those it turned wrong (medians over all images are in table3.csv).</p>", _paired(t3),
+            _reading(results, "table3")]
 
 
 def _html_table1(results: dict, figs: dict) -> list[str]:
@@ -166,8 +194,9 @@ def _html_table1(results: dict, figs: dict) -> list[str]:
              "classifies Z, Z_r = i_r·Z and Z_nr = i_nr·Z.</p>"]
     for protocol, t in results["table1"].items():
         ch = t["channels"]
-        parts.append(f"<h3>{html.escape(protocol)} protocol, threshold rule {html.escape(str(t.get('threshold', 'max')))} "
-                     f"({ch['robust']:.1f} robust / {ch['nonrobust']:.1f} non-robust of {ch['total']} channels per image)</h3>")
+        parts.append(f"<h3>{html.escape(protocol)} protocol, threshold rule {html.escape(str(t.get('threshold', 'max')))}: "
+                     f"{ch['robust']:.2f} robust / {ch['nonrobust']:.2f} non-robust of {ch['total']} channels per image "
+                     f"(mean over the {t['n']} clean images)</h3>")
         if "stability" in t:
             st = t["stability"]
             nonempty = "—" if st["jaccard_nonempty_pairs"] is None else f"{st['jaccard_nonempty_pairs']:.3f}"
@@ -175,25 +204,27 @@ def _html_table1(results: dict, figs: dict) -> list[str]:
                          f"sets {st['jaccard_mean']:.3f} (a pair of empty sets counts as 1: {st['pairs_both_empty']:.1%} of pairs; "
                          f"without them {nonempty}); entries robust under every seed {st['robust_every_seed']:.2%}, under any "
                          f"{st['robust_any_seed']:.2%}.</p>")
-        rows = [[k, _p(r["int"]), _p(r["robust"]), _p(r["nonrobust"])] for k, r in t["rows"].items()]
+        n = t["n"]
+        rows = [[k, _c(r["int"], n), _c(r["robust"], n), _c(r["nonrobust"], n)] for k, r in t["rows"].items()]
         if "label_control" in t:
             lc = t["label_control"]
-            rows.append(["control: clean, masks from a random wrong label ŷ — predicts ŷ", "—", _p(lc["robust_predicts_mask_label"]),
-                         _p(lc["nonrobust_predicts_mask_label"])])
-            rows.append(["control: clean, masks from a random wrong label ŷ — predicts y", "—", _p(lc["robust_predicts_true_label"]),
-                         _p(lc["nonrobust_predicts_true_label"])])
-        parts.append(_table(["input", "Int. (Z)", "R (Z_r)", "NR (Z_nr)"], rows))
+            rows.append(["control: clean, masks from a random wrong label ŷ — predicts ŷ", "—", _c(lc["robust_predicts_mask_label"], n),
+                         _c(lc["nonrobust_predicts_mask_label"], n)])
+            rows.append(["control: clean, masks from a random wrong label ŷ — predicts y", "—", _c(lc["robust_predicts_true_label"], n),
+                         _c(lc["nonrobust_predicts_true_label"], n)])
+        parts.append(_table(["input", "Int. (Z) [95% CI]", "R (Z_r)", "NR (Z_nr)"], rows))
     return parts + [_img(figs["table1"], "Table 1 as bars"), _reading(results, "table1")]
 
 
 def _html_table2(results: dict, figs: dict) -> list[str]:
     parts = ["<h2>Table 2 — do non-robust features predict the adversarial label?</h2>",
-             "<p class=\"small\">On the points each attack fooled; masks from the adversarial images (with the true labels for "
-             "the per-image protocol).</p>"]
+             "<p class=\"small\">On the images misclassified under each attack; masks from the adversarial images (with the "
+             "true labels for the per-image protocol).</p>"]
     for protocol, t in results["table2"].items():
         parts.append(f"<h3>{html.escape(protocol)} protocol</h3>")
-        parts.append(_table(["attack", "fooled points", "NR predicts adversarial label", "R predicts adversarial label"],
-                            [[k, r["fooled"], _p(r["nonrobust_agrees"]), _p(r["robust_agrees"])] for k, r in t["rows"].items()]))
+        parts.append(_table(["attack", "misclassified under attack", "NR predicts adversarial label [95% CI]", "R predicts adversarial label"],
+                            [[k, r["fooled"], _c(r["nonrobust_agrees"], r["fooled"]), _c(r["robust_agrees"], r["fooled"])]
+                             for k, r in t["rows"].items()]))
     return parts + [_reading(results, "table2")]
 
 
@@ -201,13 +232,16 @@ def _html_table4(results: dict, figs: dict) -> list[str]:
     t4 = results["table4"]
     on = f" (on the first {t4['n']} of the {results['n']} images: clean accuracy {pct(t4['clean_accuracy'])})" if t4["n"] < results["n"] else ""
     return [f"<h2>Table 4 — maximising / minimising the gradient norm of non-robust and robust features{on}</h2>",
-            _table(_ATTACK_HEADER, _attack_rows(results["table4"])), _reading(results, "table4")]
+            _table(_ATTACK_HEADER, _attack_rows(results["table4"])), _paired(results["table4"]), _reading(results, "table4")]
 
 
 def _html_tsne(results: dict, figs: dict) -> list[str]:
     t = results["tsne"]
+    sep = t.get("separation", {})
+    table = _table(["features", "k-NN accuracy on the embedding", "silhouette"],
+                   [[k.replace("attack", t["attack"]), _p(v["knn_accuracy"]), v["silhouette"]] for k, v in sep.items()]) if sep else ""
     return [f"<h2>Fig. 2 — t-SNE of pooled robust and non-robust features, clean and {html.escape(t['attack'])}</h2>",
-            _img(figs["tsne"], "t-SNE"), f"<p class=\"small\">{t['n']} images; {html.escape(t['method'])}.</p>",
+            _img(figs["tsne"], "t-SNE"), f"<p class=\"small\">{t['n']} images; {html.escape(t['method'])}.</p>", table,
             _reading(results, "tsne")]
 
 
@@ -223,10 +257,10 @@ def _html_beta(results: dict, figs: dict) -> list[str]:
     b = results["beta_sweep"]
     ref = b["attack"]
     return [f"<h2>Fig. 5 — β sweep ({b['n']} images)</h2>", _img(figs["beta"], "beta sweep"),
-            _table(["β", "robust ch.", "non-robust ch.", "R clean", "NR clean", f"R {ref}", f"NR {ref}"],
-                   [[r["beta"], r["robust_channels"], r["nonrobust_channels"], _p(r["rows"]["clean"]["robust"]),
-                     _p(r["rows"]["clean"]["nonrobust"]), _p(r["rows"].get(ref, {}).get("robust")),
-                     _p(r["rows"].get(ref, {}).get("nonrobust"))] for r in b["rows"]]),
+            _table(["β", "robust ch. per image", "non-robust ch.", "R clean [95% CI]", "NR clean", f"R {ref}", f"NR {ref}"],
+                   [[r["beta"], f"{r['robust_channels']:.2f}", f"{r['nonrobust_channels']:.2f}", _c(r["rows"]["clean"]["robust"], b["n"]),
+                     _c(r["rows"]["clean"]["nonrobust"], b["n"]), _c(r["rows"].get(ref, {}).get("robust"), b["n"]),
+                     _c(r["rows"].get(ref, {}).get("nonrobust"), b["n"])] for r in b["rows"]]),
             _reading(results, "beta")]
 
 

@@ -19,7 +19,7 @@ from ..io import check_output_folder, load_tensors, save_tensors, tensor_fingerp
 from .lock import exclusive
 from .readings import headline, readings
 from .render import write_outputs
-from .settings import TABLE4, ReportSettings, attack_overrides
+from .settings import TABLE4, TABLE4_LABELS, ReportSettings, attack_overrides
 from .steps import Steps
 
 
@@ -120,7 +120,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
         elif wanted & {"tsne", "featvis", "beta"}:
             results["table3"] = _table_attacks(ctx, (pgd,))
         if "table4" in wanted and settings.table4:
-            results["table4"] = _table_attacks(ctx.first(settings.table4_n), TABLE4)
+            results["table4"] = _table_attacks(ctx.first(settings.table4_n), TABLE4, TABLE4_LABELS)
         if wanted & {"table1", "table2"}:
             population = _population(ctx, full)
             results["population"] = population["summary"]
@@ -162,9 +162,14 @@ def _make_attack(ctx: Context, key: str):
     return make_attack(key, **overrides)
 
 
-def _table_attacks(ctx: Context, keys: tuple[str, ...]) -> dict:
-    """Run (or reuse) each attack over the images; rows of accuracy and measured perturbation sizes."""
-    from ..streams import attack_to_file, summarise_file, worst_case
+def _table_attacks(ctx: Context, keys: tuple[str, ...], labels: dict[str, str] | None = None) -> dict:
+    """Run (or reuse) each attack over the images; rows of accuracy (with 95% Wilson intervals) and measured
+    perturbation sizes, and an exact McNemar test for every pair of attacks (same images: a paired comparison).
+
+    ``labels`` overrides the registered display label of some attacks (Table 4 names its rows after the paper).
+    """
+    from ..stats import paired_counts, wilson
+    from ..streams import attack_to_file, correct_under_attack, summarise_file, worst_case
 
     for key in keys:
         if key in ctx.attack_rows:  # met before in this run (NRF-L2 is in Table 3 and Table 4)
@@ -180,18 +185,24 @@ def _table_attacks(ctx: Context, keys: tuple[str, ...]) -> dict:
 
         timing = ctx.steps.run(f"attack-{key}{ctx.subset}", {"attack": desc}, compute, files=(path,))
         s = summarise_file(path)
-        p, pf = s["perturbation"], s["perturbation_fooled"]
+        p, pc, pf = s["perturbation"], s["perturbation_changed"], s["perturbation_fooled"]
+        n = len(ctx.ds)
         ctx.attack_rows[key] = {
             "label": ATTACKS[key].label, "attack": key, "norm": attack.norm, "eps": desc["eps"],
             "settings": desc, "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+            "robust_accuracy_ci95": wilson(round(s["robust_accuracy"] * n), n),
             "success_rate": s["success_rate"], "linf_max": p["linf_max"], "l2_median": p["l2_median"],
             "l2_max": p["l2_max"], "nan": p["nan"], "min": p["min"], "max": p["max"],
+            "changed": pc["points"], "l2_median_changed": pc["l2_median"],
             "fooled": pf["points"], "l2_median_fooled": pf["l2_median"], "seconds": timing.get("seconds_attacking")}
-    rows = [ctx.attack_rows[key] for key in keys]
+    rows = [{**ctx.attack_rows[key], "label": (labels or {}).get(key, ctx.attack_rows[key]["label"])} for key in keys]
     linf = [ctx.adv_path(r["attack"]) for r in rows if r["norm"] == "linf"]
+    correct = {r["attack"]: correct_under_attack(ctx.adv_path(r["attack"])) for r in rows}
+    paired = [{"a": a["label"], "b": b["label"], **paired_counts(correct[a["attack"]], correct[b["attack"]])}
+              for i, a in enumerate(rows) for b in rows[i + 1:]]
     clean = rows[0]["clean_accuracy"] if rows else None
-    return {"n": len(ctx.ds), "clean_accuracy": clean, "rows": rows,
-            "worst_case_linf": worst_case(linf)["worst_case_accuracy"] if linf else None}
+    return {"n": len(ctx.ds), "clean_accuracy": clean, "clean_accuracy_ci95": wilson(round(clean * len(ctx.ds)), len(ctx.ds)) if rows else None,
+            "rows": rows, "paired": paired, "worst_case_linf": worst_case(linf)["worst_case_accuracy"] if linf else None}
 
 
 def _stored(ctx: Context, keys: tuple[str, ...]) -> dict:
@@ -286,7 +297,7 @@ def _beta_sweep(ctx: Context, pgd: str) -> dict:
 
 
 def _tsne(ctx: Context, pgd: str) -> dict:
-    from ..analyses import pooled_features, tsne_embedding
+    from ..analyses import cluster_separation, pooled_features, tsne_embedding
 
     s = ctx.settings
     n = min(s.tsne_n, len(ctx.ds))
@@ -304,7 +315,10 @@ def _tsne(ctx: Context, pgd: str) -> dict:
         return {"n": n, "attack": label, "method": "scikit-learn TSNE, 2-D, PCA init, perplexity min(30, (n-1)/3)"}
 
     attack = _stored(ctx, (pgd,))[label].describe()  # the settings, so that other adversarial examples are not mistaken for these
-    return ctx.steps.run("tsne", {"n": n, "ib": asdict(ctx.ib), "attack": label, "settings": attack}, compute, files=(path,))
+    result = ctx.steps.run("tsne", {"n": n, "ib": asdict(ctx.ib), "attack": label, "settings": attack}, compute, files=(path,))
+    t, _ = load_tensors(path)
+    separation = {key: cluster_separation(emb, t["y"]) for key, emb in t.items() if key != "y"}
+    return {**result, "separation": separation}
 
 
 def _featvis(ctx: Context, pgd: str) -> dict:
@@ -331,7 +345,7 @@ def _featvis(ctx: Context, pgd: str) -> dict:
             masks = {"clean": clean_masks, "adv": distill(ctx.split, x_adv, y, ctx.ib)}
         heads = {"clean": masked_predictions(ctx.split, masks["clean"], x), "adv": masked_predictions(ctx.split, masks["adv"], x_adv)}
         targets, captions, inputs, rows = [], [], [], []
-        for i in pick:
+        for k, i in enumerate(pick):
             for kind, xi, pred in (("clean", x, clean_pred), ("adv", x_adv, adv_pred)):
                 res = masks[kind].select(slice(i, i + 1))
                 with torch.no_grad():
@@ -340,7 +354,8 @@ def _featvis(ctx: Context, pgd: str) -> dict:
                 inputs.append(xi[i])
                 captions.append([f"model: {ctx.ds.classes[int(pred[i])]}"]
                                 + [f"head: {ctx.ds.classes[int(heads[kind][part][i])]}" for part in ("int", "robust", "nonrobust")])
-                rows.append(f"#{i} {'clean' if kind == 'clean' else ATTACKS[pgd].label} (true {ctx.ds.classes[int(y[i])]})")
+                rows.append(f"example {k + 1} (image {i} of the data), {'clean' if kind == 'clean' else ATTACKS[pgd].label}, "
+                            f"true class {ctx.ds.classes[int(y[i])]}")
         visuals = invert_features(ctx.split, torch.cat(targets), ctx.ds.input_shape, config, progress=ctx.progress)
         save_tensors(path, {"inputs": torch.stack(inputs), "visuals": visuals.view(len(inputs), 3, *ctx.ds.input_shape)})
         return {"images": pick, "captions": captions, "rows": rows, "config": asdict(config)}

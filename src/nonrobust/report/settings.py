@@ -21,6 +21,8 @@ CW-L2 and the NRF L2 family share c 0.1, Adam lr 0.1 and the report's ``l2_steps
 
 TABLE4 = ATTACK_SETS["table4"].names
 """Table 4's attacks: :data:`nonrobust.attacks.ATTACK_SETS` ``["table4"]``."""
+TABLE4_LABELS = {name: label or ATTACKS[name].label for name, _, label in ATTACK_SETS["table4"].attacks}
+"""Table 4's row names (the paper's: which gradient norm each attack pushes, and which way)."""
 
 
 def attack_overrides(key: str, s: "ReportSettings") -> dict[str, Any]:
