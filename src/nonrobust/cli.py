@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,7 +30,8 @@ def add_data_args(p: argparse.ArgumentParser, default_split: str = "test") -> No
     p.add_argument("--data", required=True, metavar="NAME", help=_data_help())
     p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
     p.add_argument("--split", choices=("train", "test"), default=default_split, help=f"which split (default {default_split})")
-    p.add_argument("--n", type=_positive_int, metavar="N", help="use only the first N images")
+    p.add_argument("--n", "--first", dest="n", type=_positive_int, metavar="N",
+                   help="use only the first N images (--first under torchrun, which takes --n for its own --nnodes)")
     p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")
 
 
@@ -124,9 +126,9 @@ def add_run_args(p: argparse.ArgumentParser, batch_size: int = 128) -> None:
 def load_model_and_data(args: argparse.Namespace):
     """Resolve ``--device``, ``--model`` and the data options; check they fit together."""
     from . import data, models
-    from .runtime import resolve_device
+    from .runtime import launch_device
 
-    device = resolve_device(args.device)
+    device = launch_device(args.device)  # under torchrun: this rank's device, in the process group
     ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size)
     model, meta = models.resolve(args.model, device=device, input_shape=ds.input_shape, options=model_options(args),
                                  data_dir=args.data_dir)
@@ -610,9 +612,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_cleanly_on_sigterm()
     import warnings
 
-    shown = warnings.showwarning
+    shown, stdout = warnings.showwarning, sys.stdout
     if not args.debug:  # a library warning is one line, not a source location and its code
         warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun rank 0 prints the results
+        sys.stdout = open(os.devnull, "w")
     try:
         return int(func(args) or 0)
     except UserError as exc:
@@ -625,6 +629,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = shown
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Leave the process group a command under torchrun joined (training leaves its own)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

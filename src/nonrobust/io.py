@@ -199,21 +199,33 @@ class StreamingTensorFile:
     number of rows ``shape[0]``. The file is laid out up front as ``PATH.partial``
     (header first, then each tensor's bytes at fixed offsets); :meth:`write` puts
     rows ``[start, start+k)`` of every tensor in place, syncs them, then records
-    the number of finished rows in ``PATH.progress.json`` (atomically). A new
-    writer with the same ``fingerprint`` and ``specs`` continues from there; :meth:`finish`
-    renames the completed file to ``PATH``. Memory use does not grow with the
-    number of rows. ``PATH`` itself is never half-written.
+    the progress in ``PATH.progress.json`` (atomically). A new writer with the same
+    ``fingerprint`` and ``specs`` continues from there; :meth:`finish` renames the
+    completed file to ``PATH``. Memory use does not grow with the number of rows.
+    ``PATH`` itself is never half-written.
+
+    Sharded (``dist``, a :class:`nonrobust.runtime.Distributed` of more than one rank, with
+    ``block_rows``): the rows come in blocks of ``block_rows`` (the batches), rank ``r`` writes
+    the blocks ``i`` with ``i % world == r`` into the one shared ``PATH.partial`` at their own
+    offsets, and keeps its own ``PATH.progress.rankR-of-W.json``; rank 0 lays the file out and
+    renames it when every rank is done. The file is byte for byte the one a single process writes.
     """
 
     def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-                 metadata: dict[str, Any], fingerprint: str) -> None:
+                 metadata: dict[str, Any], fingerprint: str, *, dist: Any = None, block_rows: int | None = None) -> None:
+        from .runtime import Distributed
+
         self.path = _not_a_folder(Path(path))
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.progress_path = self.path.with_name(self.path.name + ".progress.json")
+        self.dist = dist or Distributed()
         rows = {shape[0] for _, shape in specs.values()}
         if len(rows) != 1:
             raise ValueError("all tensors need the same number of rows")
         self.n_rows = rows.pop()
+        if self.dist.world > 1 and not block_rows:
+            raise ValueError("a sharded file needs block_rows (the batch size)")
+        self.block_rows = block_rows or max(1, self.n_rows)
         header: dict[str, Any] = {"__metadata__": {"nonrobust": json.dumps(metadata, default=_json_default)}}
         self._layout: dict[str, tuple[int, int, torch.dtype]] = {}
         offset = 0
@@ -227,33 +239,92 @@ class StreamingTensorFile:
         # a partial file continues only under the same settings *and* the same layout
         self.fingerprint = hashlib.sha256((fingerprint + json.dumps({k: v for k, v in header.items() if k != "__metadata__"})).encode()).hexdigest()
         self._data_start = 8 + len(blob)
-        self.rows_done = 0
-        state = self._read_progress()
-        if state is not None and self.partial.is_file():
-            if state.get("fingerprint") != self.fingerprint:
-                raise UserError(f"{self.partial} is left from a run with other settings: delete it (and {self.progress_path.name}) or rerun with the same settings")
-            self.rows_done = int(state["rows"])
+        self._size = offset
+        self._blob = blob
+        self.rows_done = 0  # one process: rows finished, in order
+        self.blocks_done = 0  # sharded: this rank's blocks finished, in order
+        if self.dist.world == 1:
+            state = self._read_progress(self.progress_path)
+            if state is not None and self.partial.is_file() and state.get("world", 1) == 1:
+                if state.get("fingerprint") != self.fingerprint:
+                    raise UserError(f"{self.partial} is left from a run with other settings: delete it (and {self.progress_path.name}) or rerun with the same settings")
+                self.rows_done = int(state["rows"])
+            else:
+                self._lay_out()
+                self._write_progress()
         else:
-            with atomic_write(self.partial, "wb") as fh:
-                fh.write(len(blob).to_bytes(8, "little") + blob)
-                fh.truncate(self._data_start + offset)
-            self._write_progress()
+            self._open_shared()
 
-    def _read_progress(self) -> dict | None:
-        if not self.progress_path.is_file():
+    # ------------------------------------------------------------------ layout and progress records
+    def _lay_out(self) -> None:
+        with atomic_write(self.partial, "wb") as fh:
+            fh.write(len(self._blob).to_bytes(8, "little") + self._blob)
+            fh.truncate(self._data_start + self._size)
+
+    def _rank_progress_path(self, rank: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.progress.rank{rank}-of-{self.dist.world}.json")
+
+    def _open_shared(self) -> None:
+        """Sharded: rank 0 keeps a partial file of these settings and this world size, or lays out a new one."""
+        shared = self._read_progress(self.progress_path)  # every rank reads it, so that every rank stops alike
+        if shared is not None and self.partial.is_file() and shared.get("fingerprint") not in (None, self.fingerprint):
+            raise UserError(f"{self.partial} is left from a run with other settings: delete it (and {self.progress_path.name}) "
+                            "or rerun with the same settings")
+        if self.dist.main:
+            keep = shared is not None and self.partial.is_file() and shared.get("world") == self.dist.world
+            if not keep:
+                for old in self.path.parent.glob(f"{self.path.name}.progress.rank*.json"):
+                    old.unlink()
+                self._lay_out()
+                write_json(self.progress_path, {"fingerprint": self.fingerprint, "world": self.dist.world, "total": self.n_rows})
+        self.dist.barrier()  # the file is laid out before any rank writes into it
+        state = self._read_progress(self._rank_progress_path(self.dist.rank))
+        if state is not None and state.get("fingerprint") == self.fingerprint:
+            self.blocks_done = int(state["blocks"])
+
+    @staticmethod
+    def _read_progress(path: Path) -> dict | None:
+        if not path.is_file():
             return None
         try:
-            return json.loads(self.progress_path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             return None
 
     def _write_progress(self) -> None:
-        write_json(self.progress_path, {"fingerprint": self.fingerprint, "rows": self.rows_done, "total": self.n_rows})
+        if self.dist.world == 1:
+            write_json(self.progress_path, {"fingerprint": self.fingerprint, "rows": self.rows_done, "total": self.n_rows})
+        else:
+            write_json(self._rank_progress_path(self.dist.rank), {"fingerprint": self.fingerprint, "blocks": self.blocks_done})
+
+    # ------------------------------------------------------------------ which rows are this writer's
+    def _own_starts(self) -> list[int]:
+        starts = range(0, self.n_rows, self.block_rows)
+        return [s for i, s in enumerate(starts) if self.dist.owns(i)] if self.dist.world > 1 else list(starts)
+
+    def pending_starts(self) -> list[int]:
+        """The first rows of the blocks this writer still has to write, in order (all of them alone, its shard sharded)."""
+        if self.dist.world == 1:
+            return list(range(self.rows_done, self.n_rows, self.block_rows))
+        return self._own_starts()[self.blocks_done:]
+
+    @property
+    def resumed_rows(self) -> int:
+        """Rows this writer had finished before it was opened (for progress bars and logs)."""
+        if self.dist.world == 1:
+            return self.rows_done
+        return sum(min(self.block_rows, self.n_rows - s) for s in self._own_starts()[:self.blocks_done])
+
+    @property
+    def own_rows(self) -> int:
+        """Rows this writer writes in all (every row alone; its shard's sharded)."""
+        return self.n_rows if self.dist.world == 1 else sum(min(self.block_rows, self.n_rows - s) for s in self._own_starts())
 
     def write(self, start: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Store rows ``start … start+k`` of every tensor; blocks must arrive in order."""
-        if start != self.rows_done:
-            raise ValueError(f"expected rows from {self.rows_done}, got {start}")
+        """Store rows ``start … start+k`` of every tensor; blocks must arrive in order (this rank's, sharded)."""
+        expected = self.pending_starts()[:1] if self.dist.world > 1 else [self.rows_done]
+        if [start] != expected:
+            raise ValueError(f"expected rows from {expected[0] if expected else 'nowhere (all written)'}, got {start}")
         k = None
         with open(self.partial, "r+b") as fh:
             for name, (offset, row_bytes, dtype) in self._layout.items():
@@ -265,16 +336,21 @@ class StreamingTensorFile:
                 fh.write(t.numpy().tobytes() if dtype != torch.bool else t.to(torch.uint8).numpy().tobytes())
             fh.flush()
             os.fsync(fh.fileno())
-        self.rows_done = start + (k or 0)
+        if self.dist.world == 1:
+            self.rows_done = start + (k or 0)
+        else:
+            self.blocks_done += 1
         self._write_progress()
 
     @property
     def complete(self) -> bool:
-        return self.rows_done >= self.n_rows
+        """Whether this writer has written all its rows."""
+        return self.rows_done >= self.n_rows if self.dist.world == 1 else not self.pending_starts()
 
     def discard(self) -> None:
-        """Remove the partial file and its progress record (a run that failed before finishing any row)."""
-        for p in (self.progress_path, self.partial):
+        """Remove what a run that failed before finishing any row left (sharded: only this rank's progress record)."""
+        paths = (self.progress_path, self.partial) if self.dist.world == 1 else (self._rank_progress_path(self.dist.rank),)
+        for p in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 
@@ -288,7 +364,7 @@ class StreamingTensorFile:
         try:
             yield self
         except BaseException:
-            if self.rows_done == 0:  # nothing worth resuming
+            if (self.rows_done if self.dist.world == 1 else self.blocks_done) == 0:  # nothing worth resuming
                 self.discard()
             raise
         finally:
@@ -296,10 +372,14 @@ class StreamingTensorFile:
                 bar.close()
 
     def finish(self) -> Path:
-        """Rename the complete file into place and drop the progress record."""
+        """Rename the complete file into place and drop the progress records (sharded: when every rank is done)."""
         if not self.complete:
-            raise ValueError(f"only {self.rows_done} of {self.n_rows} rows written")
-        os.replace(self.partial, self.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.progress_path)
+            raise ValueError(f"only {self.rows_done if self.dist.world == 1 else self.resumed_rows} of {self.own_rows} rows written")
+        self.dist.barrier()  # every rank has written its blocks
+        if self.dist.main:
+            os.replace(self.partial, self.path)
+            for p in (self.progress_path, *self.path.parent.glob(f"{self.path.name}.progress.rank*.json")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+        self.dist.barrier()  # the file is in place before any rank reads it
         return self.path

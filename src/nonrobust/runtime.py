@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, check
 
-__all__ = ["resolve_device", "make_generator", "frozen", "environment", "setup_logging"]
+__all__ = ["resolve_device", "make_generator", "frozen", "environment", "setup_logging", "Distributed", "launch_device"]
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -97,3 +101,100 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in grads:
             p.requires_grad_(flag)
+
+
+# --------------------------------------------------------------------------- torchrun
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` launch: ``world`` processes, this one ``rank`` (1 and 0 alone).
+
+    Training splits each batch over the ranks (DDP). Evaluation (``attack``, ``split``, the report's
+    attacks) gives rank ``r`` the batches ``i`` with ``i % world == r`` (:meth:`owns`): shards follow
+    batch boundaries and every batch keeps its seeds, so the files written are the same, bit for bit,
+    as one process writes.
+    """
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0 (the one that writes shared files and summaries)."""
+        return self.rank == 0
+
+    def owns(self, batch: int) -> bool:
+        """Whether batch number ``batch`` of a data set is this rank's to compute."""
+        return batch % self.world == self.rank
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        """From torchrun's environment variables (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+
+    @classmethod
+    def current(cls) -> "Distributed":
+        """The initialised ``torch.distributed`` process group, if there is one; else a single process."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls()
+
+    def device(self, spec: str) -> torch.device:
+        """:func:`resolve_device`, except that under torchrun each rank uses ``cuda:LOCAL_RANK`` (or the CPU)."""
+        if self.world == 1:
+            return resolve_device(spec)
+        if str(spec) != "cpu" and torch.cuda.is_available():
+            if str(spec) not in ("auto", "cuda"):
+                log.warning("under torchrun each rank uses cuda:LOCAL_RANK; ignoring --device %s", spec)
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        check(str(spec) in ("auto", "cpu"), f"device {spec!r} asked for, but this PyTorch build sees no CUDA GPU: use --device cpu")
+        return torch.device("cpu")
+
+    def init(self, device: torch.device) -> None:
+        """Join the process group (NCCL on GPUs, gloo on the CPU) unless it exists already."""
+        import torch.distributed as dist
+
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            self.owns_group = True
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for alone)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks, in place."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+    def close(self) -> None:
+        """Leave the process group if :meth:`init` made it."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def launch_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """:func:`resolve_device` for a command that may run under ``torchrun``: there, each rank takes its own GPU
+    (``cuda:LOCAL_RANK``) and joins the process group, so that the streamed files are sharded over the ranks."""
+    d = Distributed.from_env()
+    if d.world == 1:
+        return resolve_device(spec)
+    device = d.device("auto" if spec is None else str(spec))
+    d.init(device)
+    return device

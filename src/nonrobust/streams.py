@@ -26,7 +26,8 @@ from .attacks import Attack, point_sizes, summarise_sizes
 from .bottleneck import IBConfig, ReiterableBatches, distill, distill_population, masked_predictions, seed_agreement, summarise_agreement
 from .errors import check
 from .evaluation import attack_batch
-from .io import StreamingTensorFile, check_output_path, digest, load_tensors, write_json
+from .io import StreamingTensorFile, check_output_path, digest, load_tensors, read_json, write_json
+from .runtime import Distributed
 from .split import LayerSplit, check_feature_map
 
 if TYPE_CHECKING:
@@ -69,24 +70,37 @@ def attack_to_file(
     per_point = {"linf": (torch.float64, (n,)), "l2": (torch.float64, (n,)), "min": (torch.float32, (n,)), "max": (torch.float32, (n,))}
     specs = {"x_adv": (torch.float32, (n, *dataset.input_shape)), "y": (torch.int64, (n,)),
              "clean_pred": (torch.int64, (n,)), "adv_pred": (torch.int64, (n,)), "nan": (torch.int64, (n,)), **per_point}
-    writer = StreamingTensorFile(out, specs, settings, fingerprint)
-    if writer.rows_done:
-        log.info("resuming %s at image %d of %d", out, writer.rows_done, n)
+    dist = Distributed.current()
+    writer = StreamingTensorFile(out, specs, settings, fingerprint, dist=dist, block_rows=batch_size)
+    if writer.resumed_rows:
+        log.info("resuming %s after %d of %d images%s", out, writer.resumed_rows, writer.own_rows, _rank_note(dist))
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=writer.rows_done, desc=settings["attack"]["name"], unit="img", disable=not progress)
+    bar = tqdm(total=writer.own_rows, initial=writer.resumed_rows, desc=settings["attack"]["name"], unit="img",
+               disable=not (progress and dist.main))
     with writer.guard(bar):
-        for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
-            x_adv = attack_batch(attack, model, x, y, seed=seed, batch=writer.rows_done // batch_size, start=writer.rows_done)
+        for start, x, y in _pending_batches(dataset, writer, batch_size, device):
+            x_adv = attack_batch(attack, model, x, y, seed=seed, batch=start // batch_size, start=start)
             with torch.no_grad():
                 clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
-            writer.write(writer.rows_done, {"x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred,
-                                            **point_sizes(x, x_adv)})
+            writer.write(start, {"x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred, **point_sizes(x, x_adv)})
             bar.update(x.shape[0])
     writer.finish()
     summary = summarise_file(out)
     summary["seconds_this_run"] = round(time.perf_counter() - t0, 3)
-    write_json(out.with_suffix(".json"), summary)
+    if dist.main:
+        write_json(out.with_suffix(".json"), summary)
     return summary
+
+
+def _pending_batches(dataset: "ImageDataset", writer: StreamingTensorFile, batch_size: int, device):
+    """``(start, x, y)`` for every batch ``writer`` still has to write: all of them alone, this rank's shard under torchrun."""
+    for start in writer.pending_starts():
+        x, y = next(dataset.batches(batch_size, device=device, start=start))
+        yield start, x, y
+
+
+def _rank_note(dist: Distributed) -> str:
+    return f" (rank {dist.rank} of {dist.world}: its shard)" if dist.world > 1 else ""
 
 
 _SIZE_COLUMNS = ("linf", "l2", "nan", "min", "max")  # point_sizes' columns, as attack_to_file stores them
@@ -207,6 +221,11 @@ def split_dataset(
     check(isinstance(stability, int) and stability >= 1, f"stability must be a number of seeds ≥ 1, got {stability!r}")
     seeds = [replace(config, seed=config.seed + j) for j in range(stability)]
     out = check_output_path(out)
+    dist = Distributed.current()
+    alone = config.protocol == "population" and dist.world > 1  # one split of the whole data set: rank 0 fits it, the others wait
+    if alone and not dist.main:
+        dist.barrier()
+        return read_json(out.with_suffix(".json"))
     n = len(dataset)
     check(n > 0, "the data set is empty")
     # a layer the bottleneck cannot use fails here, before any file is written
@@ -236,11 +255,13 @@ def split_dataset(
         if stability > 1:
             specs.update(jaccard=(torch.float64, (n,)), pairs_both_empty=(torch.float64, (n,)), robust_every=(torch.int64, (n,)),
                          robust_any=(torch.int64, (n,)))
-        writer = StreamingTensorFile(out, specs, meta, fingerprint)
-        bar = tqdm(total=n, initial=writer.rows_done, desc=f"bottleneck ({config.protocol})", unit="img", disable=not progress)
+        writer = StreamingTensorFile(out, specs, meta, fingerprint, dist=dist, block_rows=batch_size)
+        if writer.resumed_rows:
+            log.info("resuming %s after %d of %d images%s", out, writer.resumed_rows, writer.own_rows, _rank_note(dist))
+        bar = tqdm(total=writer.own_rows, initial=writer.resumed_rows, desc=f"bottleneck ({config.protocol})", unit="img",
+                   disable=not (progress and dist.main))
         with writer.guard(bar):
-            for x, y in dataset.batches(batch_size, device=device, start=writer.rows_done):
-                start = writer.rows_done
+            for start, x, y in _pending_batches(dataset, writer, batch_size, device):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
                     runs = [distill(split, x, y, c, indices=torch.arange(start, start + x.shape[0])) for c in seeds]
@@ -275,5 +296,8 @@ def split_dataset(
         # the label control: do Z_r and Z_nr follow the label the masks were made with, or the true one?
         summary["mask_labels"] = {"source": config.labels, **{f"{k}_predicts_mask_label": float((preds[k] == mask_labels).float().mean())
                                                                for k in ("robust", "nonrobust")}}
-    write_json(out.with_suffix(".json"), summary)
+    if dist.main:
+        write_json(out.with_suffix(".json"), summary)
+    if alone:
+        dist.barrier()  # the population split and its summary are written: the other ranks read them
     return summary

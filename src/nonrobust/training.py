@@ -75,7 +75,7 @@ from .data import DATASETS, ImageDataset, augment, load_dataset
 from .errors import UserError, check
 from .fields import setting
 from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
-from .runtime import derive_seed, environment, frozen, make_generator, resolve_device
+from .runtime import Distributed, derive_seed, environment, frozen, make_generator
 
 __all__ = [
     "TrainConfig",
@@ -463,64 +463,6 @@ def load_config(out_dir: str | os.PathLike) -> TrainConfig:
         raise UserError(f"{path}: not a valid training config ({exc})") from None
 
 
-# --------------------------------------------------------------------------- distributed set-up
-@dataclass
-class _Dist:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> _Dist:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        return cls(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
-
-    def device(self, spec: str) -> torch.device:
-        if self.world == 1:
-            return resolve_device(spec)
-        if str(spec) != "cpu" and torch.cuda.is_available():
-            if str(spec) not in ("auto", "cuda"):
-                log.warning("under torchrun each rank uses cuda:LOCAL_RANK; ignoring --device %s", spec)
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
-        check(str(spec) in ("auto", "cpu"), f"device {spec!r} asked for, but this PyTorch build sees no CUDA GPU: use --device cpu")
-        return torch.device("cpu")
-
-    def init(self, device: torch.device) -> None:
-        import torch.distributed as dist
-
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-            self.owns_group = True
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def sum(self, t: Tensor) -> Tensor:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(t)
-        return t
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
 # --------------------------------------------------------------------------- random streams (runtime.derive_seed)
 class _GlobalStream:
     """A private stream for code that can only draw from the global RNG (dropout).
@@ -581,7 +523,7 @@ def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------- one epoch, the held-out check
 def _train_epoch(cfg: TrainConfig, model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, train_set: ImageDataset,
-                 dist: _Dist, device: torch.device, epoch: int, progress: bool) -> dict[str, Any]:
+                 dist: Distributed, device: torch.device, epoch: int, progress: bool) -> dict[str, Any]:
     """One epoch of ``cfg.method`` on this rank's share of ``train_set``; returns the epoch's record (all ranks summed).
 
     ``model`` is the plain model (attacks run on it), ``trained`` the one the loss goes through (DDP-wrapped or ``model``).
@@ -802,7 +744,7 @@ def train(
     """
     cfg = config.resolved()
     out = Path(out_dir)
-    dist = _Dist.from_env()
+    dist = Distributed.from_env()
     check(cfg.batch_size % dist.world == 0, f"batch size {cfg.batch_size} must divide by the {dist.world} processes")
     try:
         device = dist.device(cfg.device)

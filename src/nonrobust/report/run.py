@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import warnings
@@ -15,7 +16,7 @@ from torch import nn
 from .. import __version__
 from ..attacks import ATTACKS
 from ..errors import UserError, check
-from ..io import check_output_folder, load_tensors, save_tensors, tensor_fingerprint
+from ..io import check_output_folder, load_tensors, read_json, save_tensors, tensor_fingerprint
 from .lock import exclusive
 from .readings import headline, readings
 from .render import write_outputs
@@ -77,7 +78,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     """
     from .. import data, models
     from ..bottleneck import IBConfig
-    from ..runtime import environment, resolve_device
+    from ..runtime import Distributed, environment, launch_device
     from ..split import check_feature_map, split_model
 
     out = check_output_folder(out_dir)
@@ -86,7 +87,8 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     check(not unknown, f"unknown report section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     t_start = time.perf_counter()
     # everything a user can get wrong is checked before the folder is touched
-    device = resolve_device(settings.device)
+    device = launch_device(settings.device)  # under torchrun: this rank's device, in the process group
+    dist = Distributed.current()
     full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size)
     ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
     model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape, options=settings.model_options,
@@ -97,7 +99,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     split = split_model(model, layer)
     check_feature_map(split, next(ds.batches(1, device=device))[0])
     out.mkdir(parents=True, exist_ok=True)
-    with exclusive(out), warnings.catch_warnings():
+    with exclusive(out) if dist.main else contextlib.nullcontext(), warnings.catch_warnings():
         # an all-robust or all-non-robust split is shown in the tables' channel counts, not warned about batch by batch
         warnings.filterwarnings("ignore", message=r"(every|no) channel came out robust")
         ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed,
@@ -121,6 +123,9 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
             results["table3"] = _table_attacks(ctx, (pgd,))
         if "table4" in wanted and settings.table4:
             results["table4"] = _table_attacks(ctx.first(settings.table4_n), TABLE4, TABLE4_LABELS)
+        if not dist.main:  # under torchrun the attacks above were sharded; rank 0 does the rest from their files
+            dist.barrier()
+            return read_json(out / "results.json")
         if wanted & {"table1", "table2"}:
             population = _population(ctx, full)
             results["population"] = population["summary"]
@@ -142,6 +147,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
         results["headline"] = headline(results)
         results["readings"] = readings(results)
         write_outputs(ctx, results)
+        dist.barrier()  # results.json is written: the other ranks read it
         return results
 
 

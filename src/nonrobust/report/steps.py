@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..runtime import Distributed
 from ..io import (
     digest,
     read_json,
@@ -42,7 +43,8 @@ class Steps:
         t0 = time.perf_counter()
         result = fn()
         seconds = round(time.perf_counter() - t0, 2)
-        write_json(path, {"key": key, "params": params, "seconds": seconds, "result": result})
+        if Distributed.current().main:  # under torchrun every rank computed its shard; rank 0 records the step
+            write_json(path, {"key": key, "params": params, "seconds": seconds, "result": result})
         self.timings[name] = {"seconds": seconds, "reused": False}
         return result
 
