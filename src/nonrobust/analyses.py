@@ -112,7 +112,7 @@ def feature_accuracy(
     control = {f"{k}_predicts_{t}": 0 for k in ("robust", "nonrobust") for t in ("mask_label", "true_label")}
     bar = tqdm(total=total, desc=f"Table 1 ({protocol})", unit="img", disable=not progress, leave=False)
     for i, (x, y) in enumerate(batches):
-        indices = torch.arange(n, n + x.shape[0])
+        indices = torch.arange(n, n + x.shape[0], device="cpu")  # data-set indices seed the noise: CPU by design
         res = _masks(split, x, y, config, population, indices)
         if per_image and stability > 1:
             runs = [res] + [_masks(split, x, y, replace(config, seed=config.seed + j), None, indices) for j in range(1, stability)]
@@ -222,7 +222,7 @@ def pooled_features(
     out: dict[str, list[Tensor]] = {"y": []}
     n = 0
     for i, (x, y) in enumerate(tqdm(batches, desc="pooled features", unit="batch", disable=not progress, leave=False)):
-        res = _masks(split, x, y, config, population, torch.arange(n, n + x.shape[0]))
+        res = _masks(split, x, y, config, population, torch.arange(n, n + x.shape[0], device="cpu"))
         out["y"].append(y.cpu())
         for name in ["clean", *attacks]:
             x_in = x if name == "clean" else _adversarial(attacks[name], model, x, y, i, n, seed)
@@ -245,7 +245,7 @@ def tsne_embedding(features: Tensor, *, seed: int = 0, perplexity: float = 30.0)
     from threadpoolctl import threadpool_limits
 
     check(features.dim() == 2 and features.shape[0] >= 4, f"t-SNE needs [N ≥ 4, D] features, got {list(features.shape)}")
-    x = features.double().numpy()
+    x = features.detach().double().cpu().numpy()
     perplexity = min(perplexity, (x.shape[0] - 1) / 3)
     init = "pca" if float(x.std(0).max()) > 0 else "random"  # PCA of constant features divides by zero
     # one OpenMP thread: after torch has run, sklearn's OpenMP pool contends with torch's and runs ~20× slower
@@ -271,10 +271,11 @@ def cluster_separation(embedding: Tensor, labels: Tensor, k: int = 5) -> dict[st
     d = torch.cdist(x, x)
     d.fill_diagonal_(float("inf"))
     nearest = d.topk(k, largest=False).indices
-    votes = torch.zeros(len(y), int(y.max()) + 1, dtype=torch.long).scatter_add_(1, y[nearest], torch.ones_like(nearest))
+    votes = torch.zeros(len(y), int(y.max()) + 1, dtype=torch.long, device=y.device)
+    votes.scatter_add_(1, y[nearest.to(y.device)], torch.ones_like(nearest, device=y.device))
     knn = float((votes.argmax(1) == y).double().mean())
     spread = float(x.std(0).max()) > 0
-    sil = float(silhouette_score(x.numpy(), y.numpy())) if spread and 2 <= len(y.unique()) < len(y) else None
+    sil = float(silhouette_score(x.cpu().numpy(), y.cpu().numpy())) if spread and 2 <= len(y.unique()) < len(y) else None
     return {"knn_accuracy": knn, "silhouette": sil, "k": k}
 
 

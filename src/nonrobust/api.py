@@ -240,7 +240,7 @@ def evaluate_attacks(model: nn.Module, data: ImageDataset | Iterable[tuple[Tenso
     from .evaluation import evaluate_attacks as _evaluate
 
     if hasattr(data, "batches"):
-        device = next(model.parameters(), torch.zeros(0)).device
+        device = next(model.parameters(), torch.zeros(0, device="cpu")).device
         data = data.batches(batch_size, device=device)
     return _evaluate(model, data, dict(attacks), seed=seed, progress=progress)
 

@@ -693,7 +693,7 @@ class AutoAttackRunner(_Base):
             from pyautoattack import AutoAttack
         except ImportError:  # pragma: no cover - declared dependency
             raise UserError("AutoAttack needs the pyautoattack package: pip install pyautoattack") from None
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if generator is not None else self.seed
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device)) if generator is not None else self.seed
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
         check(n_classes >= 2, "AutoAttack needs at least 2 classes")

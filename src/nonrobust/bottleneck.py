@@ -308,7 +308,7 @@ def distill(
         z, ctx = split.features_and_context(x)
     _check_features(z, split)
     var_z = spatial_variance(z)
-    idx = torch.arange(x.shape[0]) if indices is None else indices.cpu()
+    idx = torch.arange(x.shape[0], device="cpu") if indices is None else indices.cpu()  # indices seed the noise: CPU by design
     shape = (z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape[1:])
     draws = config.iterations * config.samples  # draw number step·samples + k is the k-th sample of Adam step `step`
     if noise is not None:
@@ -338,7 +338,7 @@ def _targets(split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, config: IBConf
         return logits.argmax(1)
     k = logits.shape[1]
     check(k >= 2, "random-wrong labels need at least 2 classes")
-    shift = torch.stack([torch.randint(1, k, (), generator=make_generator(derive_seed(config.seed, "wrong-label", int(i))))
+    shift = torch.stack([torch.randint(1, k, (), device="cpu", generator=make_generator(derive_seed(config.seed, "wrong-label", int(i)), "cpu"))
                          for i in indices.tolist()]).to(y.device)
     return (y + shift) % k
 
@@ -527,7 +527,7 @@ def distill_population(
                 with torch.no_grad():
                     z, ctx = split.features_and_context(x)
                 shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
-                targets = _targets(split, z, ctx, y.to(z.device), config, torch.arange(z.shape[0]))
+                targets = _targets(split, z, ctx, y.to(z.device), config, torch.arange(z.shape[0], device="cpu"))
                 loss_fn = _IBLoss(split, z, ctx, targets, spatial_variance(z), config)
                 g = 0
                 for _ in range(config.samples):  # the mean gradient over the step's noise draws

@@ -670,7 +670,7 @@ def _load_bundled(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[
     if not path.is_file():
         raise FileNotFoundError(path)
     t, meta = load_tensors(path)
-    return t["images"].numpy(), t["labels"].numpy(), list(meta["classes"]), meta.get("source")
+    return t["images"].cpu().numpy(), t["labels"].cpu().numpy(), list(meta["classes"]), meta.get("source")
 
 
 def _registry_root(info: DatasetInfo, data_dir: Path) -> Path:
@@ -739,7 +739,7 @@ def load_dataset(
             x, y = x[order], y[order]
     ds = _dataset_from_arrays(ds_name, split, x, y, classes, source, provenance).first(n)
     if image_size is not None and ds.input_shape[1:] != (image_size, image_size):
-        ds = dataclasses.replace(ds, images=torch.from_numpy(_resize(ds.images.numpy(), int(image_size))))
+        ds = dataclasses.replace(ds, images=torch.from_numpy(_resize(ds.images.cpu().numpy(), int(image_size))))
     log.info("loaded %r", ds)
     return ds
 

@@ -47,7 +47,7 @@ def attack_batch(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, *, seed
         ``x_adv``, shaped like ``x`` and in [0,1].
     """
     generator = batch_generator(seed, batch, x.device)
-    positions = torch.arange(x.shape[0]) if positions is None else positions.cpu()
+    positions = torch.arange(x.shape[0], device="cpu") if positions is None else positions.cpu()
     if "indices" in inspect.signature(attack.__call__).parameters:
         return attack(model, x, y, generator=generator, indices=start + positions)
     return attack(model, x, y, generator=generator)
@@ -65,7 +65,7 @@ class NormStats:
     def summary(self) -> dict[str, float | int | None]:
         """:func:`nonrobust.attacks.summarise_sizes` over every point added."""
         if not self.sizes:
-            return summarise_sizes({"l2": torch.empty(0)})
+            return summarise_sizes({"l2": torch.empty(0, device="cpu")})
         return summarise_sizes({k: torch.cat([s[k] for s in self.sizes]) for k in self.sizes[0]})
 
 

@@ -65,13 +65,14 @@ def tsne_figure(embeddings: dict[str, Tensor], labels: Tensor, classes: Sequence
     ``"<attack>/nonrobust"`` to ``[N, 2]``.
     """
     plt = _plt()
+    embeddings = {k: v.detach().cpu() for k, v in embeddings.items()}
     fig, axes = plt.subplots(2, 2, figsize=(8.5, 8))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for r, part in enumerate(("robust", "nonrobust")):
         for c, source in enumerate(("clean", attack)):
             ax = axes[r][c]
             emb = embeddings[f"{source}/{part}"]
-            ax.scatter(emb[:, 0], emb[:, 1], c=labels.numpy() % cmap.N, cmap=cmap, s=6, vmin=0, vmax=cmap.N - 1)
+            ax.scatter(emb[:, 0], emb[:, 1], c=labels.cpu().numpy() % cmap.N, cmap=cmap, s=6, vmin=0, vmax=cmap.N - 1)
             ax.set_title(f"{_NAMES[part]} — {attack_label or source if source == attack else source}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -118,22 +119,23 @@ def sigma_figure(sigma: Tensor, var_z: Tensor, threshold: float, robust: Tensor)
     ``sigma``, ``var_z`` and ``robust`` are ``[B, C]``.
     """
     plt = _plt()
+    sigma, var_z, robust = (t.detach().cpu() for t in (sigma, var_z, robust))
     eps = 1e-12
     log_s = torch.log10(sigma.double().pow(2) + eps)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    bins = torch.linspace(float(log_s.min()), float(log_s.max()) + 1e-6, 41).numpy()
+    bins = torch.linspace(float(log_s.min()), float(log_s.max()) + 1e-6, 41, device="cpu").numpy()
     for kind, sel in (("robust", robust), ("nonrobust", ~robust)):
         if sel.any():
-            ax1.hist(log_s[sel].numpy(), bins=bins, color=_COLOURS[kind], alpha=0.7, label=f"{_NAMES[kind]}: {int(sel.sum())}")
-    t = torch.log10(torch.tensor(threshold, dtype=torch.float64) + eps).item()
+            ax1.hist(log_s[sel].cpu().numpy(), bins=bins, color=_COLOURS[kind], alpha=0.7, label=f"{_NAMES[kind]}: {int(sel.sum())}")
+    t = torch.log10(torch.tensor(threshold, dtype=torch.float64, device="cpu") + eps).item()
     ax1.axvline(t, color="k", ls="--", label=f"T = {threshold:.3g}")
     ax1.set_xlabel("log10 σ²  (one value per image and channel)")
     ax1.set_ylabel("count")
     ax1.legend(fontsize=7)
     mean_s = sigma.double().pow(2).mean(0)
     order = mean_s.argsort()
-    ax2.semilogy(mean_s[order].numpy() + eps, color=_COLOURS["robust"], label="σ² (batch mean)")
-    ax2.semilogy(var_z.double().mean(0)[order].numpy() + eps, color="#2ca02c", lw=0.8, label="σ_z² (batch mean)")
+    ax2.semilogy(mean_s[order].cpu().numpy() + eps, color=_COLOURS["robust"], label="σ² (batch mean)")
+    ax2.semilogy(var_z.double().mean(0)[order].cpu().numpy() + eps, color="#2ca02c", lw=0.8, label="σ_z² (batch mean)")
     ax2.axhline(threshold + eps, color="k", ls="--", label="T")
     ax2.set_xlabel("channel (sorted by mean σ²)")
     ax2.legend(fontsize=7)
@@ -154,9 +156,9 @@ def featvis_figure(inputs: Tensor, visuals: Tensor, titles: list[list[str]], row
     def show(ax, img: Tensor) -> None:
         img = img.detach().float().clamp(0, 1).cpu()
         if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(img[0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         else:
-            ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.imshow(img.permute(1, 2, 0).cpu().numpy())
         ax.set_xticks([])
         ax.set_yticks([])
 

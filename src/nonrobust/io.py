@@ -230,7 +230,7 @@ class StreamingTensorFile:
         self._layout: dict[str, tuple[int, int, torch.dtype]] = {}
         offset = 0
         for name, (dtype, shape) in specs.items():
-            row_bytes = int(torch.tensor([], dtype=dtype).element_size() * max(1, int(torch.Size(shape[1:]).numel())))
+            row_bytes = int(torch.tensor([], dtype=dtype, device="cpu").element_size() * max(1, int(torch.Size(shape[1:]).numel())))
             header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + row_bytes * shape[0]]}
             self._layout[name] = (offset, row_bytes, dtype)
             offset += row_bytes * shape[0]
@@ -333,7 +333,7 @@ class StreamingTensorFile:
                 if t.shape[0] != k:
                     raise ValueError("every tensor needs the same number of rows in one block")
                 fh.seek(self._data_start + offset + start * row_bytes)
-                fh.write(t.numpy().tobytes() if dtype != torch.bool else t.to(torch.uint8).numpy().tobytes())
+                fh.write(t.cpu().numpy().tobytes() if dtype != torch.bool else t.to(torch.uint8).cpu().numpy().tobytes())
             fh.flush()
             os.fsync(fh.fileno())
         if self.dist.world == 1:

@@ -412,7 +412,7 @@ def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta, *, dty
         raise UserError(f"save: split_layer {meta.split_layer!r} is not a layer of {meta.arch}: see nonrobust.models.ARCHITECTURES")
     for key in ("mean", "std"):
         buffer = state[f"normalize.{key}"].detach().cpu().flatten()
-        if not torch.allclose(buffer, torch.tensor(getattr(meta, key), dtype=buffer.dtype)):
+        if not torch.allclose(buffer, torch.tensor(getattr(meta, key), dtype=buffer.dtype, device="cpu")):
             raise UserError(f"save: meta.{key} {getattr(meta, key)} differs from the model's normalisation {buffer.tolist()}: make the metadata with make_meta(model)")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() and not k.startswith("normalize.") else v for k, v in state.items()}
@@ -493,7 +493,7 @@ def load_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu") 
     model.load_state_dict(tensors, strict=True, assign=True)
     model.eval().to(device)
     for key in ("mean", "std"):
-        if not torch.allclose(getattr(model.normalize, key).flatten().cpu(), torch.tensor(getattr(meta, key))):
+        if not torch.allclose(getattr(model.normalize, key).flatten().cpu(), torch.tensor(getattr(meta, key), device="cpu")):
             log.warning("%s: normalisation %s in the weights differs from the metadata; the weights' values are used", path, key)
     model.nonrobust_meta = meta
     log.debug("loaded %s from %s onto %s", meta.describe(), path, device)
@@ -672,7 +672,7 @@ def load_python_model(spec: str, input_shape: tuple[int, int, int], device: str 
     layer = getattr(model, "nonrobust_split_layer", None) or _last_feature_layer(model)
     with torch.no_grad():
         try:
-            logits = model(torch.zeros(1, *input_shape, device=next(model.parameters(), torch.zeros(0)).device))
+            logits = model(torch.zeros(1, *input_shape, device=next(model.parameters(), torch.zeros(0, device="cpu")).device))
         except Exception as exc:
             raise UserError(f"{spec}: the model fails on images of shape {list(input_shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not (isinstance(logits, torch.Tensor) and logits.dim() == 2):

@@ -264,7 +264,7 @@ def split_dataset(
             for start, x, y in _pending_batches(dataset, writer, batch_size, device):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
-                    runs = [distill(split, x, y, c, indices=torch.arange(start, start + x.shape[0])) for c in seeds]
+                    runs = [distill(split, x, y, c, indices=torch.arange(start, start + x.shape[0], device="cpu")) for c in seeds]
                 res = runs[0]
                 p = masked_predictions(split, res, x)
                 row = {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8), "threshold": res.threshold,

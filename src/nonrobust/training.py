@@ -530,13 +530,13 @@ def _train_epoch(cfg: TrainConfig, model: nn.Module, trained: nn.Module, optimiz
     """
     spec = METHODS[cfg.method]
     images, labels = train_set.images, train_set.labels
-    order = torch.randperm(len(labels), generator=make_generator(derive_seed(cfg.seed, epoch, "shuffle")))
+    order = torch.randperm(len(labels), device="cpu", generator=make_generator(derive_seed(cfg.seed, epoch, "shuffle"), "cpu"))
     if len(order) % dist.world:  # pad like DistributedSampler so every rank takes the same number of steps
         order = torch.cat([order, order[: dist.world - len(order) % dist.world]])
     shard = order[dist.rank:: dist.world]
     per_rank = cfg.batch_size // dist.world
     n_steps = math.ceil(len(shard) / per_rank)
-    aug_gen = make_generator(derive_seed(cfg.seed, epoch, "augment", dist.rank))
+    aug_gen = make_generator(derive_seed(cfg.seed, epoch, "augment", dist.rank), "cpu")  # augmentation runs on the uint8 CPU images
     attack_gen = make_generator(derive_seed(cfg.seed, epoch, "attack", dist.rank), device)
     dropout = _GlobalStream(derive_seed(cfg.seed, epoch, "dropout", dist.rank), device)
     attack = PGD(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
