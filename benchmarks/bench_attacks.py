@@ -6,7 +6,7 @@
 
 Memory of a streamed attack is measured by bench_memory.py.
 
-Usage: python benchmarks/bench_attacks.py [--quick] [--out FILE.json]
+Usage: python benchmarks/bench_attacks.py [--quick] [--device cpu|cuda] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -24,14 +24,22 @@ from nonrobust.runtime import environment, frozen
 from nonrobust.split import split_model
 
 
+DEVICE = torch.device("cpu")  # set by --device in main(); CUDA work is synchronised before every clock reading
+
+
+def clock(fn) -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    t0 = time.perf_counter()
+    fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter() - t0
+
+
 def best_time(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(clock(fn) for _ in range(repeats))
 
 
 def fwd_bwd(model, x, y):
@@ -42,8 +50,8 @@ def fwd_bwd(model, x, y):
 
 def bench_pgd(arch: str, batch: int, steps: int, rounds: int) -> dict:
     """Rounds of (bound, PGD) timed back to back; the ratio is taken within each round (the machine's speed drifts)."""
-    model = models.build(arch).eval()
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    model = models.build(arch).eval().to(DEVICE)
+    x, y = torch.rand(batch, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (batch,), device=DEVICE)
     attack = PGD(eps=8 / 255, steps=steps)
 
     def bound_run():
@@ -52,12 +60,7 @@ def bench_pgd(arch: str, batch: int, steps: int, rounds: int) -> dict:
                 fwd_bwd(model, x, y)
 
     def pgd_run():
-        attack(model, x, y, generator=torch.Generator().manual_seed(0))
-
-    def clock(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        attack(model, x, y, generator=torch.Generator(device=DEVICE).manual_seed(0))
 
     bound_run(), pgd_run()  # warm-up
     pairs = [(clock(bound_run), clock(pgd_run)) for _ in range(rounds)]
@@ -69,11 +72,11 @@ def bench_pgd(arch: str, batch: int, steps: int, rounds: int) -> dict:
 
 
 def bench_nrf(arch: str, batch: int, steps: int, repeats: int) -> dict:
-    model = models.build(arch).eval()
+    model = models.build(arch).eval().to(DEVICE)
     split = split_model(model, models.ARCHITECTURES[arch].default_layer)
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    x, y = torch.rand(batch, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (batch,), device=DEVICE)
     channels = split.features(x[:1]).shape[1]
-    mask = (torch.arange(channels) % 2).bool()
+    mask = (torch.arange(channels, device=DEVICE) % 2).bool()
     pgd = best_time(lambda: PGD(steps=steps)(model, x, y), repeats) / steps
     out = {"arch": arch, "batch": batch, "pgd_step_s": pgd}
     for form in ("surrogate", "exact", "linf"):
@@ -88,17 +91,21 @@ def bench_nrf(arch: str, batch: int, steps: int, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--archs", default="small_cnn,vgg16", help="registered architectures to measure, comma-separated")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     batch = 16 if args.quick else 128
     repeats = 1 if args.quick else 3
-    result = {"environment": environment(torch.device("cpu")), "pgd": [], "nrf": []}
-    for arch in ("small_cnn", "vgg16"):
+    result = {"environment": environment(DEVICE), "pgd": [], "nrf": []}
+    for arch in args.archs.split(","):
         r = bench_pgd(arch, batch, 10, 1 if args.quick else 7)
         print(f"PGD-10 {arch}: {r['pgd_img_per_s']:.1f} img/s, bound {r['bound_img_per_s']:.1f} img/s (medians), ratio {r['ratio_throughput']:.3f} "
               f"(median of {r['rounds']} rounds; min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})", flush=True)
         result["pgd"].append(r)
-    for arch in ("small_cnn", "vgg16"):
+    for arch in args.archs.split(","):
         r = bench_nrf(arch, batch, 2 if args.quick else 5, repeats)
         print(f"NRF step / PGD step {arch}: surrogate {r['surrogate_ratio']:.2f}, exact {r['exact_ratio']:.2f}, linf {r['linf_ratio']:.2f}", flush=True)
         result["nrf"].append(r)

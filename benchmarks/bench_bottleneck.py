@@ -9,7 +9,7 @@ noise table, the 200 steps) and, per step, the head's forward + backward alone.
 Once per model: the time the 200 steps would take if f_l were recomputed every
 step (5 steps, scaled).
 
-Usage: python benchmarks/bench_bottleneck.py [--quick] [--rounds N] [--out FILE.json]
+Usage: python benchmarks/bench_bottleneck.py [--quick] [--rounds N] [--device cpu|cuda] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -28,9 +28,16 @@ from nonrobust.runtime import environment
 from nonrobust.split import split_model
 
 
+DEVICE = torch.device("cpu")  # set by --device in main(); CUDA work is synchronised before every clock reading
+
+
 def clock(fn) -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     t0 = time.perf_counter()
     fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     return time.perf_counter() - t0
 
 
@@ -44,7 +51,7 @@ def parts(split, x, y, config: IBConfig) -> dict[str, float]:
     holder = {}
     out["noise_s"] = clock(lambda: holder.setdefault("n", _PerImageNoise(torch.arange(len(x)), 0, (z.shape[1], 1, 1), config.iterations, z.device)))
     noise = holder["n"]
-    lam = torch.zeros(var_z.shape)
+    lam = torch.zeros(var_z.shape, device=z.device)
     opt, loss = _Adam(lam, config.lr), _IBLoss(split, z, ctx, y, var_z, config)
 
     def steps():
@@ -65,9 +72,9 @@ def parts(split, x, y, config: IBConfig) -> dict[str, float]:
 
 def bench(arch: str, batch: int, iterations: int, rounds: int) -> dict:
     torch.manual_seed(0)
-    model = models.build(arch).eval()
+    model = models.build(arch).eval().to(DEVICE)
     split = split_model(model, models.ARCHITECTURES[arch].default_layer)
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    x, y = torch.rand(batch, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (batch,), device=DEVICE)
     config = IBConfig(iterations=iterations)
     with torch.no_grad():
         model(x)  # warm-up
@@ -80,7 +87,7 @@ def bench(arch: str, batch: int, iterations: int, rounds: int) -> dict:
         per_round.append({"forward_s": forward, "distill_s": split_s, "ratio": split_s / forward, **parts(split, x, y, config)})
     # the naive alternative: recompute Z = f_l(x) inside every step (5 steps, scaled)
     steps = 5
-    lam = torch.zeros(batch, split.features(x[:1]).shape[1], requires_grad=True)
+    lam = torch.zeros(batch, split.features(x[:1]).shape[1], requires_grad=True, device=DEVICE)
     opt = torch.optim.Adam([lam], lr=0.1)
 
     def naive():
@@ -105,11 +112,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="batch 16, 20 steps, 2 rounds (a smoke test)")
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--archs", default="small_cnn,vgg16", help="registered architectures to measure, comma-separated")
     ap.add_argument("--out")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     batch, iters, rounds = (16, 20, 2) if args.quick else (128, 200, args.rounds)
-    result = {"environment": environment(torch.device("cpu")), "runs": []}
-    for arch in ("small_cnn", "vgg16"):
+    result = {"environment": environment(DEVICE), "runs": []}
+    for arch in args.archs.split(","):
         r = bench(arch, batch, iters, rounds)
         result["runs"].append(r)
         m = r["median"]
