@@ -1,0 +1,122 @@
+"""Check a shipped VGG-16's figures with code that shares nothing with nonrobust but the weights file.
+
+    python scripts/independent_check.py --data-dir DIR [--weights src/nonrobust/assets/cifar10-vgg16-at.safetensors] [--pgd-n 1000]
+
+Everything here is written again from the definitions: the CIFAR-10 reader (the official pickled
+batches; a copy whose test labels are stored sorted by class is read round-robin over the classes,
+which is the order nonrobust documents for such copies), the VGG-16-BN (13 convolutions with bias,
+BatchNorm and ReLU, max-pools after convolutions 2, 4, 7, 10 and 13, global average pooling, one linear
+layer; normalisation by the mean and std stored in the file), and PGD (L∞ 8/255, step 2/255, 20
+steps of the sign of the cross-entropy gradient from a uniform random start, projected and clipped
+to [0,1]). It prints clean accuracy on the whole test set and PGD-20 accuracy (correct both clean
+and attacked) on the first ``--pgd-n`` images, with the figures nonrobust recorded beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        layers, width = [], 3
+        for item in LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(width, item, 3, padding=1, bias=True), nn.BatchNorm2d(item), nn.ReLU()]
+                width = item
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, classes)
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("std", torch.ones(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features((x - self.mean) / self.std)
+        return self.classifier(h.mean((2, 3)))
+
+
+def load(weights: Path) -> tuple[VGG, dict]:
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    model = VGG()
+    model.mean.copy_(state.pop("normalize.mean").view(1, 3, 1, 1))
+    model.std.copy_(state.pop("normalize.std").view(1, 3, 1, 1))
+    model.load_state_dict(state, strict=False)
+    missing = set(model.state_dict()) - set(state) - {"mean", "std"}
+    assert not missing, f"weights lack {sorted(missing)[:3]}"
+    with safe_open(str(weights), "pt") as fh:
+        meta = json.loads(fh.metadata()["nonrobust"])
+    return model.eval(), meta
+
+
+def cifar10_test(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    with open(data_dir / "cifar-10-batches-py" / "test_batch", "rb") as fh:  # our own prepared copy
+        batch = pickle.load(fh, encoding="bytes")
+    x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    y = np.asarray(batch[b"labels"], dtype=np.int64)
+    if np.all(np.diff(y) >= 0):  # stored sorted by class: the 1st image of each class, then the 2nd, ...
+        rank = np.concatenate([np.arange((y == c).sum()) for c in np.unique(y)])
+        order = sorted(range(len(y)), key=lambda i: (rank[i], y[i]))
+        x, y = x[order], y[order]
+    return torch.from_numpy(x).float() / 255, torch.from_numpy(y)
+
+
+def pgd(model: VGG, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 20) -> torch.Tensor:
+    adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(adv), y)
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv = torch.min(torch.max(adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return adv
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", required=True, type=Path)
+    ap.add_argument("--weights", type=Path, default=Path(__file__).resolve().parents[1] / "src/nonrobust/assets/cifar10-vgg16-at.safetensors")
+    ap.add_argument("--pgd-n", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, meta = load(args.weights)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = cifar10_test(args.data_dir)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        clean = torch.cat([model(x[i:i + 500]).argmax(1) == y[i:i + 500] for i in range(0, len(y), 500)])
+    robust = []
+    for i in range(0, args.pgd_n, args.batch):
+        xb, yb = x[i:min(i + args.batch, args.pgd_n)], y[i:min(i + args.batch, args.pgd_n)]
+        adv = pgd(model, xb, yb)
+        with torch.no_grad():
+            robust.append(model(adv).argmax(1) == yb)
+    robust = torch.cat(robust) & clean[:args.pgd_n]
+    recorded = meta.get("metrics", {})
+    result = {"clean_accuracy": {"n": len(y), "value": clean.float().mean().item(),
+                                 "nonrobust": recorded.get("clean_accuracy")},
+              "pgd20_accuracy": {"n": args.pgd_n, "value": robust.float().mean().item(),
+                                 "clean_on_these": clean[:args.pgd_n].float().mean().item(), "nonrobust": recorded.get("pgd20_accuracy")},
+              "seconds": round(time.perf_counter() - t0, 1), "weights": str(args.weights)}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
