@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
+import timing  # benchmarks/timing.py
 import torch
 
 from nonrobust import models
@@ -24,17 +24,11 @@ from nonrobust.runtime import environment, frozen
 from nonrobust.split import split_model
 
 
-DEVICE = torch.device("cpu")  # set by --device in main(); CUDA work is synchronised before every clock reading
+DEVICE = torch.device("cpu")  # set by --device in main()
 
 
 def clock(fn) -> float:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-    t0 = time.perf_counter()
-    fn()
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-    return time.perf_counter() - t0
+    return timing.clock(fn, DEVICE)
 
 
 def best_time(fn, repeats: int) -> float:
