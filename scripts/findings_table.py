@@ -27,6 +27,8 @@ PAPER = {
     "t2_pgd": ("94.35%", "Table 2, CIFAR-10 VGG, PGD (as extracted from the paper's text)"),
     "nrf_vs_pgd": ("≈17% vs ≈47% (NRF unbounded L2)", "Table 3, ADV rows"),
     "channels": ("not reported per image", "Fig. 5(c) gives channel counts against β"),
+    "stability": ("not reported", "the paper shows one split per image"),
+    "label": ("not reported", "the paper makes every mask with the true label"),
 }
 """The paper's figures for CIFAR-10 VGG-16 (PGD-AT, γ = 0.03): value and source."""
 
@@ -36,9 +38,11 @@ ROWS = (
     ("aa", "AutoAttack (or APGD-CE) accuracy"),
     ("t1_clean", "Table 1, clean: Int / R / NR (%)"),
     ("t1_pgd", "Table 1, under PGD: Int / R / NR (%)"),
-    ("t2_pgd", "Table 2: NR features predict PGD's label on fooled points"),
+    ("t2_pgd", "Table 2: NR features predict PGD's label on the images misclassified under it"),
     ("nrf_vs_pgd", "NRF-L∞ vs PGD-20 accuracy (same budget)"),
     ("channels", "robust channels per image (paper protocol)"),
+    ("stability", "two noise seeds agree on an image's robust set (mean Jaccard, pairs with any robust channel)"),
+    ("label", "masks made from a random wrong label: Z_r predicts that label / the true one"),
 )
 
 
@@ -60,6 +64,12 @@ def column(results_path: Path, pretrained: str | None) -> dict[str, str]:
         "t1_pgd": " / ".join(f"{100 * t1['rows'][ref][k]:.1f}" for k in ("int", "robust", "nonrobust")),
         "channels": f"{t1['channels']['robust']:.1f} of {t1['channels']['total']}",
     }
+    st = t1.get("stability")
+    if st and st.get("jaccard_nonempty_pairs") is not None:
+        out["stability"] = f"{st['jaccard_nonempty_pairs']:.2f} ({st['seeds']} seeds; empty pairs {100 * st['pairs_both_empty']:.0f}%)"
+    lc = t1.get("label_control")
+    if lc:
+        out["label"] = f"{_pct(lc['robust_predicts_mask_label'])} / {_pct(lc['robust_predicts_true_label'])}"
     t2 = r["table2"]["paper"]["rows"].get(ref)
     out["t2_pgd"] = f"{_pct(t2['nonrobust_agrees'])} of {t2['fooled']}" if t2 else "—"
     if "nrf-linf" in rows and "pgd-20" in rows:
