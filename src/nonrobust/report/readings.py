@@ -147,6 +147,7 @@ def _reading_table3(t3: dict) -> str:
 
 def _reading_table1(table1: dict, ref: str, chance: float) -> str:
     """One comparative reading of Table 1 over the protocols shown."""
+    from ..stats import SIGNIFICANCE, mcnemar
     shown = {p: t for p, t in table1.items() if ref in t["rows"]}
     if not shown:
         return ""
@@ -173,11 +174,19 @@ def _reading_table1(table1: dict, ref: str, chance: float) -> str:
                          f"{t['channels']['total']}): Z_r is (almost) all zeros, so its accuracy is that of a near-constant prediction.")
         if "label_control" in t:
             lc = t["label_control"]
-            follows = lc["robust_predicts_mask_label"] > lc["robust_predicts_true_label"]
+            n = t["n"]
+            k_mask, k_true = round(lc["robust_predicts_mask_label"] * n), round(lc["robust_predicts_true_label"] * n)
+            p_value = mcnemar(k_mask, k_true)  # the two outcomes exclude each other on every image: a sign test
+            if p_value >= SIGNIFICANCE:
+                verdict = "neither label significantly more often than the other"
+            elif k_mask > k_true:
+                verdict = "the label the mask was made with, so the robust mask encodes the label"
+            else:
+                verdict = "the true label more than the mask's label, so the robust mask carries features of the image"
             parts.append(f"Control ({p}): with masks made from a random wrong label ŷ, Z_r predicts ŷ for "
-                         f"{ci(lc['robust_predicts_mask_label'], t['n'])} of the images and the true label for "
-                         f"{ci(lc['robust_predicts_true_label'], t['n'])} (chance {pct(chance)}): it follows "
-                         f"{'the label the mask was made with, so the robust mask encodes the label' if follows else 'the true label more than the mask label'}.")
+                         f"{ci(lc['robust_predicts_mask_label'], n)} of the images and the true label for "
+                         f"{ci(lc['robust_predicts_true_label'], n)} (chance {pct(chance)}): it follows {verdict} "
+                         f"(exact sign test, p = {p_value:.2g}).")
     if len(shown) == 2:  # both protocols: compare them
         gap = shown[names[0]]["rows"][ref]["robust"] - shown[names[1]]["rows"][ref]["robust"]
         if gap > 0:
@@ -229,7 +238,7 @@ def summary(results: dict) -> list[str]:
     if t3:
         linf = sorted((r for r in t3["rows"] if r["norm"] == "linf"), key=lambda r: r["robust_accuracy"])
         out.append(f"Clean accuracy {ci(t3['clean_accuracy'], t3['n'])}"
-                   + (f"; the strongest L∞ attack, {linf[0]['label']}, leaves {ci(linf[0]['robust_accuracy'], t3['n'])}" if linf else "")
+                   + (f"; the lowest under an L∞ attack is {linf[0]['label']}'s, {ci(linf[0]['robust_accuracy'], t3['n'])}" if linf else "")
                    + ".")
     if "table1" in results:
         verdicts = [f"{_verdict(t['rows']['clean'], t['rows'][ref], chance)} under {p} ({t['channels']['robust']:.2f} robust channels "
