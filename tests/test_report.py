@@ -436,3 +436,12 @@ def test_population_split_of_a_folder_without_splits_uses_the_images_not_evaluat
         results = run_report(replace(settings, n=None), tmp_path / "r2", only=("table1",), progress=False)
     assert results["population"]["fitted_on"] == "the evaluated images themselves (the data set has no others)"
     assert any("fitted on the evaluated images" in note for note in results["notes"])
+
+
+def test_channel_threshold_rule_in_the_sigma_and_population_sections(tmp_path):
+    """The channel rule's T is per channel (not one number): both sections say so instead of failing."""
+    results = run_report(ReportSettings(**{**TINY, "threshold": "channel"}), tmp_path, only=("sigma",), progress=False)
+    assert results["sigma"]["threshold"] is None and "T is each image's own σ_z² per channel" in results["readings"]["sigma"]
+    results = run_report(ReportSettings(**TINY), tmp_path / "p", only=("table1",), progress=False)
+    assert results["population"]["threshold_rule"] == "channel" and results["population"]["threshold"] is None
+    assert "T = each channel's own σ_z²" in (tmp_path / "p" / "report.html").read_text(encoding="utf-8")

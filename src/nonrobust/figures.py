@@ -111,8 +111,8 @@ def beta_figure(sweep: list[dict], attack: str) -> bytes:
     return _png(fig)
 
 
-def sigma_figure(sigma: Tensor, var_z: Tensor, threshold: float, robust: Tensor) -> bytes:
-    """σ² of every (image, channel) of one batch against the threshold T.
+def sigma_figure(sigma: Tensor, var_z: Tensor, threshold: float | None, robust: Tensor) -> bytes:
+    """σ² of every (image, channel) of one batch against the threshold T (None: a per-channel T, not drawn).
 
     Left: histogram of log10 σ², robust and non-robust channels apart, T marked.
     Right: per channel, the mean σ² over the batch (sorted) and the mean σ_z², with T.
@@ -127,8 +127,9 @@ def sigma_figure(sigma: Tensor, var_z: Tensor, threshold: float, robust: Tensor)
     for kind, sel in (("robust", robust), ("nonrobust", ~robust)):
         if sel.any():
             ax1.hist(log_s[sel].cpu().numpy(), bins=bins, color=_COLOURS[kind], alpha=0.7, label=f"{_NAMES[kind]}: {int(sel.sum())}")
-    t = torch.log10(torch.tensor(threshold, dtype=torch.float64, device="cpu") + eps).item()
-    ax1.axvline(t, color="k", ls="--", label=f"T = {threshold:.3g}")
+    if threshold is not None:
+        t = torch.log10(torch.tensor(threshold, dtype=torch.float64, device="cpu") + eps).item()
+        ax1.axvline(t, color="k", ls="--", label=f"T = {threshold:.3g}")
     ax1.set_xlabel("log10 σ²  (one value per image and channel)")
     ax1.set_ylabel("count")
     ax1.legend(fontsize=7)
@@ -136,7 +137,8 @@ def sigma_figure(sigma: Tensor, var_z: Tensor, threshold: float, robust: Tensor)
     order = mean_s.argsort()
     ax2.semilogy(mean_s[order].cpu().numpy() + eps, color=_COLOURS["robust"], label="σ² (batch mean)")
     ax2.semilogy(var_z.double().mean(0)[order].cpu().numpy() + eps, color="#2ca02c", lw=0.8, label="σ_z² (batch mean)")
-    ax2.axhline(threshold + eps, color="k", ls="--", label="T")
+    if threshold is not None:
+        ax2.axhline(threshold + eps, color="k", ls="--", label="T")
     ax2.set_xlabel("channel (sorted by mean σ²)")
     ax2.legend(fontsize=7)
     return _png(fig)

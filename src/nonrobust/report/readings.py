@@ -103,7 +103,8 @@ def readings(results: dict) -> dict[str, str]:
                        f"images. The paper reports fewer robust channels as β grows.")
     if "sigma" in results:
         sg = results["sigma"]
-        out["sigma"] = (f"On the first batch ({sg['images']} images), T = {sg['threshold']:.3g}; {sg['robust']:.2f} channels per image "
+        t = "T is each image's own σ_z² per channel" if sg["threshold"] is None else f"T = {sg['threshold']:.3g}"
+        out["sigma"] = (f"On the first batch ({sg['images']} images), {t}; {sg['robust']:.2f} channels per image "
                         f"have σ² above it (robust) and {sg['nonrobust']:.2f} below (non-robust).")
     if "tsne" in results:
         out["tsne"] = _reading_tsne(results["tsne"], chance)

@@ -32,7 +32,8 @@ def write_outputs(ctx: Context, results: dict) -> None:
         figs["beta"] = figures.beta_figure(results["beta_sweep"]["rows"], results["beta_sweep"]["attack"])
     if "sigma" in results:
         sg, _ = load_tensors(ctx.steps.file("sigma"))
-        figs["sigma"] = figures.sigma_figure(sg["sigma"], sg["var_z"], float(sg["threshold"][0]), sg["robust"].bool())
+        figs["sigma"] = figures.sigma_figure(sg["sigma"], sg["var_z"], float(sg["threshold"][0]) if sg["threshold"].dim() == 1 else None,
+                                             sg["robust"].bool())
     if results.get("featvis"):
         fv, _ = load_tensors(ctx.steps.file("featvis"))
         figs["featvis"] = figures.featvis_figure(fv["inputs"], fv["visuals"], results["featvis"]["captions"], results["featvis"]["rows"])
@@ -272,7 +273,9 @@ def _html_population(results: dict, figs: dict) -> list[str]:
     pop = results["population"]
     return ["<h2>Population split</h2>",
             f"<p>Fitted on {html.escape(pop['fitted_on'])} ({pop['n']} images): {pop['robust']:.0f} robust and "
-            f"{pop['nonrobust']:.0f} non-robust of {pop['channels']} channels, T = {pop['threshold']:.4g}.</p>"]
+            f"{pop['nonrobust']:.0f} non-robust of {pop['channels']} channels; threshold rule {html.escape(str(pop.get('threshold_rule', 'max')))}, "
+            + (f"T = {pop['threshold']:.4g}" if pop.get("threshold") is not None else "T = each channel's own σ_z² over the fitted images")
+            + ".</p>"]
 
 
 _SECTION_HTML: dict[str, Callable[[dict, dict], list[str]]] = {
