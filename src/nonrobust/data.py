@@ -820,12 +820,14 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, download: bool
     extracted into ``data_dir`` and then deleted. Offline, or with
     ``download=False``, raises :class:`UserError` naming the URL to fetch by
     hand and where to put it. For ``folder:`` and ``npz:`` only checks that
-    the data is readable (both splits are listed, no images are decoded).
+    the data is readable (the splits it has are listed, no images are decoded).
     """
     kind, path = _parse_name(name)
     if kind == "folder":
         assert path is not None
-        for split in SPLITS:
+        check(path.is_dir(), f"folder:{path}: no such folder; give a folder with one sub-folder of images per class")
+        has_splits = any((path / s).is_dir() for s in ("train", "test", "val"))
+        for split in SPLITS if has_splits else ("test",):  # a folder without split sub-folders is only a test split
             _folder_index(path, split)
         return path
     if kind == "npz":
