@@ -166,6 +166,12 @@ class IBResult:
     labels: Tensor | None = None
 
     @property
+    def threshold_value(self) -> float | None:
+        """T as one number: the population's, or the first image's (the whole batch's under ``paper``); None under
+        the ``channel`` rule, whose T is each entry's own σ_z² (a threshold shaped like ``sigma``)."""
+        return None if self.threshold.dim() == self.sigma.dim() else float(self.threshold.flatten()[0])
+
+    @property
     def nonrobust_mask(self) -> Tensor:
         """bool, the complement of :attr:`robust_mask`."""
         return ~self.robust_mask

@@ -213,9 +213,10 @@ def _inferred(arch: str, state: Mapping[str, torch.Tensor], options: dict[str, A
 
     out = {}
     base = {"num_classes": 10, "in_channels": 3}
+    with torch.device("meta"):
+        a = models.build(arch, **base, **options).state_dict()
     for name, other in (("num_classes", 11), ("in_channels", 2)):
         with torch.device("meta"):
-            a = models.build(arch, **base, **options).state_dict()
             b = models.build(arch, **{**base, name: other}, **options).state_dict()
         for key, t in a.items():
             if key.startswith("normalize.") or key not in state or t.shape == b[key].shape:

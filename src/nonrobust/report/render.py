@@ -32,8 +32,7 @@ def write_outputs(ctx: Context, results: dict) -> None:
         figs["beta"] = figures.beta_figure(results["beta_sweep"]["rows"], results["beta_sweep"]["attack"])
     if "sigma" in results:
         sg, _ = load_tensors(ctx.steps.file("sigma"))
-        figs["sigma"] = figures.sigma_figure(sg["sigma"], sg["var_z"], float(sg["threshold"][0]) if sg["threshold"].dim() == 1 else None,
-                                             sg["robust"].bool())
+        figs["sigma"] = figures.sigma_figure(sg["sigma"], sg["var_z"], results["sigma"]["threshold"], sg["robust"].bool())
     if results.get("featvis"):
         fv, _ = load_tensors(ctx.steps.file("featvis"))
         figs["featvis"] = figures.featvis_figure(fv["inputs"], fv["visuals"], results["featvis"]["captions"], results["featvis"]["rows"])

@@ -248,9 +248,8 @@ def _population(ctx: Context, full) -> dict:
         res = distill_population(ctx.split, ReiterableBatches(lambda: fit.batches(s.batch_size, device=ctx.device)), config,
                                  total=-(-len(fit) // s.batch_size), progress=ctx.progress)
         res.save(path)
-        one = res.threshold.numel() == 1  # the channel rule's T is each channel's own σ_z²
         return {"fitted_on": source, "n": len(fit), **res.counts(), "threshold_rule": config.threshold,
-                "threshold": float(res.threshold) if one else None, "config": asdict(config)}
+                "threshold": res.threshold_value, "config": asdict(config)}
 
     params = {"config": asdict(config), "fit": tensor_fingerprint(iter([("x", fit.images), ("y", fit.labels)]))}
     summary = ctx.steps.run("population", params, compute, files=(path,))
@@ -280,7 +279,7 @@ def _sigma(ctx: Context) -> dict:
         x, _, res = ctx.first_batch
         save_tensors(path, {"sigma": res.sigma, "var_z": res.var_z, "threshold": res.threshold, "robust": res.robust_mask.to(torch.uint8)})
         sq = res.sigma.pow(2)
-        return {"images": int(x.shape[0]), "threshold": float(res.threshold[0]) if res.threshold.dim() == 1 else None, **res.counts(),
+        return {"images": int(x.shape[0]), "threshold": res.threshold_value, **res.counts(),
                 "sigma_sq_median_robust": float(sq[res.robust_mask].median()) if res.robust_mask.any() else None,
                 "sigma_sq_median_nonrobust": float(sq[~res.robust_mask].median()) if (~res.robust_mask).any() else None}
 
