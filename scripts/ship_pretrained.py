@@ -3,6 +3,7 @@
     python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-small-at [--pgd-n 10000] [--aa-n 1000]
     python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-vgg16-at --dtype float16 --pgd-n 0 --aa-n 0
     python scripts/ship_pretrained.py --name cifar10-vgg16-at --add-to-shipped --pgd-n 10000 --apgd-n 1000
+    python scripts/ship_pretrained.py --name cifar10-vgg16-at --add-to-shipped --pgd-n 10000 --apgd-from-report RESULTS_JSON
 
 Clean accuracy on the whole CIFAR-10 test set, PGD-20 (L∞ 8/255, α = eps/4, random start) on the
 first ``--pgd-n`` test images, APGD-CE on the first ``--apgd-n`` and AutoAttack (standard, L∞
@@ -11,7 +12,9 @@ code and written into the checkpoint's metadata, which is then saved to
 ``src/nonrobust/assets/NAME.safetensors``. With ``--dtype float16`` the weights are stored in half
 precision: clean accuracy is measured on the whole test set before and after the rounding
 (``metrics.weight_rounding``), and every other figure is measured on the rounded weights, i.e. on
-the model as it is shipped. ``--add-to-shipped`` measures the shipped asset and adds to its
+the model as it is shipped. ``--apgd-from-report`` takes APGD-CE from a ``nonrobust report``
+of the shipped asset on the CIFAR-10 test set (its Table 3 row, measured by the same evaluation
+code) instead of running it a second time. ``--add-to-shipped`` measures the shipped asset and adds to its
 metadata (its precision is kept: the rounded values are exact in it). The data is the
 JPEG-re-encoded copy of CIFAR-10 prepared from ``shared/data`` (recorded in the metadata).
 """
@@ -48,6 +51,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="best.safetensors")
     ap.add_argument("--pgd-n", type=int, default=10000, help="PGD-20 on the first N test images (0: skip)")
     ap.add_argument("--apgd-n", type=int, default=0, help="APGD-CE alone on the first N (an upper bound on AutoAttack accuracy)")
+    ap.add_argument("--apgd-from-report", type=Path, metavar="RESULTS_JSON",
+                    help="take APGD-CE from this report of the shipped NAME (its first N test images) instead of measuring it")
     ap.add_argument("--aa-n", type=int, default=1000, help="AutoAttack (standard) on the first N (0: skip)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="precision of the stored weights")
@@ -80,6 +85,10 @@ def main() -> None:
         if n:
             measured[key] = {**measure(model, test, attack, label, n, args.batch_size), **({"note": note} if note else {})}
             print(f"{label} on {measured[key]['n']}: {measured[key]['value']:.2%} ({measured[key]['seconds']:.0f} s)", flush=True)
+    if args.apgd_from_report is not None:
+        measured["apgd_ce_accuracy"] = {**from_report(args.apgd_from_report, args.name, meta.metrics, "APGD-CE"),
+                                        "note": MEASUREMENTS[1][4]}
+        print(f"APGD-CE on {measured['apgd_ce_accuracy']['n']}: {measured['apgd_ce_accuracy']['value']:.2%} (from the report)", flush=True)
     meta.metrics = measured
     ASSETS.mkdir(parents=True, exist_ok=True)
     models.save(model, ASSETS / f"{args.name}.safetensors", meta, dtype=dtype)
@@ -111,6 +120,29 @@ def measure(model: torch.nn.Module, test: data.ImageDataset, attack: str, label:
             "attack": res["attacks"][label]["settings"],
             "perturbation": res["attacks"][label]["perturbation"],
             "seconds": round(time.perf_counter() - t1, 1)}
+
+
+def from_report(path: Path, name: str, shipped_metrics: dict, label: str) -> dict:
+    """The Table 3 row ``label`` of a report on the shipped model ``name``, in :func:`measure`'s form.
+
+    The report must be of ``name`` on the CIFAR-10 test set at L∞ 8/255, made while the asset
+    had the metadata it has now (its weight-rounding record): otherwise exits with the reason.
+    """
+    report = json.loads(path.read_text(encoding="utf-8"))
+    settings = report.get("settings", {})
+    same = (settings.get("model") == name and settings.get("data") == "cifar10" and settings.get("split") == "test"
+            and report.get("model_metrics", {}).get("weight_rounding") == shipped_metrics.get("weight_rounding"))
+    if not same:
+        raise SystemExit(f"{path}: not a report of the shipped {name} (its current weights) on the CIFAR-10 test set")
+    rows = [row for row in report["table3"]["rows"] if row["label"] == label and abs(row["eps"] - EPS) < 1e-9]
+    if not rows:
+        raise SystemExit(f"{path}: its Table 3 has no {label} row at L∞ 8/255")
+    row = rows[0]
+    return {"n": report["table3"]["n"], "value": row["robust_accuracy"], "clean_accuracy_on_these": row["clean_accuracy"],
+            "attack": row["settings"],
+            "perturbation": {"points": round(row["clean_accuracy"] * report["table3"]["n"]),
+                             **{k: row[k] for k in ("linf_max", "l2_median", "l2_max", "nan", "min", "max")}},
+            "seconds": row["seconds"], "measured_in": f"nonrobust report {path.name} (settings: {json.dumps(settings)})"}
 
 
 if __name__ == "__main__":
