@@ -320,6 +320,27 @@ def test_lr_schedules():
     assert lr_factor("constant", 3, 3, 10, 5) == 1
     with pytest.raises(UserError, match="bad schedule"):
         lr_factor("linear", 0, 0, 1, 1)
+    with pytest.raises(UserError, match=r"bad schedule 'step:0:0.5': step size must be ≥ 1"):  # the reason, not only the list
+        lr_factor("step:0:0.5", 0, 0, 1, 1)
+
+
+def test_piecewise_schedule_interpolates_its_knots_and_jumps_where_an_epoch_is_repeated():
+    spe = 4  # steps per epoch: step i of epoch e sits at e + (i + 1) / 4
+    at = [lr_factor("piecewise:0=0,3=1,8=0,8=0.625,13=0", e, i, spe, 13) for e in range(13) for i in range(spe)]
+    assert at[0] == pytest.approx(0.25 / 3) and at[11] == pytest.approx(1)  # t = 0.25, 3.0
+    assert at[21] == pytest.approx(0.5)  # t = 5.5: halfway down from 1 at 3 to 0 at 8
+    assert at[31] == 0 and at[32] == pytest.approx(0.625 * 4.75 / 5)  # t = 8.0 ends the cycle; t = 8.25 after the jump
+    assert at[-1] == 0
+    # the same as a one-cycle of 8 epochs, then the 13-epoch one-cycle's descent (how the shipped VGG-16 was trained)
+    cyc = [lr_factor("cyclic", e, i, spe, 8 if e < 8 else 13) for e in range(13) for i in range(spe)]
+    assert at == pytest.approx(cyc, abs=1e-12)
+    assert lr_factor("piecewise:2=0.5,4=0.1", 0, 0, 10, 9) == 0.5 and lr_factor("piecewise:2=0.5,4=0.1", 7, 0, 10, 9) == 0.1
+    for bad in ("piecewise:3=1", "piecewise:0=1,2=-1", "piecewise:4=1,2=0"):
+        with pytest.raises(UserError, match="at least two knots"):
+            lr_factor(bad, 0, 0, 1, 1)
+    for bad in ("piecewise:0=1,x", "piecewise:0=1;2=0", "piecewise:"):
+        with pytest.raises(UserError, match="bad schedule .*piecewise:E0=F0"):
+            lr_factor(bad, 0, 0, 1, 1)
 
 
 # --------------------------------------------------------------------------- command line

@@ -115,7 +115,8 @@ class TrainConfig:
         image_size: resize images to this side (folder / Tiny-ImageNet data).
         epochs, batch_size: length of training and the global batch size.
         optimizer, lr, momentum, weight_decay: SGD settings (``lr`` is the peak for ``cyclic``).
-        schedule: see :func:`lr_factor`: ``constant``, ``step:S:G``, ``multistep:M1,M2:G``, ``cosine``, ``cyclic``.
+        schedule: see :func:`lr_factor`: ``constant``, ``step:S:G``, ``multistep:M1,M2:G``, ``cosine``, ``cyclic``,
+            ``piecewise:E0=F0,E1=F1,...``.
         eps, steps, alpha: L∞ budget, inner steps and step size of the inner attack
             (``steps`` default 10, 1 for fast; ``alpha`` default 2.5·eps/steps, 1.25·eps for fast).
         beta: TRADES / MART trade-off (default 6).
@@ -145,7 +146,7 @@ class TrainConfig:
     lr: float = setting(0.1, "learning rate (the peak of the cyclic schedule)", "positive")
     momentum: float = setting(0.9, "SGD momentum", "non_negative")
     weight_decay: float = setting(5e-4, "weight decay", "non_negative")
-    schedule: str = setting("cosine", "constant, step:S:G, multistep:M1,M2:G, cosine or cyclic")
+    schedule: str = setting("cosine", "constant, step:S:G, multistep:M1,M2:G, cosine, cyclic or piecewise:E0=F0,E1=F1,...")
     eps: float = setting(8 / 255, "L∞ budget of the inner attack and the held-out check, in [0,1] pixel units", "positive")
     steps: int | None = setting(None, "inner attack steps (default 10; 1 for fast)", "positive_int")
     alpha: float | None = setting(None, "inner attack step size (default 2.5·eps/steps; 1.25·eps for fast)", "positive")
@@ -220,7 +221,13 @@ def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, epochs
     Schedules: ``constant``; ``step:S:G`` (×G every S epochs, as StepLR);
     ``multistep:M1,M2,...:G`` (×G after each milestone epoch, as MultiStepLR);
     ``cosine`` (per step, from 1 to 0 over all epochs); ``cyclic`` (Wong et al.
-    2020 one-cycle: per step, linear 0 → 1 at 2/5 of training → 0).
+    2020 one-cycle: per step, linear 0 → 1 at 2/5 of training → 0);
+    ``piecewise:E0=F0,E1=F1,...`` (per step, linear between the knots: factor Fi at
+    epoch Ei, non-decreasing epochs, the first and last factors held outside them;
+    an epoch given twice is a jump, its first factor ending the segment before it,
+    e.g. ``piecewise:0=0,3=1,8=0,8=0.625,13=0`` is a one-cycle over 8 epochs then a
+    second descent over 5). Per-step schedules place step ``step`` at
+    ``epoch + (step + 1) / steps_per_epoch``.
     Raises :class:`UserError` for an unknown or malformed schedule.
     """
     kind, *args = str(schedule).split(":")
@@ -244,9 +251,32 @@ def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, epochs
             if t <= peak:
                 return t / peak
             return max(0.0, (epochs - t) / (epochs - peak))
-    except ValueError:
+        if kind == "piecewise" and len(args) == 1:
+            return _piecewise(_knots(args[0]), epoch + (step + 1) / steps_per_epoch)
+    except UserError as e:  # a well-formed schedule with bad values: say which
+        raise UserError(f"bad schedule {schedule!r}: {e}") from None
+    except ValueError:  # malformed: fall through to the list of schedules
         pass
-    raise UserError(f"bad schedule {schedule!r}: use constant, step:S:G (e.g. step:20:0.2), multistep:M1,M2:G (e.g. multistep:100,150:0.1), cosine or cyclic")
+    raise UserError(f"bad schedule {schedule!r}: use constant, step:S:G (e.g. step:20:0.2), multistep:M1,M2:G (e.g. multistep:100,150:0.1), cosine, cyclic or "
+                    "piecewise:E0=F0,E1=F1,... (e.g. piecewise:0=0,3=1,8=0)")
+
+
+def _knots(spec: str) -> list[tuple[float, float]]:
+    """``E0=F0,E1=F1,...`` as ``[(epoch, factor), ...]``; raises ValueError / UserError when malformed."""
+    knots = [(float(e), float(f)) for e, f in (pair.split("=") for pair in spec.split(","))]
+    check(len(knots) >= 2 and all(f >= 0 for _, f in knots) and all(a[0] <= b[0] for a, b in zip(knots, knots[1:])),
+          "give at least two knots EPOCH=FACTOR, epochs non-decreasing, factors ≥ 0")
+    return knots
+
+
+def _piecewise(knots: list[tuple[float, float]], t: float) -> float:
+    """The factor at training position ``t`` (in epochs) of the piecewise-linear schedule through ``knots``."""
+    if t <= knots[0][0]:
+        return knots[0][1]
+    for (e0, f0), (e1, f1) in zip(knots, knots[1:]):
+        if e0 < e1 and t <= e1:
+            return (f0 * (e1 - t) + f1 * (t - e0)) / (e1 - e0)
+    return knots[-1][1]
 
 
 # --------------------------------------------------------------------------- methods
