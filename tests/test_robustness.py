@@ -207,6 +207,8 @@ BAD_INPUT = [
     ("train/n 0", _train("npz:{d}/rgb.npz", "--n", "0"), "--n: expected a positive integer"),
     ("train/fast AT with 3 steps", _train("npz:{d}/rgb.npz", "--method", "fast", "--steps", "3"), "takes 1 inner step"),
     ("train/bad schedule", _train("npz:{d}/rgb.npz", "--schedule", "bogus"), "bad schedule 'bogus'"),
+    ("train/schedule with bad values", _train("npz:{d}/rgb.npz", "--schedule", "piecewise:4=1,2=0"),
+     "bad schedule 'piecewise:4=1,2=0': give at least two knots"),
     ("train/negative momentum", _train("npz:{d}/rgb.npz", "--momentum", "-1"), "--momentum: expected a number ≥ 0"),
     ("train/resume with nothing to resume", _train("npz:{d}/rgb.npz", "--resume"), "no training run to resume"),
     ("train/out is a file", _train(out="{d}/rgb.npz"), "is a file, not a folder"),
