@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--aa-n", type=int, default=1000, help="AutoAttack (standard) on the first N (0: skip)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="precision of the stored weights")
+    ap.add_argument("--recipe-note", help="a sentence on how the run was trained, kept in the recipe (e.g. a run resumed with more epochs)")
     ap.add_argument("--add-to-shipped", action="store_true", help="measure the shipped asset NAME and add to its metadata")
     args = ap.parse_args()
     test = data.load_dataset("cifar10", "test")
@@ -79,7 +80,8 @@ def main() -> None:
         history = meta.metrics.get("history", [])
         measured.update(selected_epoch=meta.metrics.get("epoch"), training_history=history,
                         training_seconds=round(sum(h.get("seconds", 0) for h in history), 1))
-        meta.recipe = {**meta.recipe, "shipped_by": f"python scripts/ship_pretrained.py --run {args.run} --name {args.name}"}
+        meta.recipe = {**meta.recipe, "shipped_by": f"python scripts/ship_pretrained.py --run {args.run} --name {args.name}",
+                       **({"note": args.recipe_note} if args.recipe_note else {})}
     for option, key, attack, label, note in MEASUREMENTS:
         n = getattr(args, option)
         if n:
