@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +82,7 @@ def main() -> None:
         history = meta.metrics.get("history", [])
         measured.update(selected_epoch=meta.metrics.get("epoch"), training_history=history,
                         training_seconds=round(sum(h.get("seconds", 0) for h in history), 1))
-        meta.recipe = {**meta.recipe, "shipped_by": f"python scripts/ship_pretrained.py --run {args.run} --name {args.name}",
+        meta.recipe = {**meta.recipe, "shipped_by": shlex.join(["python", "scripts/ship_pretrained.py", *sys.argv[1:]]),
                        **({"note": args.recipe_note} if args.recipe_note else {})}
     for option, key, attack, label, note in MEASUREMENTS:
         n = getattr(args, option)
