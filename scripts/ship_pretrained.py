@@ -44,6 +44,7 @@ MEASUREMENTS = (  # (option, metadata key, registered attack, label, note)
     ("apgd_n", "apgd_ce_accuracy", "apgd-ce", "APGD-CE", "AutoAttack's first component alone: an upper bound on AutoAttack accuracy"),
     ("aa_n", "autoattack_accuracy", "autoattack", "AutoAttack", None),
 )
+NOTES = {key: note for _, key, _, _, note in MEASUREMENTS if note}
 
 
 def main() -> None:
@@ -91,7 +92,7 @@ def main() -> None:
             print(f"{label} on {measured[key]['n']}: {measured[key]['value']:.2%} ({measured[key]['seconds']:.0f} s)", flush=True)
     if args.apgd_from_report is not None:
         measured["apgd_ce_accuracy"] = {**from_report(args.apgd_from_report, args.name, meta.metrics, "APGD-CE"),
-                                        "note": MEASUREMENTS[1][4]}
+                                        "note": NOTES["apgd_ce_accuracy"]}
         print(f"APGD-CE on {measured['apgd_ce_accuracy']['n']}: {measured['apgd_ce_accuracy']['value']:.2%} (from the report)", flush=True)
     meta.metrics = measured
     ASSETS.mkdir(parents=True, exist_ok=True)
