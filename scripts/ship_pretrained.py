@@ -34,6 +34,7 @@ import torch
 from nonrobust import data, models
 from nonrobust.attacks import make_attack
 from nonrobust.evaluation import evaluate_attacks
+from nonrobust.identity import COMMAND, model_digest, provenance
 from nonrobust.io import write_json
 from nonrobust.runtime import environment
 
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--recipe-note", help="a sentence on how the run was trained, kept in the recipe (e.g. a run resumed with more epochs)")
     ap.add_argument("--add-to-shipped", action="store_true", help="measure the shipped asset NAME and add to its metadata")
     args = ap.parse_args()
+    COMMAND.set(["python", "scripts/ship_pretrained.py", *sys.argv[1:]])
     test = data.load_dataset("cifar10", "test")
     if args.add_to_shipped:
         path = ASSETS / f"{args.name}.safetensors"
@@ -95,6 +97,9 @@ def main() -> None:
                                         "note": NOTES["apgd_ce_accuracy"]}
         print(f"APGD-CE on {measured['apgd_ce_accuracy']['n']}: {measured['apgd_ce_accuracy']['value']:.2%} (from the report)", flush=True)
     meta.metrics = measured
+    # what the figures were measured on: the shipped weights (as stored), the CIFAR-10 test set, the command
+    meta.provenance = provenance(model=model, data=test, settings={"measurements": [k for k in measured if k.endswith("_accuracy")]},
+                                 seeds={"attacks": 0})
     ASSETS.mkdir(parents=True, exist_ok=True)
     models.save(model, ASSETS / f"{args.name}.safetensors", meta, dtype=dtype)
     if args.run is not None:
@@ -119,12 +124,16 @@ def round_weights(model: torch.nn.Module, meta: models.CheckpointMeta, test: dat
 def measure(model: torch.nn.Module, test: data.ImageDataset, attack: str, label: str, n: int, batch_size: int) -> dict:
     """Robust accuracy under ``attack`` at L∞ 8/255 on the first ``n`` test images, with its settings and sizes."""
     t1 = time.perf_counter()
-    res = evaluate_attacks(model, test.first(n).batches(batch_size), {label: make_attack(attack, eps=EPS)}, seed=0)
+    images = test.first(n)
+    res = evaluate_attacks(model, images.batches(batch_size), {label: make_attack(attack, eps=EPS)}, seed=0)
     return {"n": res["n"], "value": res["attacks"][label]["robust_accuracy"],
             "clean_accuracy_on_these": res["clean_accuracy"],
             "attack": res["attacks"][label]["settings"],
+            "description": make_attack(attack, eps=EPS).summary(),
             "perturbation": res["attacks"][label]["perturbation"],
-            "seconds": round(time.perf_counter() - t1, 1)}
+            "seconds": round(time.perf_counter() - t1, 1),
+            "provenance": provenance(model=model, data=images, settings={"attack": res["attacks"][label]["settings"], "batch_size": batch_size},
+                                     seeds={"attack": 0})}
 
 
 def from_report(path: Path, name: str, shipped_metrics: dict, label: str) -> dict:
@@ -135,10 +144,10 @@ def from_report(path: Path, name: str, shipped_metrics: dict, label: str) -> dic
     """
     report = json.loads(path.read_text(encoding="utf-8"))
     settings = report.get("settings", {})
-    same = (settings.get("model") == name and settings.get("data") == "cifar10" and settings.get("split") == "test"
-            and report.get("model_metrics", {}).get("weight_rounding") == shipped_metrics.get("weight_rounding"))
+    made_with = (report.get("provenance") or {}).get("model", {}).get("digest")
+    same = (made_with == model_digest(models.pretrained(name)) and settings.get("data") == "cifar10" and settings.get("split") == "test")
     if not same:
-        raise SystemExit(f"{path}: not a report of the shipped {name} (its current weights) on the CIFAR-10 test set")
+        raise SystemExit(f"{path}: not a report of the shipped {name} (its current weights, by content) on the CIFAR-10 test set")
     rows = [row for row in report["table3"]["rows"] if row["label"] == label and abs(row["eps"] - EPS) < 1e-9]
     if not rows:
         raise SystemExit(f"{path}: its Table 3 has no {label} row at L∞ 8/255")

@@ -13,3 +13,13 @@ DEVICES = [pytest.param("cpu", id="cpu")] + (
 def device(request) -> torch.device:
     """``cpu`` always; ``cuda`` (marked ``cuda``) when ``torch.cuda.is_available()``."""
     return torch.device(request.param)
+
+
+@pytest.fixture()
+def one_thread():
+    """Run a test single-threaded (tiny tensors: intra-op threads only add overhead, and make a busy 2-core machine stall and
+    subprocess timings erratic); the previous thread count is restored. Use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -549,3 +549,98 @@ def test_nrf_reference_loop_matches_a_transcription_and_differs_from_ours():
     assert ours[0, 0, 0, 0] == 0.0 and ours[1, 1, 2, 2] == 1.0
     default = make_attack("nrf", split=_Split(model), mask=mask, c=1.0, steps=30)(model, x, y)
     assert not torch.equal(default, ours)  # the two loops are different attacks, each under its own name
+
+
+# --------------------------------------------------------------------------- what runs is what is described
+_AA_BACKED = [name for name, spec in ATTACKS.items() if spec.factory is AutoAttackRunner]
+
+
+def _count_pyautoattack(monkeypatch) -> list[tuple]:
+    """Replace pyautoattack's per-run methods by recorders that change nothing (so every restart and target runs)."""
+    from pyautoattack.autopgd_base import APGDAttack
+    from pyautoattack.fab_base import FABAttack
+    from pyautoattack.square import SquareAttack
+
+    calls: list[tuple] = []
+
+    def apgd(self, x, y, x_init=None):
+        kind = "apgd-t" if type(self).__name__ == "APGDAttack_targeted" else f"apgd-{self.loss}"
+        calls.append((kind, self.n_iter))
+        return x, torch.ones(len(x), dtype=torch.bool, device=x.device), torch.zeros(len(x), device=x.device), x
+
+    def fab(self, x, y=None, use_rand_start=False, is_targeted=False):
+        calls.append(("fab-t" if is_targeted else "fab", None))
+        return x
+
+    def square(self, x, y):
+        calls.append(("square", self.n_queries))
+        return self.n_queries, x
+
+    monkeypatch.setattr(APGDAttack, "attack_single_run", apgd)
+    monkeypatch.setattr(FABAttack, "attack_single_run", fab)
+    monkeypatch.setattr(SquareAttack, "attack_single_run", square)
+    return calls
+
+
+@pytest.mark.parametrize("name", _AA_BACKED)
+def test_pyautoattack_runs_the_restarts_targets_and_queries_its_description_names(name, monkeypatch):
+    """Counted by patching pyautoattack itself: apgd-ce is 1 restart (0.1.3 ran pyautoattack's custom default of 5)."""
+    calls = _count_pyautoattack(monkeypatch)
+    model = small_model(classes=10)
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image classified correctly: every component attacks all of them
+    attack = make_attack(name)
+    attack(model, x, y)
+    s = attack.describe()
+    per = {"apgd-ce": [("apgd-ce", s["apgd_iterations"])] * s["apgd_restarts"],
+           "apgd-dlr": [("apgd-dlr", s["apgd_iterations"])] * s["apgd_restarts"],
+           "apgd-t": [("apgd-t", s["apgd_iterations"])] * s["targets"],
+           "fab-t": [("fab-t", None)] * s["targets"],
+           "fab": [("fab", None)] * s["fab_restarts"],
+           "square": [("square", s["square_queries"])]}
+    assert calls == [c for component in attack.runs for c in per[component]]
+    text = ATTACKS[name].description
+    assert text.endswith(AutoAttackRunner.summarise(s))
+    if name in ("apgd-ce", "aa-reference", "autoattack"):
+        assert s["apgd_restarts"] == 1 and "APGD-CE (1 restart, 100 iterations)" in text and calls[0] == ("apgd-ce", 100)
+        assert calls.count(("apgd-ce", 100)) == 1
+
+
+def test_the_autoattack_description_changes_with_what_runs(monkeypatch):
+    calls = _count_pyautoattack(monkeypatch)
+    model = small_model(classes=4)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attack = make_attack("apgd-ce", apgd_restarts=5, apgd_iterations=7)
+    attack(model, x, y)
+    assert calls == [("apgd-ce", 7)] * 5
+    assert "APGD-CE (5 restarts, 7 iterations)" in attack.summary()
+    calls.clear()
+    make_attack("autoattack")(model, x, y)  # 4 classes: 3 target classes at most
+    assert calls.count(("apgd-t", 100)) == 3 and calls.count(("fab-t", None)) == 3
+
+
+@pytest.mark.parametrize("name", [n for n, spec in ATTACKS.items() if not spec.needs_split])
+def test_registered_settings_are_the_ones_that_run(name):
+    """The registry's description is generated from AttackSpec.settings(), which equals what the built attack reports."""
+    spec = ATTACKS[name]
+    attack = make_attack(name)
+    assert attack.describe() == spec.settings()
+    assert spec.description.endswith(attack.summary())
+
+
+def test_attacks_are_found_by_their_labels_and_near_misses_are_named():
+    assert make_attack("PGD-20").describe() == make_attack("pgd-20").describe()
+    assert make_attack("CW∞").describe()["name"] == "cw-inf"
+    with pytest.raises(UserError, match="did you mean pgd-20"):
+        make_attack("pgd20")
+
+
+def test_budgets_in_pixel_units_are_checked():
+    with pytest.raises(UserError, match="more than the whole pixel range"):
+        make_attack("pgd-20", eps=8.0)
+    with pytest.warns(UserWarning, match="above 16/255"):
+        make_attack("fgsm", eps=20 / 255)
+    make_attack("pgd-l2", eps=2.0)  # an L2 radius above 1 is an ordinary budget

@@ -10,8 +10,8 @@ from torch import nn
 
 from nonrobust.attacks import PGD, make_attack
 from nonrobust.data import ImageDataset
-from nonrobust.errors import UserError
 from nonrobust.evaluation import batch_generator, evaluate_attacks
+from nonrobust.io import load_tensors
 from nonrobust.streams import attack_to_file, summarise_file
 from nonrobust.io import load_tensors
 
@@ -85,13 +85,23 @@ def test_attack_file_summary_matches_an_independent_count(tmp_path):
     assert summarise_file(out)["robust_accuracy"] == summary["robust_accuracy"]
 
 
-def test_leftover_partial_from_other_settings_is_refused(tmp_path):
+def test_leftover_partial_of_other_work_is_started_over(tmp_path):
+    """A partial file of other settings, or of other weights behind the same model object, is never continued."""
     model, ds = model_and_data()
-    out = tmp_path / "adv.safetensors"
+    out, fresh = tmp_path / "adv.safetensors", tmp_path / "fresh" / "adv.safetensors"
     with pytest.raises(KeyboardInterrupt):
         attack_to_file(model, ds, Interrupting(PGD(steps=1), 2), out, batch_size=8, progress=False)
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.warns(UserWarning, match="started over"):
         attack_to_file(model, ds, PGD(steps=2), out, batch_size=8, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        attack_to_file(model, ds, Interrupting(PGD(steps=2), 2), out, batch_size=8, progress=False)
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)  # the same object, other weights: other work
+    with pytest.warns(UserWarning, match="started over"):
+        attack_to_file(model, ds, PGD(steps=2), out, batch_size=8, progress=False)
+    attack_to_file(model, ds, PGD(steps=2), fresh, batch_size=8, progress=False)
+    a, b = load_tensors(out)[0], load_tensors(fresh)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_evaluate_attacks_worst_case_is_the_intersection():
@@ -174,7 +184,8 @@ def test_a_partial_file_continues_only_with_the_same_layout(tmp_path):
     out = tmp_path / "t.safetensors"
     first = StreamingTensorFile(out, {"a": (torch.float32, (4,))}, {}, "same settings")
     first.write(0, {"a": torch.ones(2)})
-    with pytest.raises(UserError, match="other settings"):
-        StreamingTensorFile(out, {"a": (torch.float64, (4,))}, {}, "same settings")
     again = StreamingTensorFile(out, {"a": (torch.float32, (4,))}, {}, "same settings")
     assert again.rows_done == 2
+    with pytest.warns(UserWarning, match="started over"):
+        other = StreamingTensorFile(out, {"a": (torch.float64, (4,))}, {}, "same settings")
+    assert other.rows_done == 0

@@ -26,13 +26,7 @@ from nonrobust.split import split_model
 IDENTITY = dict(pad=0, jitter=0, scales=(1.0,), rotate=0.0, jitter2=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall badly on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_net(seed: int = 0, channels: int = 3) -> nn.Sequential:

@@ -15,7 +15,7 @@ from torch import nn
 from nonrobust import models
 from nonrobust.architectures import Normalize
 from nonrobust.errors import UserError
-from nonrobust.io import save_tensors
+from nonrobust.io import load_tensors, save_tensors
 from nonrobust.models import ARCHITECTURES, PRETRAINED, CheckpointMeta, build, load, load_with_meta, make_meta, resolve, save
 
 # (channels, height, width) at each arch's default layer for a 32 px input, at default options.
@@ -146,7 +146,8 @@ def test_small_options_round_trip(tmp_path, images):
     assert meta.arch_options == {"depth": 10, "widen": 1, "dropout": 0.3}
     save(wrn, path, meta)
     loaded, loaded_meta = load_with_meta(path)
-    assert asdict(loaded_meta) == asdict(meta)
+    assert loaded_meta.tensors_sha256 == models.tensors_digest(load_tensors(path)[0])  # recorded by save, checked by load
+    assert {**asdict(loaded_meta), "tensors_sha256": None} == asdict(meta)
     _assert_same_state(wrn, loaded)
     with torch.no_grad():
         assert torch.equal(loaded(images), wrn(images))

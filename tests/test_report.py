@@ -20,6 +20,8 @@ from nonrobust.errors import UserError
 from nonrobust.io import load_tensors
 from nonrobust.report import SECTIONS, ReportSettings, profile, run_report
 
+from helpers import comparable  # noqa: E402
+
 TINY = dict(model="cifar10-small-at", data="cifar10-slice", n=24, batch_size=12, attacks=("fgsm", "pgd-20", "cw-l2", "nrf-linf", "nrf"),
             l2_steps=4, ib_iterations=12, population_n=24, population_iterations=6, betas=(0.0, 1.0), beta_n=12, tsne_n=24,
             featvis_images=1, featvis_steps=4, device="cpu")
@@ -30,16 +32,6 @@ def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     settings = ReportSettings(**TINY)
     return settings, out, run_report(settings, out, progress=False)
-
-
-def _comparable(results: dict) -> dict:
-    """results.json without what legitimately changes between runs (timings, environment)."""
-    drop = {"steps", "wall_seconds", "environment"}
-    out = {k: v for k, v in results.items() if k not in drop}
-    for table in ("table3", "table4"):
-        for row in out.get(table, {}).get("rows", []):
-            row.pop("seconds", None)
-    return json.loads(json.dumps(out, default=str))
 
 
 def test_report_files(tiny_report):
@@ -141,7 +133,7 @@ def test_rerun_reuses_every_step_and_gives_identical_results(tiny_report):
     settings, out, results = tiny_report
     again = run_report(settings, out, progress=False)
     assert all(v["reused"] for v in again["steps"].values())
-    assert _comparable(again) == _comparable(results)
+    assert comparable(again) == comparable(results)
 
 
 def test_changed_setting_recomputes_only_what_depends_on_it(tiny_report, tmp_path):
@@ -219,7 +211,7 @@ def test_folder_lock(tmp_path):
         import socket
 
         (tmp_path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": "now"}))
-        with pytest.raises(UserError, match="being written by another report"):
+        with pytest.raises(UserError, match="being written by another nonrobust process"):
             run_report(ReportSettings(**TINY), tmp_path, only=("sigma",), progress=False)
     finally:
         holder.kill()
@@ -258,7 +250,7 @@ def test_killed_report_resumes_to_the_same_result(tmp_path):
     assert final.returncode == 0, final.stderr
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
     b = json.loads((killed / "results.json").read_text())
-    assert _comparable(a) == _comparable(b)
+    assert comparable(a) == comparable(b)
 
 
 def test_cli_evaluate_and_errors(tmp_path):

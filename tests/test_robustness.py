@@ -32,20 +32,14 @@ from nonrobust.errors import UserError
 from nonrobust.io import load_tensors, save_tensors
 from nonrobust.split import split_model
 
-from helpers import ERROR_LINE, assert_one_error_line, cli  # noqa: E402,F401
+from helpers import ERROR_LINE, assert_one_error_line, cli, comparable, without_command  # noqa: E402,F401
 
 # Subprocesses run single-threaded: on a loaded 2-core machine two OpenMP threads per process
 # make a tiny model hundreds of times slower, and timings (hence kill points) erratic.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process commands single-threaded too (see ENV); the previous setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # --------------------------------------------------------------------------- files of a careless user
@@ -297,33 +291,42 @@ def test_a_failed_first_batch_leaves_nothing_to_block_the_corrected_rerun(capsys
     assert load_tensors(out)[0]["x_adv"].shape == (12, 3, 16, 16)
 
 
-def test_interrupted_attack_keeps_its_resume_point_and_refuses_other_settings(capsys, world, tmp_path, monkeypatch):
-    """Ctrl-C after the first batch: exit 130, the finished rows stay in .partial; a rerun with other settings is refused
-    (naming the file to delete), the same settings finish the job with the result of an uninterrupted run."""
-    out, whole = tmp_path / "adv.safetensors", tmp_path / "whole" / "adv.safetensors"
+def test_interrupted_attack_keeps_its_resume_point_and_starts_over_for_other_settings(capsys, world, tmp_path, monkeypatch):
+    """Ctrl-C after the first batch: exit 130 with a last line that says how to resume, the finished rows stay in .partial;
+    a rerun with other settings starts over (one warning line) and gives what a fresh run of those settings gives; the same
+    settings finish the job with the result of an uninterrupted run."""
+    out = tmp_path / "adv.safetensors"
     base = ["attack", "--model", world / "tiny.safetensors", "--data", f"npz:{world / 'rgb.npz'}", "--attack", "pgd", "--batch-size", "5",
             "--device", "cpu"]
-    argv = [*base, "--steps", "2"]
-    assert cli(capsys, *argv, "--out", whole)[0] == 0
+    fresh = {steps: tmp_path / f"fresh-{steps}" / "adv.safetensors" for steps in ("2", "3")}
+    for steps, path in fresh.items():
+        assert cli(capsys, *base, "--steps", steps, "--out", path)[0] == 0
     run = attacks.PGD._run
-    calls = []
 
-    def interrupt_second_batch(self, *args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return run(self, *args)
+    def interrupted(argv):
+        calls = []
 
-    with monkeypatch.context() as m:
-        m.setattr(attacks.PGD, "_run", interrupt_second_batch)
-        code, _, err = cli(capsys, *argv, "--out", out)
-    assert code == 130 and err.strip().splitlines()[-1] == "interrupted"
-    assert not out.exists() and json.loads(out.with_name(out.name + ".progress.json").read_text())["rows"] == 5
+        def interrupt_second_batch(self, *args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return run(self, *args)
+
+        with monkeypatch.context() as m:
+            m.setattr(attacks.PGD, "_run", interrupt_second_batch)
+            code, _, err = cli(capsys, *argv, "--out", out)
+        assert code == 130 and "rerun the same command to resume" in err.strip().splitlines()[-1], err
+        assert json.loads(out.with_name(out.name + ".progress.json").read_text())["rows"] == 5
+
+    interrupted([*base, "--steps", "2"])
+    assert not out.exists()
     code, _, err = cli(capsys, *base, "--steps", "3", "--out", out)
-    assert_one_error_line(code, err, "adv.safetensors.partial is left from a run with other settings: delete it")
-    code, _, err = cli(capsys, *argv, "--out", out)
-    assert code == 0, err
-    _assert_tensor_files_equal(whole, out)
+    assert code == 0 and "started over" in err, err
+    _assert_tensor_files_equal(fresh["3"], out)
+    interrupted([*base, "--steps", "2"])
+    code, _, err = cli(capsys, *base, "--steps", "2", "--out", out)
+    assert code == 0 and "started over" not in err, err
+    _assert_tensor_files_equal(fresh["2"], out)
 
 
 def test_train_mistakes_leave_no_run_folder_to_trip_over(capsys, world, tmp_path):
@@ -592,7 +595,7 @@ def _assert_tensor_files_equal(a: Path, b: Path) -> None:
     assert ta.keys() == tb.keys()
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
-    assert ma == mb
+    assert without_command(ma) == without_command(mb)  # the command line (another --out) is the one part that may differ
 
 
 def _assert_absent_or_complete(out: Path, rows: int) -> None:
@@ -619,8 +622,9 @@ def _streamed_command_survives_kills(tmp_path: Path, argv: list[str], rows: int,
     assert final.returncode == 0, final.stderr
     _assert_tensor_files_equal(whole, killed)
     a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (whole, killed))
-    a.pop("seconds_this_run", None), b.pop("seconds_this_run", None)
-    assert a == b
+    for summary in (a, b):
+        summary.pop("seconds_this_run", None)
+    assert without_command(a) == without_command(b)
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.progress.json"))
 
 
@@ -692,7 +696,7 @@ def test_same_seed_gives_bit_identical_results(capsys, world, tmp_path, argv):
         assert code == 0, err
         s = json.loads((tmp_path / name / "out.json").read_text())
         s.pop("seconds_this_run", None)
-        summaries.append(s)
+        summaries.append(without_command(s))  # the command names another --out
     assert summaries[0] == summaries[1]
     _assert_tensor_files_equal(tmp_path / "a" / "out.safetensors", tmp_path / "b" / "out.safetensors")
 
@@ -705,13 +709,7 @@ REPORT = ["report", "--model", "cifar10-small-at", "--data", "cifar10-slice", "-
 
 
 def _comparable(folder: Path) -> dict:
-    """results.json without what legitimately changes between runs (timings, environment)."""
-    results = json.loads((folder / "results.json").read_text())
-    out = {k: v for k, v in results.items() if k not in {"steps", "wall_seconds", "environment"}}
-    for table in ("table3", "table4"):
-        for row in out.get(table, {}).get("rows", []):
-            row.pop("seconds", None)
-    return out
+    return comparable(json.loads((folder / "results.json").read_text()))
 
 
 @pytest.mark.slow
@@ -735,7 +733,7 @@ def test_concurrent_reports_into_one_folder(tmp_path):
     assert first.poll() is None, "the first report ended before the second could start"
     second = subprocess.run([sys.executable, "-m", "nonrobust", *map(str, REPORT), "--out", str(shared)],
                             capture_output=True, text=True, env=ENV, timeout=300)
-    line = assert_one_error_line(second.returncode, second.stderr, "is being written by another report")
+    line = assert_one_error_line(second.returncode, second.stderr, "is being written by another nonrobust process")
     assert line.startswith("error: ") and str(shared) in line and f"pid {first.pid}" in line
     first.wait(timeout=300)
     assert first.returncode == 0, _stderr(first)

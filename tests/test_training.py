@@ -165,7 +165,8 @@ def test_run_folder_metrics_and_checkpoints(tmp_path):
     out = tmp_path / "run"
     cfg = _config(epochs=2)
     result = _run(cfg, out, command=["nonrobust", "train", "..."])
-    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "last.safetensors", "metrics.jsonl", "state.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "last.safetensors", "metrics.jsonl", "provenance.json",
+                                                         "state.safetensors"]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in lines] == [1, 2]
     for key in ("train_loss", "train_acc", "eval_clean_acc", "eval_pgd_acc", "lr", "seconds", "images_per_second", "best"):

@@ -21,6 +21,8 @@ afterwards, also when they raise. Randomness comes only from ``generator``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol
 
@@ -45,6 +47,9 @@ __all__ = [
     "ATTACKS",
     "AttackSpec",
     "make_attack",
+    "attack_name",
+    "budget_text",
+    "check_budget",
     "ATTACK_SETS",
     "AttackSet",
     "make_attack_set",
@@ -56,6 +61,7 @@ __all__ = [
     "perturbation_norms",
     "summarise_sizes",
     "point_sizes",
+    "CHANGE_FLOOR",
     "exact_delta",
     "Ball",
     "ce_loss",
@@ -63,6 +69,22 @@ __all__ = [
 ]
 
 Norm = Literal["linf", "l2"]
+
+
+LINF_WARN = 16 / 255
+"""An L∞ budget above this is warned about: larger than the budgets robustness work uses (8/255 on CIFAR-10)."""
+
+
+def check_budget(norm: str, eps: float | None) -> None:
+    """Refuse an L∞ ``eps`` above 1 (more than the whole [0,1] pixel range) and warn above :data:`LINF_WARN`."""
+    if eps is None:
+        return
+    check(eps > 0, f"eps must be > 0, got {eps}")
+    if norm == "linf":
+        check(eps <= 1, f"an L∞ eps of {eps:g} is more than the whole pixel range: budgets are in [0,1] pixel units (8/255 ≈ 0.0314)")
+        if eps > LINF_WARN:
+            warnings.warn(f"an L∞ eps of {eps:.4g} ({eps * 255:.3g}/255) is above 16/255, larger than the budgets robustness work uses: "
+                          "budgets are in [0,1] pixel units (8/255 ≈ 0.0314)", stacklevel=3)
 
 
 def _validate(x: Tensor, y: Tensor) -> None:
@@ -342,10 +364,34 @@ def step_size(eps: float, steps: int, factor: float | str) -> float:
     return value * eps / steps
 
 
+def budget_text(eps: float | None) -> str:
+    """A budget as people write it: ``8/255`` when it is a whole number of grey levels, else the number."""
+    if eps is None:
+        return "unbounded"
+    levels = eps * 255
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-9 and round(levels) >= 1 else f"{eps:.4g}"
+
+
+def _count(k: int, word: str, plural: str | None = None) -> str:
+    return f"{k} {word if k == 1 else plural or word + 's'}"
+
+
+_NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+
+
 class _Base:
     """Shared plumbing: validation, freezing the model, restarts and a settings record."""
 
     name = "attack"
+
+    @classmethod
+    def summarise(cls, s: Mapping[str, Any]) -> str:
+        """One line of what the settings ``s`` (a :meth:`describe` record) run: steps, step size, budget, restarts."""
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """:meth:`summarise` of this attack's own settings: generated from what runs, never written by hand."""
+        return self.summarise(self.describe())
 
     def describe(self) -> dict:
         """Every setting of this attack, with its name, norm and budget (``eps`` None = unbounded).
@@ -424,13 +470,20 @@ class PGD(_Base):
 
     def __post_init__(self) -> None:
         check(self.norm in ("linf", "l2"), f"norm must be linf or l2, got {self.norm!r}")
-        check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        check_budget(self.norm, self.eps)
         check(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}")
         check(self.restarts >= 1, f"restarts must be ≥ 1, got {self.restarts}")
         check(self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
         if self.alpha is None:
             self.alpha = step_size(self.eps, self.steps, self.alpha_factor)
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+
+    @classmethod
+    def summarise(cls, s: Mapping[str, Any]) -> str:
+        start = "random start" if s["random_start"] else "no random start"
+        loss = {"ce": "cross-entropy", "margin": "CW margin"}[s["loss"]]
+        return (f"{_NORM_NAMES[s['norm']]} eps {budget_text(s['eps'])}, {_count(s['steps'], 'step')} of α {budget_text(s['alpha'])}, {loss} loss, "
+                f"{start}, {_count(s['restarts'], 'restart')}" + (", targeted" if s["targeted"] else ""))
 
     def _objective(self, model: nn.Module) -> Objective:
         loss_fn, sign = LOSSES[self.loss], -1.0 if self.targeted else 1.0
@@ -490,6 +543,12 @@ class CWL2(_Base):
         check(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.binary_search_steps >= 1, "binary_search_steps must be ≥ 1")
+
+    @classmethod
+    def summarise(cls, s: Mapping[str, Any]) -> str:
+        search = f", {s['binary_search_steps']} binary-search steps of c" if s["binary_search_steps"] > 1 else ""
+        return (f"L2 unbounded (the measured sizes are its budget), c {s['c']:g}, κ {s['kappa']:g}, Adam lr {s['lr']:g}, "
+                f"{_count(s['steps'], 'step')}{', early stop' if s['early_stop'] else ''}{search}")
 
     def _objective(self, model: nn.Module, c: Tensor) -> Objective:
         def value(x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -583,6 +642,7 @@ class NRF(_Base):
         check(self.loop == "nonrobust" or self.form != "linf", "the reference loop is the L2 forms' (Adam in tanh space)")
         if self.form == "linf":
             check(self.eps is not None and self.eps > 0, f"the linf form needs eps > 0, got {self.eps}")
+            check_budget("linf", self.eps)
             if self.alpha is None:
                 self.alpha = step_size(self.eps, self.steps, self.alpha_factor)
 
@@ -602,6 +662,18 @@ class NRF(_Base):
         else:
             d.pop("alpha_factor")
         return d
+
+    @classmethod
+    def summarise(cls, s: Mapping[str, Any]) -> str:
+        push = f"{'maximise' if s['sign'] == 1 else 'minimise'} the {s['channels'].replace('nonrobust', 'non-robust')} channels' gradient norm"
+        masks = s.get("masks") or ("given masks" if s.get("mask") else "masks from the bottleneck on each clean batch")
+        if s["form"] == "linf":
+            how = (f"L∞ eps {budget_text(s['eps'])}, {_count(s['steps'], 'step')} of α {budget_text(s['alpha'])}, "
+                   f"{'random start' if s['random_start'] else 'no random start'}")
+        else:
+            how = (f"L2 unbounded, c {s['c']:g}, Adam lr {s['lr']:g}, {_count(s['steps'], 'step')}"
+                   f"{', early stop' if s['early_stop'] else ''}, {s['form']} form" + (", the reference code's loop" if s["loop"] == "reference" else ""))
+        return f"{push}; {how}; {masks}"
 
     def _channel_mask(self, x: Tensor, y: Tensor, indices: Tensor | None) -> Tensor:
         if self.mask is None:
@@ -655,31 +727,48 @@ class NRF(_Base):
 _AA_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "fab", "apgd-dlr")
 
 
+_AA_NAMES = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square", "fab": "FAB", "apgd-dlr": "APGD-DLR"}
+_AA_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
 @dataclass
 class AutoAttackRunner(_Base):
-    """AutoAttack (Croce & Hein, ICML 2020) from the reference implementation (``pyautoattack``).
+    """AutoAttack (Croce & Hein, ICML 2020) from the reference implementation (``pyautoattack``), with every setting explicit.
 
-    ``version="standard"`` runs APGD-CE, APGD-T, FAB-T and Square in cascade
-    (each on the points still correct). ``components`` picks single components
-    (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``, ``fab``, ``apgd-dlr``) as a
-    custom run; ``apgd_restarts`` overrides APGD's restarts (the reference code's
-    "AA" is APGD-CE alone with 1 restart — not AutoAttack). The seed comes from
-    ``generator`` when one is passed, else ``seed``; the global RNG is restored
-    afterwards. Defaults: L∞, eps 8/255, standard version.
+    ``version="standard"`` runs APGD-CE, APGD-T, FAB-T and Square in cascade (each on the points
+    still correct); ``components`` picks single components (``apgd-ce``, ``apgd-t``, ``fab-t``,
+    ``square``, ``fab``, ``apgd-dlr``) as a custom run, in that order. Whatever the version, the
+    components run with this object's settings, set on pyautoattack's attack objects before the run
+    (pyautoattack's own defaults for a custom run differ from the standard ones: APGD with 5
+    restarts, FAB with 5), so :meth:`describe` is what runs:
+
+    - ``apgd_restarts``, ``apgd_iterations``: APGD-CE / APGD-DLR restarts and iterations (standard: 1, 100);
+      APGD-T runs 1 restart per target class with the same iterations;
+    - ``targets``: target classes of APGD-T and FAB-T (standard 9; at most the model's classes − 1);
+    - ``fab_restarts``: restarts of untargeted FAB (FAB-T always runs 1 per target: pyautoattack's rule);
+    - ``square_queries``: Square's query budget (standard 5000).
+
+    The seed comes from ``generator`` when one is passed, else ``seed``; the global RNG is restored
+    afterwards. Defaults: L∞, eps 8/255, the standard version. pyautoattack's own checks of the model
+    are silenced: nonrobust runs its own (:mod:`nonrobust.checks`) once per model and command.
     """
 
     eps: float = 8 / 255
     norm: Literal["linf", "l2"] = "linf"
     version: Literal["standard", "custom"] = "standard"
     components: tuple[str, ...] | None = None
-    apgd_restarts: int | None = None
+    apgd_restarts: int = 1
+    apgd_iterations: int = 100
+    targets: int = 9
+    fab_restarts: int = 1
+    square_queries: int = 5000
     seed: int = 0
     batch_size: int = 500
     name: str = "autoattack"
 
     def __post_init__(self) -> None:
-        check(self.eps > 0, f"eps must be > 0, got {self.eps}")
         check(self.norm in ("linf", "l2"), f"norm must be linf or l2, got {self.norm!r}")
+        check_budget(self.norm, self.eps)
         if self.components is not None:
             self.components = tuple(self.components)
             bad = [c for c in self.components if c not in _AA_COMPONENTS]
@@ -687,8 +776,33 @@ class AutoAttackRunner(_Base):
             self.version = "custom"
         check(self.version in ("standard", "custom"), f"version must be standard or custom, got {self.version!r}")
         check(self.version == "standard" or bool(self.components), "a custom AutoAttack run needs components")
+        for name in ("apgd_restarts", "apgd_iterations", "targets", "fab_restarts", "square_queries", "batch_size"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        runs = self.runs
+        check(not ("fab" in runs and "fab-t" in runs and runs.index("fab-t") < runs.index("fab")),
+              "run fab before fab-t: after FAB-T, pyautoattack's FAB keeps 1 restart")
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        """The components this attack runs, in order."""
+        return _AA_STANDARD if self.version == "standard" else tuple(self.components or ())
+
+    @classmethod
+    def summarise(cls, s: Mapping[str, Any]) -> str:
+        runs = tuple(s["components"]) if s.get("components") else _AA_STANDARD
+        version = "custom" if s.get("components") else s["version"]
+        per = {"apgd-ce": f"{_count(s['apgd_restarts'], 'restart')}, {s['apgd_iterations']} iterations",
+               "apgd-dlr": f"{_count(s['apgd_restarts'], 'restart')}, {s['apgd_iterations']} iterations",
+               "apgd-t": f"{_count(s['targets'], 'target class', 'target classes')}, 1 restart each, {s['apgd_iterations']} iterations",
+               "fab-t": f"{_count(s['targets'], 'target class', 'target classes')}, 1 restart each",
+               "fab": f"untargeted, {_count(s['fab_restarts'], 'restart')}",
+               "square": f"{s['square_queries']} queries"}
+        parts = ", then ".join(f"{_AA_NAMES[c]} ({per[c]})" for c in runs)
+        return f"{_NORM_NAMES[s['norm']]} eps {budget_text(s['eps'])}, {version} version: {parts}"
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
+        import logging
+
         try:
             from pyautoattack import AutoAttack
         except ImportError:  # pragma: no cover - declared dependency
@@ -698,82 +812,126 @@ class AutoAttackRunner(_Base):
             n_classes = model(x[:1]).shape[1]
         check(n_classes >= 2, "AutoAttack needs at least 2 classes")
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        aa_log = logging.getLogger("auto-attack")
+        level = aa_log.level
         with torch.random.fork_rng(devices=devices):
             aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[self.norm], eps=self.eps, version=self.version,
                             seed=seed, device=x.device, attacks=list(self.components) if self.version == "custom" else None)
             aa.verbose = False
-            targets = min(9, n_classes - 1)
-            aa.apgd_targeted.n_target_classes = targets
-            aa.fab.n_target_classes = targets
-            if self.apgd_restarts is not None:
-                aa.apgd.n_restarts = self.apgd_restarts
-            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
+            targets = min(self.targets, n_classes - 1)
+            aa.apgd.n_restarts, aa.apgd.n_iter = self.apgd_restarts, self.apgd_iterations
+            aa.apgd_targeted.n_restarts, aa.apgd_targeted.n_iter, aa.apgd_targeted.n_target_classes = 1, self.apgd_iterations, targets
+            aa.fab.n_restarts, aa.fab.n_target_classes = self.fab_restarts, targets
+            aa.square.n_queries = self.square_queries
+            try:
+                aa_log.setLevel(logging.ERROR)  # its checks of the model: nonrobust.checks runs its own, once per model
+                x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
+            finally:
+                aa_log.setLevel(level)
         return Ball(self.norm, self.eps).fit(x_adv.detach(), x)  # AutoAttack projects in float32: undo its rounding
 
 
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class AttackSpec:
-    """A registered attack: how to build it, its norm, its display label and what it is."""
+    """A registered attack: how to build it, its norm, its display label and what it is.
+
+    ``what`` says what the attack is in words, without numbers; :attr:`description` adds what its
+    registered settings run, generated from them (:meth:`settings`), so the two cannot disagree.
+    """
 
     name: str
     factory: Callable[..., Attack]
     defaults: dict = field(default_factory=dict)
     norm: str = "linf"
     label: str = ""
-    description: str = ""
+    what: str = ""
     needs_split: bool = False
 
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        """The settings this attack runs with (every field of its class, as :meth:`describe` reports them),
+        built without a model: the class's defaults, the registered ones, then ``overrides``."""
+        values = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
+                  for f in fields(self.factory)}
+        values.update(self.defaults)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "alpha" in values and values.get("alpha") is None and values.get("eps") is not None:
+            values["alpha"] = step_size(values["eps"], values["steps"], values["alpha_factor"])
+        values.setdefault("eps", None)
+        if self.factory is NRF:
+            values["masks"] = None
+        return values
 
-def _spec(name: str, factory: Callable[..., Attack], threat: str, label: str, description: str, needs_split: bool = False,
+    @property
+    def description(self) -> str:
+        """``what``, then the settings it runs with, in words (:meth:`_Base.summarise` of :meth:`settings`)."""
+        return f"{self.what}: {self.factory.summarise(self.settings())}"  # type: ignore[attr-defined]
+
+
+def _spec(name: str, factory: Callable[..., Attack], threat: str, label: str, what: str, needs_split: bool = False,
           **defaults) -> AttackSpec:
-    return AttackSpec(name, factory, dict(defaults, name=name), threat, label, description, needs_split)
+    return AttackSpec(name, factory, dict(defaults, name=name), threat, label, what, needs_split)
 
 
-_REF = "reference code's setting, as in the paper's Table 3"
+_REF = "the reference code's setting, as in the paper's Table 3"
 _F = STEP_FACTORS
 ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
-    _spec("fgsm", PGD, "linf", "FGSM", "FGSM: one signed-gradient step of size eps", steps=1, alpha_factor=_F["fgsm"], random_start=False),
-    _spec("bim", PGD, "linf", "BIM", f"BIM: 9 steps of 1/255 without random start ({_REF})", steps=9, alpha=1 / 255, random_start=False),
-    _spec("pgd", PGD, "linf", "PGD-10", f"PGD-10, CE, α = 2.3·eps/steps, random start ({_REF})", steps=10),
-    _spec("pgd-20", PGD, "linf", "PGD-20", "PGD-20, CE, α = eps/4 (2/255 at 8/255, Madry et al.), random start",
-          steps=20, alpha_factor=_F["quarter"]),
-    _spec("pgd-l2", PGD, "l2", "PGD-L2", "PGD in the L2 ball, CE, 20 steps, α = 2.5·eps/steps, random start", norm="l2", eps=0.5,
-          steps=20, alpha_factor=_F["madry"]),
-    _spec("cw-inf", PGD, "linf", "CW∞", "CW∞: PGD-20 on the CW margin loss, α = eps/4", loss="margin", steps=20, alpha_factor=_F["quarter"]),
-    _spec("cw-l2", CWL2, "l2", "CW-L2", f"Carlini–Wagner L2, c 0.1, Adam lr 0.1, 200 steps, unbounded ({_REF})"),
-    _spec("autoattack", AutoAttackRunner, "linf", "AutoAttack", "AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)"),
-    _spec("apgd-ce", AutoAttackRunner, "linf", "APGD-CE", "APGD-CE (AutoAttack component, 1 restart)", components=("apgd-ce",)),
-    _spec("apgd-t", AutoAttackRunner, "linf", "APGD-T", "APGD-T, 9 target classes (AutoAttack component)", components=("apgd-t",)),
-    _spec("fab-t", AutoAttackRunner, "linf", "FAB-T", "FAB-T, 9 target classes (AutoAttack component)", components=("fab-t",)),
-    _spec("fab", AutoAttackRunner, "linf", "FAB", f"FAB, untargeted, 5 restarts (AutoAttack component; {_REF})", components=("fab",)),
-    _spec("square", AutoAttackRunner, "linf", "Square", "Square, 5000 queries (AutoAttack component)", components=("square",)),
+    _spec("fgsm", PGD, "linf", "FGSM", "FGSM (Goodfellow et al. 2015): one signed-gradient step of the whole budget", steps=1,
+          alpha_factor=_F["fgsm"], random_start=False),
+    _spec("bim", PGD, "linf", "BIM", f"BIM (Kurakin et al. 2017), {_REF}", steps=9, alpha=1 / 255, random_start=False),
+    _spec("pgd", PGD, "linf", "PGD-10", f"PGD with α = 2.3·eps/steps, {_REF}", steps=10),
+    _spec("pgd-20", PGD, "linf", "PGD-20", "PGD (Madry et al. 2018) with α = eps/4", steps=20, alpha_factor=_F["quarter"]),
+    _spec("pgd-l2", PGD, "l2", "PGD-L2", "PGD in the L2 ball, α = 2.5·eps/steps", norm="l2", eps=0.5, steps=20, alpha_factor=_F["madry"]),
+    _spec("cw-inf", PGD, "linf", "CW∞", "CW∞: PGD on the CW margin loss, α = eps/4", loss="margin", steps=20, alpha_factor=_F["quarter"]),
+    _spec("cw-l2", CWL2, "l2", "CW-L2", f"Carlini–Wagner L2 in tanh space, {_REF}"),
+    _spec("autoattack", AutoAttackRunner, "linf", "AutoAttack", "AutoAttack (Croce & Hein 2020)"),
+    _spec("apgd-ce", AutoAttackRunner, "linf", "APGD-CE", "APGD-CE, AutoAttack's first component as the standard version runs it",
+          version="custom", components=("apgd-ce",)),
+    _spec("apgd-t", AutoAttackRunner, "linf", "APGD-T", "APGD-T (targeted DLR loss), an AutoAttack component", version="custom", components=("apgd-t",)),
+    _spec("fab-t", AutoAttackRunner, "linf", "FAB-T", "FAB-T (targeted), an AutoAttack component", version="custom", components=("fab-t",)),
+    _spec("fab", AutoAttackRunner, "linf", "FAB", f"FAB, untargeted, an AutoAttack component ({_REF})", version="custom", components=("fab",), fab_restarts=5),
+    _spec("square", AutoAttackRunner, "linf", "Square", "Square (score-based, no gradients), an AutoAttack component", version="custom", components=("square",)),
     _spec("aa-reference", AutoAttackRunner, "linf", "AA (reference: APGD-CE)",
-          "the reference code's 'AA': APGD-CE alone with 1 restart — NOT AutoAttack", components=("apgd-ce",), apgd_restarts=1),
-    _spec("nrf", NRF, "l2", "NRF-L2", "NRF, reference surrogate form: maximise ‖G_nr‖, unbounded L2 (compare with cw-l2)", True,
-          form="surrogate"),
+          "the reference code's 'AA', which is APGD-CE alone — NOT AutoAttack", version="custom", components=("apgd-ce",)),
+    _spec("nrf", NRF, "l2", "NRF-L2", "NRF (Kim et al. 2021), the reference code's surrogate objective on nonrobust's loop; compare with cw-l2",
+          True, form="surrogate"),
     _spec("nrf-reference", NRF, "l2", "NRF (L2, reference loop)",
-          "NRF as the reference code runs it: surrogate form, its early stop, unclamped inverse tanh, no pick of the last iterate, "
-          "its margin max; unbounded L2", True, form="surrogate", loop="reference"),
-    _spec("nrf-exact", NRF, "l2", "NRF-L2 (exact)", "NRF, exact Eq. 8 (gradient-norm term differentiated through), unbounded L2", True,
-          form="exact"),
-    _spec("nrf-linf", NRF, "linf", "NRF-L∞", "NRF objective on PGD-20's schedule in the L∞ eps ball (20 steps of eps/4, random start)",
-          True, form="linf", eps=8 / 255, steps=20, alpha_factor=_F["quarter"]),
-    _spec("nrf2", NRF, "l2", "G_nr ↓ (NRF2)", "Table 4: minimise ‖G_nr‖ (surrogate form)", True, form="surrogate", sign=-1),
-    _spec("rf", NRF, "l2", "G_r ↑ (RF)", "Table 4: maximise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust"),
-    _spec("rf2", NRF, "l2", "G_r ↓ (RF2)", "Table 4: minimise ‖G_r‖ (surrogate form)", True, form="surrogate", channels="robust", sign=-1),
+          "NRF as the reference code runs it: its early stop, unclamped inverse tanh, no pick of the last iterate, its margin max", True,
+          form="surrogate", loop="reference"),
+    _spec("nrf-exact", NRF, "l2", "NRF-L2 (exact)", "NRF with Eq. 8's gradient-norm term differentiated through", True, form="exact"),
+    _spec("nrf-linf", NRF, "linf", "NRF-L∞", "the NRF objective on PGD-20's schedule in the L∞ ball (comparable with PGD-20)", True,
+          form="linf", eps=8 / 255, steps=20, alpha_factor=_F["quarter"]),
+    _spec("nrf2", NRF, "l2", "G_nr ↓ (NRF2)", "Table 4's NRF2 (surrogate form)", True, form="surrogate", sign=-1),
+    _spec("rf", NRF, "l2", "G_r ↑ (RF)", "Table 4's RF (surrogate form)", True, form="surrogate", channels="robust"),
+    _spec("rf2", NRF, "l2", "G_r ↓ (RF2)", "Table 4's RF2 (surrogate form)", True, form="surrogate", channels="robust", sign=-1),
 ]}
 
 
+def _folded(text: str) -> str:
+    return text.lower().replace("∞", "inf").replace(" ", "").replace("_", "-")
+
+
+def attack_name(text: str) -> str:
+    """The registered name of an attack given by its name or its display label, in any case (``pgd-20``, ``PGD-20``,
+    ``NRF-L∞``, ``nrf-linf``); :class:`UserError` with the closest names for anything else."""
+    if text in ATTACKS:
+        return text
+    names = {_folded(k): k for k in ATTACKS} | {_folded(spec.label): k for k, spec in ATTACKS.items()}
+    if _folded(text) in names:
+        return names[_folded(text)]
+    close = difflib.get_close_matches(_folded(text), list(names), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(dict.fromkeys(names[c] for c in close))}? " if close else ""
+    raise UserError(f"unknown attack {text!r}: {hint}choose from {', '.join(ATTACKS)}")
+
+
 def make_attack(name: str, **overrides) -> Attack:
-    """Build a registered attack with its defaults, overridden by ``overrides``.
+    """Build a registered attack (by name or display label, :func:`attack_name`) with its defaults, overridden by ``overrides``.
 
     ``overrides`` whose value is ``None`` are ignored. NRF-family attacks need
     ``split=`` and ``mask=``. Raises :class:`UserError` for an unknown name or setting.
     """
-    spec = ATTACKS.get(name)
-    if spec is None:
-        raise UserError(f"unknown attack {name!r}: choose from {', '.join(ATTACKS)}")
+    name = attack_name(name)
+    spec = ATTACKS[name]
     settings = dict(spec.defaults)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     allowed = {f.name for f in fields(spec.factory)}
@@ -792,6 +950,12 @@ def point_sizes(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
     delta, flat = exact_delta(x_adv, x).flatten(1), x_adv.flatten(1)
     return {"linf": delta.abs().amax(1), "l2": delta.norm(dim=1), "nan": (~torch.isfinite(flat)).sum(1),
             "min": flat.amin(1), "max": flat.amax(1)}
+
+
+CHANGE_FLOOR = 1e-4
+"""An image counts as *changed* by an attack when its perturbation's L∞ size exceeds this (in [0,1] pixel units, 1/39 of
+one 8-bit grey level). Float round trips (AutoAttack's float32 projection, tanh space and back) move images that no attack
+step changed by about 1e-7; those are not changes."""
 
 
 def summarise_sizes(sizes: Mapping[str, Tensor]) -> dict[str, float | int | None]:

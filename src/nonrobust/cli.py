@@ -33,6 +33,10 @@ def add_data_args(p: argparse.ArgumentParser, default_split: str = "test") -> No
     p.add_argument("--n", "--first", dest="n", type=_positive_int, metavar="N",
                    help="use only the first N images (--first under torchrun, which takes --n for its own --nnodes)")
     p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")
+    p.add_argument("--order", choices=("balanced", "file"), default="balanced",
+                   help="balanced (default: a split stored sorted by class, such as the CIFAR-10 test set of the JPEG copy, is read "
+                        "round-robin over the classes, so the first N are class-balanced) or file (the files' own order, for "
+                        "comparisons that take the first N of the files)")
 
 
 MODEL_HELP = ("a nonrobust checkpoint (.safetensors), a shipped pretrained name (see `nonrobust models list`), ARCH=weights.pt "
@@ -59,13 +63,19 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps (default auto)")
 
 
+def _real(text: str) -> float:
+    """A number, also written as a fraction: ``0.5``, ``8/255``."""
+    top, slash, bottom = text.partition("/")
+    return float(top) / float(bottom) if slash else float(text)  # ZeroDivisionError: the usual message (_number)
+
+
 def _number(cast: type, allow_zero: bool, what: str):
     """An argparse type: ``cast(text)``, which must be > 0 (or ≥ 0 with ``allow_zero``) and finite."""
 
     def parse(text: str):
         try:
             value = cast(text)
-        except ValueError:
+        except (ValueError, ZeroDivisionError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not (value >= 0 if allow_zero else value > 0) or value in (float("inf"),):  # NaN fails both comparisons
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
@@ -75,10 +85,10 @@ def _number(cast: type, allow_zero: bool, what: str):
 
 
 _positive_int = _number(int, False, "a positive integer")
-_positive_float = _number(float, False, "a positive number")
-_non_negative_float = _number(float, True, "a number ≥ 0")
+_positive_float = _number(_real, False, "a positive number (e.g. 0.5 or 8/255)")
+_non_negative_float = _number(_real, True, "a number ≥ 0 (e.g. 0.5 or 8/255)")
 _KIND_TYPES: dict[str, Callable[[str], object]] = {"positive_int": _positive_int, "positive": _positive_float,
-                                                  "non_negative": _non_negative_float, "int": int, "float": float, "text": str}
+                                                  "non_negative": _non_negative_float, "int": int, "float": _real, "text": str}
 
 
 def add_settings(p: argparse.ArgumentParser, cls: type, names: Sequence[str], *, flags: dict[str, str] | None = None) -> None:
@@ -126,13 +136,16 @@ def add_run_args(p: argparse.ArgumentParser, batch_size: int = 128) -> None:
 def load_model_and_data(args: argparse.Namespace):
     """Resolve ``--device``, ``--model`` and the data options; check they fit together."""
     from . import data, models
+    from .checks import warn_about_model
     from .runtime import launch_device
 
     device = launch_device(args.device)  # under torchrun: this rank's device, in the process group
-    ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size)
+    ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size, order=args.order)
     model, meta = models.resolve(args.model, device=device, input_shape=ds.input_shape, options=model_options(args),
                                  data_dir=args.data_dir)
     models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device, classes=ds.classes)
+    x, y = next(ds.first(min(len(ds), 32)).batches(32, device=device))
+    warn_about_model(model, x, y, ds.num_classes)  # once per model and command, whatever attack follows
     return model, meta, ds, device
 
 
@@ -148,7 +161,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from . import data
 
-    ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size)
+    ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size, order=args.order)
     counts = ds.labels.bincount(minlength=ds.num_classes).tolist()
     print(f"{ds.name} [{ds.split}]: {len(ds)} images of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")
     print("per class: " + ", ".join(f"{c}={k}" for c, k in zip(ds.classes, counts)))
@@ -159,17 +172,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from . import attacks, streams
 
     model, meta, ds, device = load_model_and_data(args)
-    spec = attacks.ATTACKS.get(args.attack)
-    overrides = {k: getattr(args, k) for k in ("eps", "steps", "alpha", "restarts", "c", "lr") if getattr(args, k) is not None}
-    info = {"model": str(args.model), "arch": meta.arch, "data": ds.name, "split": ds.split}
-    if spec is not None and spec.needs_split:
-        overrides.update(_nrf_settings(args, model, meta))
-        info["layer"] = overrides["split"].layer
-    attack = attacks.make_attack(args.attack, **overrides)
-    summary = streams.attack_to_file(model, ds, attack, args.out, batch_size=args.batch_size, device=device,
-                                        seed=args.seed, info=info)
+    spec = attacks.ATTACKS[attacks.attack_name(args.attack)]
+    overrides = {k: getattr(args, k) for k in ("eps", "norm", "steps", "alpha", "restarts", "c", "lr") if getattr(args, k) is not None}
+    if spec.needs_split:
+        overrides.update(_nrf_settings(args, model, meta, spec.name))
+    attack = attacks.make_attack(spec.name, **overrides)
+    summary = streams.attack_to_file(model, ds, attack, args.out, batch_size=args.batch_size, device=device, seed=args.seed)
     p = summary["perturbation"]
-    print(f"{summary['attack']['name']} ({summary['attack']['norm']}, eps={summary['attack'].get('eps')}) on {summary['n']} images: "
+    print(f"{summary['attack']['name']} ({summary['attack']['norm']}, eps {attacks.budget_text(summary['attack'].get('eps'))}) on {summary['n']} images: "
           f"clean {summary['clean_accuracy']:.2%}, robust {summary['robust_accuracy']:.2%}, "
           f"L∞ max {p['linf_max']:.4f}, L2 median {p['l2_median']:.4f}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
@@ -186,10 +196,13 @@ def _ib_config(args: argparse.Namespace):
     return IBConfig(**given, seed=args.seed)
 
 
-def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
+def _nrf_settings(args: argparse.Namespace, model, meta, name: str) -> dict:
     """The split and channel masks an NRF-family attack needs, from --layer and --masks or the bottleneck options."""
+    import warnings
+
     from .attacks import ATTACKS
     from .bottleneck import IBResult
+    from .identity import find_provenance, model_digest
     from .split import split_model
 
     settings = {"split": split_model(model, args.layer or meta.split_layer)}
@@ -199,7 +212,11 @@ def _nrf_settings(args: argparse.Namespace, model, meta) -> dict:
             raise UserError(f"{args.masks}: per-image masks belong to the images they were computed on; pass a population split (--protocol population) or leave --masks out to split each clean batch")
         if res.layer != settings["split"].layer:
             raise UserError(f"{args.masks} was computed at layer {res.layer!r}, the attack uses {settings['split'].layer!r}: pass --layer {res.layer}")
-        channels = ATTACKS[args.attack].defaults.get("channels", "nonrobust")
+        made_on = ((find_provenance(res.extra) or {}).get("model") or {}).get("digest")
+        if made_on is not None and made_on != model_digest(model):
+            warnings.warn(f"{args.masks} was made on another model (content digest {made_on[:12]}…, this one {model_digest(model)[:12]}…): "
+                          "its channels need not mean the same here")
+        channels = ATTACKS[name].defaults.get("channels", "nonrobust")
         settings["mask"] = res.nonrobust_mask if channels == "nonrobust" else res.robust_mask
     else:
         settings["ib"] = _ib_config(args)
@@ -223,9 +240,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     model, meta, ds, device = load_model_and_data(args)
     split = split_model(model, args.layer or meta.split_layer)
-    info = {"model": str(args.model), "arch": meta.arch, "data": ds.name, "split": ds.split, "batch_size": args.batch_size}
     config = _ib_config(args)
-    s = split_dataset(split, ds, config, args.out, batch_size=args.batch_size, device=device, info=info, stability=args.stability)
+    s = split_dataset(split, ds, config, args.out, batch_size=args.batch_size, device=device, stability=args.stability)
     acc = s["accuracy"]
     print(f"{config.protocol} split at {split.layer} (beta {config.beta}) on {s['n']} images: "
           f"{s['robust_channels_mean']:.1f} robust / {s['nonrobust_channels_mean']:.1f} non-robust of {s['channels']} channels (mean per image)")
@@ -245,7 +261,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 _TRAIN_OPTIONS = ("data_dir", "train_subset", "image_size", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "eps",
-                  "steps", "alpha", "beta", "inner", "flip", "eval_n", "eval_pgd_steps", "amp", "channels_last", "seed")
+                  "steps", "alpha", "beta", "inner", "flip", "eval_n", "eval_pgd_steps", "amp", "channels_last", "seed", "init")
 """TrainConfig fields that are options of `nonrobust train` (``train_subset`` is ``--n``)."""
 
 
@@ -275,7 +291,8 @@ def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
     from .report import ReportSettings, profile
 
     # the model, data and run options every command shares, then the report's own (add_report_args)
-    values = {k: getattr(args, k, None) for k in ("model", "data", "split", "data_dir", "image_size", "n", "batch_size", "seed", "device")}
+    values = {k: getattr(args, k, None) for k in ("model", "data", "split", "data_dir", "image_size", "order", "n", "batch_size", "seed",
+                                                  "device")}
     values.update(settings_from(args, ReportSettings, _REPORT_OPTIONS))
     if hasattr(args, "ModelOptions.normalize"):
         values["model_options"] = model_options(args)
@@ -344,6 +361,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"trained {result['train']['epochs']} epochs (best epoch {best['epoch']}: held-out clean {best['eval_clean_acc']:.2%}, "
           f"PGD {best['eval_pgd_acc']:.2%})")
     _print_headline(result["report"], Path(args.out) / "report")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .identity import describe_provenance, read_provenance
+
+    block, record = read_provenance(args.file)
+    if args.json:
+        print(json.dumps(block, indent=2, ensure_ascii=False, default=str))
+        return 0 if block else 2
+    if block is None:
+        raise UserError(f"{args.file}: no provenance in it (written by nonrobust before 0.2, or not an output of nonrobust)")
+    print(f"{args.file}:")
+    for line in describe_provenance(block):
+        print(f"  {line}")
+    if record.get("tensors_sha256"):
+        print(f"  tensors     SHA-256 {record['tensors_sha256']} (checked on every load)")
     return 0
 
 
@@ -451,11 +487,20 @@ def _train_methods() -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors end, like every other user mistake, in one ``error: …`` line (exit 2)."""
+    """argparse whose usage errors end, like every other user mistake, in one ``error: …`` line (exit 2), and that never
+    guesses: an abbreviated option (``--norm`` for ``--normalize``) is an error, not a match."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False  # also for every sub-parser, which argparse builds with this class
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message}\n")
+
+
+_RESUME = "rerun the same command to resume from the last finished batch"
+_RESUME_TRAINING = "rerun it with --resume to continue from the last complete epoch"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -484,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arg(p)
     add_data_args(p)
     p.add_argument("--attack", required=True, metavar="NAME", help="one of: " + ", ".join(_attack_names()))
-    p.add_argument("--eps", type=_positive_float, help="budget (L∞ or L2 radius, in [0,1] pixel units)")
+    p.add_argument("--eps", type=_positive_float, help="budget (L∞ or L2 radius, in [0,1] pixel units; 8/255 is accepted)")
+    p.add_argument("--norm", choices=("linf", "l2"), help="threat model of the attacks whose norm can be chosen (PGD family, "
+                   "AutoAttack and its components): linf or l2 (default: the attack's registered norm)")
     p.add_argument("--steps", type=_positive_int, help="iterations")
     p.add_argument("--alpha", type=_positive_float, help="step size (PGD family)")
     p.add_argument("--restarts", type=_positive_int, help="random restarts (PGD family)")
@@ -494,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", metavar="FILE", help="NRF family: a population split from `nonrobust split` (default: split each clean batch)")
     add_ib_args(p)
     add_run_args(p)
-    p.set_defaults(func=cmd_attack)
+    p.set_defaults(func=cmd_attack, resume_hint=_RESUME)
 
     p = sub.add_parser("train", help="train a model (standard, PGD-AT, TRADES, MART, fast AT); resumable, torchrun-aware")
     p.add_argument("--preset", metavar="NAME", help="start from a recipe: " + ", ".join(_train_presets()) + "; flags override it")
@@ -509,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(p)
     p.add_argument("--out", required=True, metavar="DIR", help="run folder: config, checkpoints (last, best), metrics.jsonl, resumable state")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, resume_hint=_RESUME_TRAINING)
 
     p = sub.add_parser("split", help="split a layer's channels into robust and non-robust ones (information bottleneck)")
     add_model_arg(p)
@@ -519,13 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also split with K−1 more noise seeds and report how the robust sets agree (K times the cost; default 1: off)")
     p.add_argument("--out", required=True, metavar="FILE", help="the split (.safetensors); a .json summary goes beside it")
     add_run_args(p)
-    p.set_defaults(func=cmd_split)
+    p.set_defaults(func=cmd_split, resume_hint=_RESUME)
 
     p = sub.add_parser("report", help="run every analysis (Tables 1–4, Fig. 2, 3, 5, σ²) and write DIR/report.html (resumable)")
     add_model_arg(p)
     add_data_args(p)
     add_report_args(p)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, resume_hint=_RESUME)
 
     p = sub.add_parser("evaluate", help="run one analysis of the report (and the attacks it needs) into DIR")
     p.add_argument("section", choices=_report_sections(), help="table1, table2 (feature accuracy, agreement), table3, table4 (attacks), "
@@ -533,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arg(p)
     add_data_args(p)
     add_report_args(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, resume_hint=_RESUME)
 
     p = sub.add_parser("demo", help="the whole analysis, trimmed to a few minutes on a CPU, on the shipped CIFAR-10 slice: the shipped "
                        "robust model, or --model yours (any CIFAR-10 classifier)")
@@ -542,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arg(p, required=False)
     p.add_argument("--out", default="nonrobust-demo", metavar="DIR", help="report folder (default ./nonrobust-demo)")
     add_device_arg(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, resume_hint=_RESUME)
 
     p = sub.add_parser("reproduce", help="train at the paper's settings, then split, tables and figures (resumable; for GPU users)")
     p.add_argument("--preset", required=True, choices=_reproduce_presets(), help="which experiment")
@@ -552,7 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, help="report on the first N test images only")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     add_device_arg(p)
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=cmd_reproduce, resume_hint=_RESUME)
+
+    p = sub.add_parser("inspect", help="what made an output: model, data and images, versions, seeds, settings, command line")
+    p.add_argument("file", metavar="FILE", help="any output of nonrobust: a .json (summary, results.json), a .safetensors (adversarial "
+                   "examples, a split, a checkpoint) or a training run folder")
+    p.add_argument("--json", action="store_true", help="print the provenance block as JSON")
+    p.set_defaults(func=cmd_inspect)
 
     p_models = sub.add_parser("models", help="list architectures and pretrained models, inspect layers")
     sub_models = p_models.add_subparsers(dest="models_command", metavar="ACTION")
@@ -596,7 +649,11 @@ def _stop_cleanly_on_sigterm() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nonrobust`` command. Returns the exit code."""
+    from .identity import COMMAND
+
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    COMMAND.set(["nonrobust", *map(str, argv)])  # recorded in the provenance of every output
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
@@ -625,7 +682,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None)
+        print(f"interrupted: {hint}" if hint else "interrupted", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = shown

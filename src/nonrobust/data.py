@@ -69,6 +69,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA_ENV = "NONROBUST_DATA"
 SPLITS = ("train", "test")
+ORDERS = ("balanced", "file")
+"""The orders a data set can be read in: ``balanced`` (the default: a split stored sorted by class, as the
+CIFAR-10 test set of the JPEG copy is, is read round-robin over the classes, so that the first N images are
+class-balanced; a split not stored sorted keeps its order) and ``file`` (always the source's own order, for
+comparisons with tools that take "the first N" of the files as they are)."""
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
@@ -93,6 +98,10 @@ class ImageDataset:
         classes: class names; ``len(classes) == num_classes``.
         provenance: where the images come from, when that matters for the numbers measured on
             them (e.g. a re-encoded copy rather than the official files); ``None`` when nothing is known.
+        indices: int64 ``[N]``: each image's position in its source's own file order for this split
+            (default ``0 … N−1``), so that results join with other tools whatever order is used here.
+        order: ``balanced`` (a split stored sorted by class is read round-robin over the classes, so the
+            first N images are class-balanced) or ``file`` (the source's own order); see :data:`ORDERS`.
 
     Construction checks all of the above and raises :class:`UserError` when a
     check fails (integer labels of another dtype are converted to int64).
@@ -104,10 +113,15 @@ class ImageDataset:
     labels: torch.Tensor = field(repr=False)
     classes: list[str] = field(repr=False)
     provenance: str | None = field(default=None, repr=False)
+    indices: torch.Tensor | None = field(default=None, repr=False)
+    order: str = "file"
 
     def __post_init__(self) -> None:
         what = f"{self.name} ({self.split})"
         x, y = self.images, self.labels
+        if self.indices is None:
+            self.indices = torch.arange(len(y) if isinstance(y, torch.Tensor) else 0, device="cpu")  # CPU by design, as the images
+        check(self.order in ORDERS, f"{what}: order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         check(isinstance(x, torch.Tensor) and x.dtype == torch.uint8, f"{what}: images must be a uint8 tensor (0..255), got {getattr(x, 'dtype', type(x).__name__)}")
         check(x.dim() == 4 and x.shape[1] in (1, 3), f"{what}: images must be [N, C, H, W] with C 1 or 3, got shape {tuple(x.shape)}")
         check(isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool, f"{what}: labels must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}")
@@ -118,7 +132,10 @@ class ImageDataset:
         lo, hi = int(y.min()), int(y.max())
         check(lo >= 0, f"{what}: negative label {lo}; labels must be 0..{len(self.classes) - 1}")
         check(hi < len(self.classes), f"{what}: label {hi} out of range for {len(self.classes)} classes; labels must be 0..{len(self.classes) - 1}")
+        check(tuple(self.indices.shape) == (len(y),) and not self.indices.is_floating_point(),
+              f"{what}: indices must be {len(y)} integers, got shape {tuple(self.indices.shape)}")
         self.labels = y.to(torch.int64)
+        self.indices = self.indices.to(torch.int64)
         self.classes = [str(c) for c in self.classes]
 
     def __len__(self) -> int:
@@ -151,7 +168,13 @@ class ImageDataset:
             if n > len(self):
                 warnings.warn(f"{self.name} ({self.split}) has only {len(self)} images; using all of them instead of {n}", stacklevel=2)
             return self
-        return dataclasses.replace(self, images=self.images[:n].clone(), labels=self.labels[:n].clone(), classes=list(self.classes))
+        return self.rows(0, n)
+
+    def rows(self, start: int, stop: int) -> ImageDataset:
+        """Images ``start … stop−1`` (copied) with their labels and indices."""
+        keep = slice(int(start), int(stop))
+        return dataclasses.replace(self, images=self.images[keep].clone(), labels=self.labels[keep].clone(),
+                                   indices=self.indices[keep].clone(), classes=list(self.classes))
 
     def batches(
         self,
@@ -198,7 +221,7 @@ def _to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _dataset_from_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray, classes: Sequence[str], source: object,
-                         provenance: str | None = None) -> ImageDataset:
+                         provenance: str | None = None, indices: torch.Tensor | None = None, order: str = "file") -> ImageDataset:
     """Build an :class:`ImageDataset` from uint8 NCHW (or NHWC) images and labels read from ``source``."""
     x, y = np.asarray(x), np.asarray(y)
     check(x.dtype == np.uint8, f"{source}: images must be uint8 (0..255), got {x.dtype}; convert with (x * 255).round().astype(np.uint8)")
@@ -210,7 +233,7 @@ def _dataset_from_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray, cl
     check(np.issubdtype(y.dtype, np.integer), f"{source}: labels must be integers, got {y.dtype}")
     check(y.ndim == 1, f"{source}: labels must be a vector of N integers, got shape {y.shape}")
     images = torch.from_numpy(np.ascontiguousarray(x))
-    return ImageDataset(name, split, images, torch.from_numpy(y.astype(np.int64, copy=False)), list(classes), provenance)
+    return ImageDataset(name, split, images, torch.from_numpy(y.astype(np.int64, copy=False)), list(classes), provenance, indices, order)
 
 
 # --------------------------------------------------------------------------- registry
@@ -386,7 +409,7 @@ def _load_tiny_imagenet(root: Path, split: str) -> tuple[np.ndarray, np.ndarray,
     classes = [words.get(w) or w for w in wnids]
     if split == "train":
         per_class = [sorted(_image_files(_require(root / "train" / w / "images"))) for w in wnids]
-        paths, labels = _interleave(per_class)
+        paths, labels = _class_major(per_class)
     else:
         ann = _require(root / "val" / "val_annotations.txt")
         paths, labels = [], []
@@ -495,15 +518,11 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
-def _interleave(per_class: Sequence[Sequence[Path]]) -> tuple[list[Path], list[int]]:
-    """Order files round-robin over classes (1st of each class, then 2nd, ...) so any prefix is close to class-balanced."""
-    paths: list[Path] = []
-    labels: list[int] = []
-    for k in range(max((len(files) for files in per_class), default=0)):
-        for label, files in enumerate(per_class):
-            if k < len(files):
-                paths.append(files[k])
-                labels.append(label)
+def _class_major(per_class: Sequence[Sequence[Path]]) -> tuple[list[Path], list[int]]:
+    """Files class by class (the "file order" of a folder of class folders); :func:`load_dataset` reads them
+    round-robin over the classes in the ``balanced`` order, so that any prefix is close to class-balanced."""
+    paths = [p for files in per_class for p in files]
+    labels = [label for label, files in enumerate(per_class) for _ in files]
     return paths, labels
 
 
@@ -519,6 +538,15 @@ def _class_sorted_order(labels: np.ndarray) -> np.ndarray | None:
     starts = np.searchsorted(labels, labels, side="left")
     rank[:] = np.arange(labels.size) - starts
     return np.lexsort((labels, rank))
+
+
+def _balanced_order(labels: np.ndarray, order: str, name: str, split: str) -> np.ndarray | None:
+    """The permutation that the ``balanced`` order applies to a split stored sorted by class (else ``None``)."""
+    perm = _class_sorted_order(labels) if order == "balanced" else None
+    if perm is not None:
+        log.info("%s [%s] is stored sorted by class: reading it round-robin over the classes so that the first N images are "
+                 "class-balanced (--order file keeps the files' order)", name, split)
+    return perm
 
 
 def _read_images(paths: Sequence[Path], source: object, image_size: int | None = None, channels: int | None = None) -> np.ndarray:
@@ -588,7 +616,7 @@ def _folder_split_dir(root: Path, split: str) -> Path:
 
 
 def _folder_index(root: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
-    """File list, labels and class names of a ``folder:`` split (files interleaved over classes)."""
+    """File list, labels and class names of a ``folder:`` split (class by class, names sorted)."""
     check(root.is_dir(), f"folder:{root}: no such folder; give a folder with one sub-folder of images per class")
     data = _folder_split_dir(root, split)
     split_roots = [data] if data == root else [d for d in (root / s for s in ("train", "test", "val")) if d.is_dir()]
@@ -602,7 +630,7 @@ def _folder_index(root: Path, split: str) -> tuple[list[Path], list[int], list[s
     empty = [c for c, files in zip(classes, per_class) if not files]
     if empty and len(empty) < len(classes):
         warnings.warn(f"folder:{data}: no images for class(es) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
-    paths, labels = _interleave(per_class)
+    paths, labels = _class_major(per_class)
     check(len(paths) > 0, f"folder:{data}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}) in the class sub-folders")
     return paths, labels, classes
 
@@ -685,6 +713,7 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     n: int | None = None,
     image_size: int | None = None,
+    order: str = "balanced",
 ) -> ImageDataset:
     """Load a data set split into memory.
 
@@ -698,6 +727,9 @@ def load_dataset(
             class-balanced; unsorted files keep their own order).
         image_size: resize every image to ``image_size×image_size`` (PIL
             bilinear); needed for folders whose images differ in size.
+        order: one of :data:`ORDERS`: ``balanced`` reads a split stored sorted by class round-robin
+            over the classes; ``file`` keeps the source's order. Either way every image keeps its
+            position in the source (:attr:`ImageDataset.indices`).
 
     Returns:
         An :class:`ImageDataset` with uint8 ``[N, C, H, W]`` images and int64 labels.
@@ -708,36 +740,41 @@ def load_dataset(
     check(split in SPLITS, f"unknown split {split!r}: use 'train' or 'test'")
     check(image_size is None or int(image_size) >= 1, f"image size must be a positive number of pixels, got {image_size}")
     check(n is None or int(n) >= 1, f"n must be at least 1, got {n}")
+    check(order in ORDERS, f"unknown order {order!r}: use {' or '.join(ORDERS)}")
     kind, path = _parse_name(name)
+    indices = None
     if kind == "folder":
         assert path is not None
         ds_name = source = f"folder:{path}"
         paths, labels, classes = _folder_index(path, split)
+        perm = _balanced_order(np.asarray(labels, dtype=np.int64), order, ds_name, split)
+        if perm is not None:
+            paths, labels, indices = [paths[i] for i in perm], [labels[i] for i in perm], torch.from_numpy(perm)
         x = _read_images(paths[:n], source=source, image_size=image_size)  # decode only what is kept
         y = np.asarray(labels[:n], dtype=np.int64)
-        provenance = None
-    elif kind == "npz":
-        assert path is not None
-        ds_name = source = f"npz:{path}"
-        x, y, classes = _load_npz(path, split)
+        indices = None if indices is None else indices[:n]
         provenance = None
     else:
-        info = DATASETS[kind]
-        ddir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        root = _assets_dir() if info.bundled else _registry_root(info, ddir)
-        ds_name, source = info.name, str(root)
-        try:
-            check(root.is_dir(), f"{info.name}: {root} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`")
-            x, y, classes, *extra = info.loader(root, split)
-            provenance = extra[0] if extra else None
-        except FileNotFoundError as exc:
-            raise UserError(f"{info.name}: {exc.filename or exc} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`") from None
-    if kind != "folder":
-        order = _class_sorted_order(y)
-        if order is not None:
-            log.info("%s [%s] is stored sorted by class: using a round-robin class order so that the first N images are class-balanced", ds_name, split)
-            x, y = x[order], y[order]
-    ds = _dataset_from_arrays(ds_name, split, x, y, classes, source, provenance).first(n)
+        if kind == "npz":
+            assert path is not None
+            ds_name = source = f"npz:{path}"
+            x, y, classes = _load_npz(path, split)
+            provenance = None
+        else:
+            info = DATASETS[kind]
+            ddir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+            root = _assets_dir() if info.bundled else _registry_root(info, ddir)
+            ds_name, source = info.name, str(root)
+            try:
+                check(root.is_dir(), f"{info.name}: {root} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`")
+                x, y, classes, *extra = info.loader(root, split)
+                provenance = extra[0] if extra else None
+            except FileNotFoundError as exc:
+                raise UserError(f"{info.name}: {exc.filename or exc} not found; run `nonrobust data prepare {info.name} --data-dir {ddir}`") from None
+        perm = _balanced_order(np.asarray(y), order, ds_name, split)
+        if perm is not None:
+            x, y, indices = x[perm], y[perm], torch.from_numpy(perm)
+    ds = _dataset_from_arrays(ds_name, split, x, y, classes, source, provenance, indices, order).first(n)
     if image_size is not None and ds.input_shape[1:] != (image_size, image_size):
         ds = dataclasses.replace(ds, images=torch.from_numpy(_resize(ds.images.cpu().numpy(), int(image_size))))
     log.info("loaded %r", ds)

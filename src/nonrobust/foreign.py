@@ -74,6 +74,16 @@ class ModelOptions:
     arch_options: str | None = setting(None, "options of the architecture of ARCH=weights.pt, key=value,… (e.g. depth=34,widen=10)")
     model_dir: str | None = setting(None, "where RobustBench models are kept (default: DATA_DIR/robustbench)")
 
+    def __post_init__(self) -> None:
+        if self.normalize is not None:  # a misspelt name is refused here, before any model is read
+            name = self.normalize.strip().lower()
+            try:
+                numbers = [float(v) for v in name.split(",")] if name not in NORMALIZATIONS else []
+            except ValueError:
+                numbers = None
+            check(name in NORMALIZATIONS or numbers is not None,
+                  f"--normalize {self.normalize!r}: use one of {', '.join(NORMALIZATIONS)} or MEAN,STD numbers")
+
 
 # --------------------------------------------------------------------------- option parsing
 def parse_normalize(text: str, channels: int) -> tuple[list[float], list[float]]:
@@ -354,14 +364,18 @@ def convert(path: str | os.PathLike, arch: str, out: str | os.PathLike, options:
     Returns ``(model, meta)`` as loaded.
     """
     import hashlib
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from . import models
 
+    from .identity import provenance
+
     model, meta = load_state_dict_model(path, arch, options, input_shape=input_shape)
+    model.nonrobust_source = f"{arch}={path}"
     sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     meta = replace(meta, dataset=dataset, classes=list(classes) if classes else None,
-                   recipe={**meta.recipe, "converted_from": str(path), "sha256": sha})
+                   recipe={**meta.recipe, "converted_from": str(path), "sha256": sha},
+                   provenance=provenance(model=model, data=None, settings={"arch": arch, "options": asdict(options), "source_sha256": sha}))
     models.save(model, out, meta, dtype=dtype)
     model.nonrobust_meta = meta
     return model, meta

@@ -11,14 +11,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 import torch
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "atomic_write",
@@ -31,6 +36,7 @@ __all__ = [
     "digest",
     "assets_dir",
     "tensor_fingerprint",
+    "exclusive",
 ]
 
 
@@ -175,6 +181,59 @@ def tensor_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike, lock: str | os.PathLike | None = None) -> Iterator[None]:
+    """Hold a lock on ``target`` (the file ``lock``, default ``TARGET.lock``) while writing it: one writer at a time.
+
+    A second writer gets a :class:`UserError` naming the process that holds the lock. A lock left by a
+    killed process on this machine (its process is gone) is taken over. The lock file is removed on exit.
+    """
+    target = Path(target)
+    path = Path(lock) if lock is not None else target.with_name(target.name + ".lock")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(2):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError as exc:
+            if exc.filename != str(path):  # a file where a folder of the path should be
+                raise UserError(f"cannot write {target}: {exc.filename} is a file; choose another output path") from None
+            try:
+                other = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                other = {}
+            if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
+                log.warning("taking over %s left by a stopped run (pid %s)", path, other.get("pid"))
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            raise UserError(f"{target} is being written by another nonrobust process (pid {other.get('pid', '?')} on "
+                            f"{other.get('host', '?')} since {other.get('since', '?')}): wait for it, or pass another --out "
+                            f"(if that process is gone, delete {path})") from None
+        except OSError as exc:
+            raise UserError(f"cannot write {target}: {exc.strerror or exc} ({exc.filename or path.parent}); choose another output path") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(me))
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
@@ -209,6 +268,9 @@ class StreamingTensorFile:
     the blocks ``i`` with ``i % world == r`` into the one shared ``PATH.partial`` at their own
     offsets, and keeps its own ``PATH.progress.rankR-of-W.json``; rank 0 lays the file out and
     renames it when every rank is done. The file is byte for byte the one a single process writes.
+
+    A partial file left with another ``fingerprint`` (the work key of other work: another model, data or
+    setting, see :func:`nonrobust.identity.work_key`) is never continued: it is started over, with a warning.
     """
 
     def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
@@ -245,17 +307,24 @@ class StreamingTensorFile:
         self.blocks_done = 0  # sharded: this rank's blocks finished, in order
         if self.dist.world == 1:
             state = self._read_progress(self.progress_path)
-            if state is not None and self.partial.is_file() and state.get("world", 1) == 1:
-                if state.get("fingerprint") != self.fingerprint:
-                    raise UserError(f"{self.partial} is left from a run with other settings: delete it (and {self.progress_path.name}) or rerun with the same settings")
+            if state is not None and self.partial.is_file() and state.get("world", 1) == 1 and state.get("fingerprint") == self.fingerprint:
                 self.rows_done = int(state["rows"])
             else:
+                self._start_over(state)
                 self._lay_out()
                 self._write_progress()
         else:
             self._open_shared()
 
     # ------------------------------------------------------------------ layout and progress records
+    def _start_over(self, state: dict | None) -> None:
+        """Say so when a partial file of other work is left here: it is never continued, only replaced."""
+        if state is not None and self.partial.is_file():
+            import warnings
+
+            warnings.warn(f"{self.path}: started over: the partial result there was computed for other work (another model, "
+                          "other data or another setting), so it is not continued", stacklevel=3)
+
     def _lay_out(self) -> None:
         with atomic_write(self.partial, "wb") as fh:
             fh.write(len(self._blob).to_bytes(8, "little") + self._blob)
@@ -266,13 +335,13 @@ class StreamingTensorFile:
 
     def _open_shared(self) -> None:
         """Sharded: rank 0 keeps a partial file of these settings and this world size, or lays out a new one."""
-        shared = self._read_progress(self.progress_path)  # every rank reads it, so that every rank stops alike
-        if shared is not None and self.partial.is_file() and shared.get("fingerprint") not in (None, self.fingerprint):
-            raise UserError(f"{self.partial} is left from a run with other settings: delete it (and {self.progress_path.name}) "
-                            "or rerun with the same settings")
+        shared = self._read_progress(self.progress_path)
         if self.dist.main:
-            keep = shared is not None and self.partial.is_file() and shared.get("world") == self.dist.world
+            keep = shared is not None and self.partial.is_file() and shared.get("world") == self.dist.world \
+                and shared.get("fingerprint") == self.fingerprint
             if not keep:
+                if shared is not None and shared.get("fingerprint") != self.fingerprint:
+                    self._start_over(shared)
                 for old in self.path.parent.glob(f"{self.path.name}.progress.rank*.json"):
                     old.unlink()
                 self._lay_out()

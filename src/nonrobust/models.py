@@ -57,6 +57,8 @@ __all__ = [
     "is_python_spec",
     "load_python_model",
     "check_compatible",
+    "unwrap",
+    "tensors_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -204,6 +206,9 @@ class CheckpointMeta:
         dataset: the training data set's name, if any.
         recipe: how it was trained (free-form JSON); metrics: what it scored (free-form JSON).
         created: UTC time, ISO 8601; nonrobust_version, torch_version: versions that wrote it.
+        tensors_sha256: :func:`tensors_digest` of the stored tensors, written by :func:`save` and checked by
+            :func:`load_with_meta` (corrupted bytes are refused); ``None`` in files written before 0.2.
+        provenance: how the figures in ``metrics`` were made (:func:`nonrobust.identity.provenance`), if recorded.
     """
 
     format: str = CHECKPOINT_FORMAT
@@ -222,6 +227,8 @@ class CheckpointMeta:
     created: str = field(default_factory=_utc_now)
     nonrobust_version: str = __version__
     torch_version: str = torch.__version__
+    tensors_sha256: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "checkpoint metadata") -> CheckpointMeta:
@@ -295,7 +302,7 @@ class CheckpointMeta:
         return f"arch {self.arch}{opts} with {self.num_classes} classes and {self.input_shape[0]}-channel input"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -327,7 +334,7 @@ def make_meta(model_or_arch: nn.Module | str, **fields: Any) -> CheckpointMeta:
     if unknown:
         raise UserError(f"make_meta: unknown field {unknown[0]!r}: fields are {', '.join(sorted(valid))}")
     if isinstance(model_or_arch, nn.Module):
-        model = _unwrap(model_or_arch)
+        model = unwrap(model_or_arch)
         record = getattr(model, "nonrobust_build", None)
         if not isinstance(record, BuildRecord):
             raise UserError("make_meta: this model was not made by nonrobust.models.build or load: pass the arch name instead, e.g. make_meta('vgg16', num_classes=10)")
@@ -402,7 +409,7 @@ def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta, *, dty
     if dtype is not None and not dtype.is_floating_point:
         raise UserError(f"save: dtype must be a floating-point type (e.g. torch.float16), got {dtype}")
     meta = CheckpointMeta.from_dict(asdict(meta), source="save")
-    model = _unwrap(model)
+    model = unwrap(model)
     state = model.state_dict()
     skeleton = _skeleton(meta)
     problem = _mismatch(skeleton.state_dict(), state, meta)
@@ -416,8 +423,22 @@ def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta, *, dty
             raise UserError(f"save: meta.{key} {getattr(meta, key)} differs from the model's normalisation {buffer.tolist()}: make the metadata with make_meta(model)")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() and not k.startswith("normalize.") else v for k, v in state.items()}
-    save_tensors(path, state, asdict(meta))
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    save_tensors(path, state, {**asdict(meta), "tensors_sha256": tensors_digest(state)})
     log.debug("saved %s to %s", meta.describe(), path)
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of named tensors as stored (sorted names, dtypes, shapes, bytes): what :func:`save` records and
+    :func:`load_with_meta` checks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _zip_names(path: str | os.PathLike) -> list[str]:
@@ -479,6 +500,9 @@ def load_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu") 
                             f"written by nonrobust as the model, and the .npz as --data npz:{path}") from None
         raise
     meta = CheckpointMeta.from_dict(raw, source=str(path))
+    if meta.tensors_sha256 is not None and tensors_digest(tensors) != meta.tensors_sha256:
+        raise UserError(f"{path}: its tensors do not match the digest stored with them (the file is corrupted): "
+                        "copy, download or write it again")
     try:
         model = _skeleton(meta)
     except UserError as exc:
@@ -611,22 +635,59 @@ def resolve(model_arg: str | os.PathLike, device: str | torch.device = "cpu",
 
     options = options or foreign.ModelOptions()
     arg = str(model_arg)
-    if arg in PRETRAINED:
-        return _pretrained_with_meta(arg, device)
-    if foreign.is_robustbench_spec(arg):
-        return foreign.load_robustbench(arg, options, data_dir=data_dir, device=device)
-    if is_python_spec(arg):
+    route = model_route(arg)
+    given = [name for name in ROUTE_OPTIONS if route is not None and getattr(options, name) is not None and route not in ROUTE_OPTIONS[name]]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag} has no effect on {ROUTE_NAMES[route]} ({arg}): it is for "
+                        f"{' and '.join(ROUTE_NAMES[r] for r in sorted(ROUTE_OPTIONS[given[0]]))}; drop it")
+    if route == "pretrained":
+        model, meta = _pretrained_with_meta(arg, device)
+    elif route == "robustbench":
+        model, meta = foreign.load_robustbench(arg, options, data_dir=data_dir, device=device)
+    elif route == "python":
         if input_shape is None:
             raise UserError(f"{arg}: a model from a Python file needs the input shape: pass --input-shape C H W (or --data)")
-        return load_python_model(arg, input_shape, device)
-    if Path(arg).is_file():
-        return load_with_meta(arg, device)
-    if foreign.is_state_dict_spec(arg):
+        model, meta = load_python_model(arg, input_shape, device)
+    elif route == "checkpoint":
+        model, meta = load_with_meta(arg, device)
+    elif route == "state_dict":
         arch, _, path = arg.partition("=")
-        return foreign.load_state_dict_model(path, arch, options, input_shape=input_shape, device=device)
+        model, meta = foreign.load_state_dict_model(path, arch, options, input_shape=input_shape, device=device)
+    else:
+        model = meta = None
+    if model is not None:
+        unwrap(model).nonrobust_source = arg  # the name or path the model was given as, for provenance (identity is its content)
+        return model, meta
     names = ", ".join(PRETRAINED) or "(none)"
     raise UserError(f"{arg!r}: no such file, and not a pretrained model name ({names}): pass a nonrobust .safetensors checkpoint, "
                     "one of those names, ARCH=weights.pt, robustbench:NAME or path/to/file.py:function")
+
+
+ROUTE_NAMES = {"pretrained": "a shipped model", "robustbench": "a RobustBench model", "python": "a model from a Python file",
+               "checkpoint": "a nonrobust checkpoint", "state_dict": "an ARCH=weights.pt state dict"}
+"""The routes :func:`resolve` takes a model by (:func:`model_route`), as error messages name them."""
+ROUTE_OPTIONS: dict[str, set[str]] = {"num_classes": {"state_dict"}, "normalize": {"state_dict"}, "arch_options": {"state_dict"},
+                                      "model_dir": {"robustbench"}}
+"""The routes on which each :class:`nonrobust.foreign.ModelOptions` field has an effect; elsewhere it is refused."""
+
+
+def model_route(model_arg: str | os.PathLike) -> str | None:
+    """Which route :func:`resolve` takes ``model_arg`` by: a :data:`ROUTE_NAMES` key, or ``None`` for none of them."""
+    from . import foreign
+
+    arg = str(model_arg)
+    if arg in PRETRAINED:
+        return "pretrained"
+    if foreign.is_robustbench_spec(arg):
+        return "robustbench"
+    if is_python_spec(arg):
+        return "python"
+    if Path(arg).is_file():
+        return "checkpoint"
+    if foreign.is_state_dict_spec(arg):
+        return "state_dict"
+    return None
 
 
 # --------------------------------------------------------------------------- models users bring
@@ -700,7 +761,8 @@ def check_compatible(model: nn.Module, meta: CheckpointMeta, input_shape: tuple[
     architecture allows them). Warns (``UserWarning``) when the data differs from what the
     model was trained on in a way that runs but misleads: another image size, or classes
     (``classes``, the data's names) that are not the model's in the model's order, since
-    labels are compared with the model's outputs by index.
+    labels are compared with the model's outputs by index. (A class count that differs from
+    the model's is one of :func:`nonrobust.checks.model_warnings`.)
     """
     trained = tuple(meta.input_shape[1:])
     if tuple(input_shape[1:]) != trained:
@@ -713,9 +775,6 @@ def check_compatible(model: nn.Module, meta: CheckpointMeta, input_shape: tuple[
             warnings.warn(f"the data's classes ({shown(classes)}) are not the model's ({shown(meta.classes)}) in its order: labels are "
                           "compared with the model's outputs by index, so the accuracies are only meaningful for data in the model's "
                           "class order", stacklevel=2)
-    elif num_classes != meta.num_classes:
-        warnings.warn(f"the data has {num_classes} classes, the model predicts {meta.num_classes}: labels are compared with the "
-                      "model's outputs by index, so the accuracies are only meaningful if label i is the model's class i", stacklevel=2)
     if input_shape[0] != meta.input_shape[0]:
         raise UserError(f"the model takes {meta.input_shape[0]}-channel images, the data has {input_shape[0]} channels: use a matching model or data set")
     if num_classes > meta.num_classes:

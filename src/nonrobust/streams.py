@@ -10,6 +10,7 @@ killed run resumes at its first unfinished batch, under a key derived from its f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,11 +23,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack, point_sizes, summarise_sizes
+from .attacks import CHANGE_FLOOR, Attack, point_sizes, summarise_sizes
 from .bottleneck import IBConfig, ReiterableBatches, distill, distill_population, masked_predictions, seed_agreement, summarise_agreement
 from .errors import check
 from .evaluation import attack_batch
-from .io import StreamingTensorFile, check_output_path, digest, load_tensors, read_json, write_json
+from .identity import provenance, work_key
+from .io import StreamingTensorFile, check_output_path, exclusive, load_tensors, read_json, write_json
 from .runtime import Distributed
 from .split import LayerSplit, check_feature_map
 
@@ -47,48 +49,53 @@ def attack_to_file(
     batch_size: int,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    info: dict | None = None,
     progress: bool = True,
 ) -> dict:
     """Attack every image of ``dataset`` batch by batch and stream the results to ``out``.
 
     ``out`` (safetensors) holds ``x_adv`` (float32 ``[N, C, H, W]`` in [0,1]), ``y``,
-    ``clean_pred``, ``adv_pred`` (int64 ``[N]``) and the per-point measurements
-    ``linf``, ``l2`` (float64 ``[N]``: exact sizes of ``x_adv − x``), ``min``, ``max``
-    (float32 ``[N]``) and ``nan`` (int64 ``[N]``);
-    the summary goes to ``out`` with suffix ``.json`` and is returned. A killed run
-    resumes at its first unfinished batch; batch ``i`` always uses
-    :func:`batch_generator` ``(seed, i)``, so the result does not depend on where a
-    run was interrupted. Memory use does not grow with ``N``.
+    ``clean_pred``, ``adv_pred``, ``index`` (each image's position in its source, int64 ``[N]``) and
+    the per-point measurements ``linf``, ``l2`` (float64 ``[N]``: exact sizes of ``x_adv − x``),
+    ``min``, ``max`` (float32 ``[N]``) and ``nan`` (int64 ``[N]``); its header and the summary
+    (``out`` with suffix ``.json``, also returned) carry the work key and the provenance
+    (:mod:`nonrobust.identity`). A killed run resumes at its first unfinished batch when the key is
+    the same: the same model weights, images and attack settings (a partial file of other work is
+    started over). Batch ``i`` always uses :func:`batch_generator` ``(seed, i)``, so the result does
+    not depend on where a run was interrupted. One writer at a time (``out.lock``); memory use does
+    not grow with ``N``.
     """
     out = check_output_path(out)
     n = len(dataset)
     check(n > 0, "the data set is empty")
-    settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size, "n": n, **(info or {})}
-    fingerprint = digest(settings)
+    settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size}
+    key = work_key("attack", model=model, data=dataset, settings=settings)
+    meta = {**settings, "n": n, "key": key,
+            "provenance": provenance(model=model, data=dataset, settings=settings, seeds={"attack": seed}, key=key)}
     # sizes in float64, as point_sizes measures them
     per_point = {"linf": (torch.float64, (n,)), "l2": (torch.float64, (n,)), "min": (torch.float32, (n,)), "max": (torch.float32, (n,))}
-    specs = {"x_adv": (torch.float32, (n, *dataset.input_shape)), "y": (torch.int64, (n,)),
+    specs = {"x_adv": (torch.float32, (n, *dataset.input_shape)), "y": (torch.int64, (n,)), "index": (torch.int64, (n,)),
              "clean_pred": (torch.int64, (n,)), "adv_pred": (torch.int64, (n,)), "nan": (torch.int64, (n,)), **per_point}
     dist = Distributed.current()
-    writer = StreamingTensorFile(out, specs, settings, fingerprint, dist=dist, block_rows=batch_size)
-    if writer.resumed_rows:
-        log.info("resuming %s after %d of %d images%s", out, writer.resumed_rows, writer.own_rows, _rank_note(dist))
     t0 = time.perf_counter()
-    bar = tqdm(total=writer.own_rows, initial=writer.resumed_rows, desc=settings["attack"]["name"], unit="img",
-               disable=not (progress and dist.main))
-    with writer.guard(bar):
-        for start, x, y in _pending_batches(dataset, writer, batch_size, device):
-            x_adv = attack_batch(attack, model, x, y, seed=seed, batch=start // batch_size, start=start)
-            with torch.no_grad():
-                clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
-            writer.write(start, {"x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred, **point_sizes(x, x_adv)})
-            bar.update(x.shape[0])
-    writer.finish()
-    summary = summarise_file(out)
-    summary["seconds_this_run"] = round(time.perf_counter() - t0, 3)
-    if dist.main:
-        write_json(out.with_suffix(".json"), summary)
+    with exclusive(out) if dist.main else contextlib.nullcontext():
+        writer = StreamingTensorFile(out, specs, meta, key, dist=dist, block_rows=batch_size)
+        if writer.resumed_rows:
+            log.info("resuming %s after %d of %d images%s", out, writer.resumed_rows, writer.own_rows, _rank_note(dist))
+        bar = tqdm(total=writer.own_rows, initial=writer.resumed_rows, desc=settings["attack"]["name"], unit="img",
+                   disable=not (progress and dist.main))
+        with writer.guard(bar):
+            for start, x, y in _pending_batches(dataset, writer, batch_size, device):
+                x_adv = attack_batch(attack, model, x, y, seed=seed, batch=start // batch_size, start=start)
+                with torch.no_grad():
+                    clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+                writer.write(start, {"x_adv": x_adv, "y": y, "index": dataset.indices[start:start + x.shape[0]],
+                                     "clean_pred": clean_pred, "adv_pred": adv_pred, **point_sizes(x, x_adv)})
+                bar.update(x.shape[0])
+        writer.finish()
+        summary = summarise_file(out)
+        summary["seconds_this_run"] = round(time.perf_counter() - t0, 3)
+        if dist.main:
+            write_json(out.with_suffix(".json"), summary)
     return summary
 
 
@@ -110,15 +117,16 @@ def summarise_file(path: str | Path) -> dict:
     """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
 
     ``perturbation`` measures every image; ``perturbation_changed`` the images the attack
-    changed at all (L2 > 0: an attack that stops early leaves many unchanged, and their
-    zeros pull the median of all to 0); ``perturbation_fooled`` only the points the attack
-    turned from correct to wrong (the size of an unbounded attack's successes).
+    changed beyond rounding (L∞ size above :data:`~nonrobust.attacks.CHANGE_FLOOR`: an attack that
+    stops early leaves many unchanged, and their zeros, or float round-trip noise of 1e-7, would pull
+    the median to nothing); ``perturbation_fooled`` only the points the attack turned from correct
+    to wrong (the size of an unbounded attack's successes).
     Reads only the per-point columns, never the images.
     """
     t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", *_SIZE_COLUMNS))
     clean_ok, adv_ok = t["clean_pred"] == t["y"], t["adv_pred"] == t["y"]
     fooled = clean_ok & ~adv_ok
-    changed = t["l2"] > 0
+    changed = t["linf"] > CHANGE_FLOOR
     return {
         **settings,
         "clean_accuracy": float(clean_ok.float().mean()),
@@ -196,7 +204,6 @@ def split_dataset(
     *,
     batch_size: int = 128,
     device: torch.device | str = "cpu",
-    info: dict | None = None,
     progress: bool = True,
     stability: int = 1,
 ) -> dict:
@@ -204,9 +211,12 @@ def split_dataset(
 
     Per-image protocols stream batch by batch into ``out`` (``sigma``, ``var_z``,
     ``robust_mask`` ``[N, C]``, ``threshold`` ``[N]``, the true labels ``y``, the ``labels`` the masks
-    were made with, and the predictions from Z, Z_r and Z_nr ``[N]``); a killed run resumes at its first
-    unfinished batch. Image ``i`` draws its noise from seed ``(config.seed, i)``.
-    ``population`` writes one ``[C]`` split (loadable with :meth:`IBResult.load`).
+    were made with, each image's position in its source ``index``, and the predictions from Z, Z_r
+    and Z_nr ``[N]``); a killed run resumes at its first unfinished batch when its work key is the
+    same (the model's weights, the images, every setting: :mod:`nonrobust.identity`), and starts over
+    otherwise. Image ``i`` draws its noise from seed ``(config.seed, i)``.
+    ``population`` writes one ``[C]`` split (loadable with :meth:`IBResult.load`). The file's header and
+    the summary carry the work key and the provenance; one writer at a time (``out.lock``).
 
     Returns the summary: mean robust / non-robust channel counts, the accuracy of ``f_l+(Z)``,
     ``f_l+(Z_r)`` and ``f_l+(Z_nr)`` against the true labels, and, when the masks were made with
@@ -219,7 +229,6 @@ def split_dataset(
     summary's ``stability``. The stored split is seed ``config.seed``'s.
     """
     check(isinstance(stability, int) and stability >= 1, f"stability must be a number of seeds ≥ 1, got {stability!r}")
-    seeds = [replace(config, seed=config.seed + j) for j in range(stability)]
     out = check_output_path(out)
     dist = Distributed.current()
     alone = config.protocol == "population" and dist.world > 1  # one split of the whole data set: rank 0 fits it, the others wait
@@ -230,74 +239,93 @@ def split_dataset(
     check(n > 0, "the data set is empty")
     # a layer the bottleneck cannot use fails here, before any file is written
     channels = check_feature_map(split, next(dataset.batches(1, device=device))[0]).shape[1]
-    meta = {"format": "nonrobust-ib", "version": 1, "layer": split.layer, "config": asdict(config), "n": n, "stability_seeds": stability,
-            **(info or {})}
-    if config.protocol == "population":
-        batches = ReiterableBatches(lambda: dataset.batches(batch_size, device=device))
-        fits = [distill_population(split, batches, c, total=math.ceil(n / batch_size), progress=progress) for c in seeds]
-        res = fits[0]
-        if stability > 1:
-            agreement = seed_agreement(torch.stack([f.robust_mask for f in fits])[:, None])
-        res.extra.update(info or {})
-        preds = {k: [] for k in ("int", "robust", "nonrobust")}
-        for x, _ in dataset.batches(batch_size, device=device):
-            for k, v in masked_predictions(split, res, x).items():
-                preds[k].append(v.cpu())
-        preds = {k: torch.cat(v) for k, v in preds.items()}
-        res.save(out)
-        robust_counts = res.robust_mask.float().sum().expand(n)
-    else:
-        fingerprint = digest({**meta, "batch_size": batch_size})
-        per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
-        t_shape = (n, channels) if config.threshold == "channel" else (n,)  # the channel rule's T is σ_z² itself
-        specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, t_shape),
-                 **{k: (torch.int64, (n,)) for k in ("y", "labels", "pred", "pred_robust", "pred_nonrobust")}}
-        if stability > 1:
-            specs.update(jaccard=(torch.float64, (n,)), pairs_both_empty=(torch.float64, (n,)), robust_every=(torch.int64, (n,)),
-                         robust_any=(torch.int64, (n,)))
-        writer = StreamingTensorFile(out, specs, meta, fingerprint, dist=dist, block_rows=batch_size)
-        if writer.resumed_rows:
-            log.info("resuming %s after %d of %d images%s", out, writer.resumed_rows, writer.own_rows, _rank_note(dist))
-        bar = tqdm(total=writer.own_rows, initial=writer.resumed_rows, desc=f"bottleneck ({config.protocol})", unit="img",
-                   disable=not (progress and dist.main))
-        with writer.guard(bar):
-            for start, x, y in _pending_batches(dataset, writer, batch_size, device):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
-                    runs = [distill(split, x, y, c, indices=torch.arange(start, start + x.shape[0], device="cpu")) for c in seeds]
-                res = runs[0]
-                p = masked_predictions(split, res, x)
-                row = {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8), "threshold": res.threshold,
-                       "y": y, "labels": res.labels, "pred": p["int"], "pred_robust": p["robust"], "pred_nonrobust": p["nonrobust"]}
-                if stability > 1:
-                    a = seed_agreement(torch.stack([r.robust_mask for r in runs]))
-                    row.update(jaccard=a["jaccard"], pairs_both_empty=a["both_empty"], robust_every=a["every"], robust_any=a["any"])
-                writer.write(start, row)
-                bar.update(x.shape[0])
-        writer.finish()
-        t, _ = load_tensors(out, keys=("y", "labels", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
-        preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}
-        mask_labels = t["labels"]
-        robust_counts = t["robust_mask"].float().sum(1)
-        if stability > 1:
-            a, _ = load_tensors(out, keys=("jaccard", "pairs_both_empty", "robust_every", "robust_any"))
-            agreement = {"jaccard": a["jaccard"], "both_empty": a["pairs_both_empty"], "every": a["robust_every"], "any": a["robust_any"]}
-    y = dataset.labels
-    summary = {
-        **{k: v for k, v in meta.items() if k != "format"},
-        "channels": channels,
-        "robust_channels_mean": float(robust_counts.mean()),
-        "nonrobust_channels_mean": channels - float(robust_counts.mean()),
-        "accuracy": {k: float((v == y).float().mean()) for k, v in preds.items()},
-    }
-    if stability > 1:
-        summary["stability"] = summarise_agreement(agreement, channels, stability)
-    if config.protocol != "population" and config.labels != "true":
-        # the label control: do Z_r and Z_nr follow the label the masks were made with, or the true one?
-        summary["mask_labels"] = {"source": config.labels, **{f"{k}_predicts_mask_label": float((preds[k] == mask_labels).float().mean())
-                                                               for k in ("robust", "nonrobust")}}
-    if dist.main:
-        write_json(out.with_suffix(".json"), summary)
+    settings = {"layer": split.layer, "config": asdict(config), "stability_seeds": stability, "batch_size": batch_size}
+    key = work_key("split", model=split.model, data=dataset, settings=settings)
+    meta = {"format": "nonrobust-ib", "version": 1, **settings, "n": n, "key": key,
+            "provenance": provenance(model=split.model, data=dataset, settings=settings, seeds={"noise": config.seed}, key=key)}
+    with exclusive(out) if dist.main else contextlib.nullcontext():
+        split_of = _split_population if config.protocol == "population" else _split_per_image
+        preds, robust_counts, agreement, mask_labels = split_of(split, dataset, config, out, meta, channels, batch_size=batch_size,
+                                                                device=device, progress=progress, stability=stability)
+        y = dataset.labels
+        summary = {
+            **{k: v for k, v in meta.items() if k != "format"},
+            "channels": channels,
+            "robust_channels_mean": float(robust_counts.mean()),
+            "nonrobust_channels_mean": channels - float(robust_counts.mean()),
+            "accuracy": {k: float((v == y).float().mean()) for k, v in preds.items()},
+        }
+        if agreement is not None:
+            summary["stability"] = summarise_agreement(agreement, channels, stability)
+        if mask_labels is not None and config.labels != "true":
+            # the label control: do Z_r and Z_nr follow the label the masks were made with, or the true one?
+            summary["mask_labels"] = {"source": config.labels, **{f"{k}_predicts_mask_label": float((preds[k] == mask_labels).float().mean())
+                                                                   for k in ("robust", "nonrobust")}}
+        if dist.main:
+            write_json(out.with_suffix(".json"), summary)
     if alone:
         dist.barrier()  # the population split and its summary are written: the other ranks read them
     return summary
+
+
+def _noise_seeds(config: IBConfig, stability: int) -> list[IBConfig]:
+    return [replace(config, seed=config.seed + j) for j in range(stability)]
+
+
+def _split_population(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict, channels: int, *,
+                      batch_size: int, device, progress: bool, stability: int):
+    """One label-free ``[C]`` split of the whole data set, fitted and saved to ``out`` (not streamed: a rerun fits it again)."""
+    n = len(dataset)
+    batches = ReiterableBatches(lambda: dataset.batches(batch_size, device=device))
+    fits = [distill_population(split, batches, c, total=math.ceil(n / batch_size), progress=progress) for c in _noise_seeds(config, stability)]
+    res = fits[0]
+    agreement = seed_agreement(torch.stack([f.robust_mask for f in fits])[:, None]) if stability > 1 else None
+    res.extra.update({k: v for k, v in meta.items() if k in ("key", "provenance")})
+    preds: dict[str, list[Tensor]] = {k: [] for k in ("int", "robust", "nonrobust")}
+    for x, _ in dataset.batches(batch_size, device=device):
+        for k, v in masked_predictions(split, res, x).items():
+            preds[k].append(v.cpu())
+    res.save(out)
+    return {k: torch.cat(v) for k, v in preds.items()}, res.robust_mask.float().sum().expand(n), agreement, None
+
+
+def _split_per_image(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict, channels: int, *,
+                     batch_size: int, device, progress: bool, stability: int):
+    """Every image's own split, streamed batch by batch into ``out`` (resumable under the work key ``meta["key"]``)."""
+    n, seeds = len(dataset), _noise_seeds(config, stability)
+    dist = Distributed.current()
+    per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
+    t_shape = (n, channels) if config.threshold == "channel" else (n,)  # the channel rule's T is σ_z² itself
+    specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, t_shape),
+             **{k: (torch.int64, (n,)) for k in ("y", "labels", "index", "pred", "pred_robust", "pred_nonrobust")}}
+    if stability > 1:
+        specs.update(jaccard=(torch.float64, (n,)), pairs_both_empty=(torch.float64, (n,)), robust_every=(torch.int64, (n,)),
+                     robust_any=(torch.int64, (n,)))
+    writer = StreamingTensorFile(out, specs, meta, meta["key"], dist=dist, block_rows=batch_size)
+    if writer.resumed_rows:
+        log.info("resuming %s after %d of %d images%s", out, writer.resumed_rows, writer.own_rows, _rank_note(dist))
+    bar = tqdm(total=writer.own_rows, initial=writer.resumed_rows, desc=f"bottleneck ({config.protocol})", unit="img",
+               disable=not (progress and dist.main))
+    with writer.guard(bar):
+        for start, x, y in _pending_batches(dataset, writer, batch_size, device):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
+                runs = [distill(split, x, y, c, indices=torch.arange(start, start + x.shape[0], device="cpu")) for c in seeds]
+            res = runs[0]
+            p = masked_predictions(split, res, x)
+            row = {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8), "threshold": res.threshold,
+                   "y": y, "labels": res.labels, "index": dataset.indices[start:start + x.shape[0]], "pred": p["int"],
+                   "pred_robust": p["robust"], "pred_nonrobust": p["nonrobust"]}
+            if stability > 1:
+                a = seed_agreement(torch.stack([r.robust_mask for r in runs]))
+                row.update(jaccard=a["jaccard"], pairs_both_empty=a["both_empty"], robust_every=a["every"], robust_any=a["any"])
+            writer.write(start, row)
+            bar.update(x.shape[0])
+    writer.finish()
+    t, _ = load_tensors(out, keys=("y", "labels", "pred", "pred_robust", "pred_nonrobust", "robust_mask"))
+    preds = {"int": t["pred"], "robust": t["pred_robust"], "nonrobust": t["pred_nonrobust"]}
+    agreement = None
+    if stability > 1:
+        a, _ = load_tensors(out, keys=("jaccard", "pairs_both_empty", "robust_every", "robust_any"))
+        agreement = {"jaccard": a["jaccard"], "both_empty": a["pairs_both_empty"], "every": a["robust_every"], "any": a["robust_any"]}
+    return preds, t["robust_mask"].float().sum(1), agreement, t["labels"]

@@ -24,6 +24,8 @@ Run folder (written by rank 0 only)::
     best.safetensors     the checkpoint of the best epoch (held-out PGD
                          accuracy; clean accuracy for standard training)
     metrics.jsonl        one JSON line per complete epoch
+    provenance.json      what the run is made from (model, data, settings, versions, command:
+                         :func:`nonrobust.identity.provenance`), also in every checkpoint's metadata
 
 Crash safety: ``state.safetensors`` alone defines how far a run got; the other
 files are derived from it. A crash between writing it and the derived files
@@ -74,6 +76,7 @@ from .attacks import PGD, STEP_FACTORS, Ball, optimise, step_size
 from .data import DATASETS, ImageDataset, augment, load_dataset
 from .errors import UserError, check
 from .fields import setting
+from .identity import data_digest, data_record, model_digest, provenance, work_key
 from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
 from .runtime import Distributed, derive_seed, environment, frozen, make_generator
 
@@ -99,7 +102,7 @@ STATE_FORMAT = "nonrobust-train-state"
 _STATE_VERSION = 1
 _RESUMABLE_CHANGES = ("epochs", "device")
 _FILES = {"config": "config.json", "state": "state.safetensors", "last": "last.safetensors",
-          "best": "best.safetensors", "metrics": "metrics.jsonl"}
+          "best": "best.safetensors", "metrics": "metrics.jsonl", "provenance": "provenance.json"}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -131,6 +134,8 @@ class TrainConfig:
         seed: seed of every random draw (initialisation, shuffling, augmentation, attack starts, dropout).
         device: ``auto``, ``cpu``, ``cuda``, ...; under torchrun each rank uses ``cuda:LOCAL_RANK``.
         amp: ``none`` or ``bf16`` (``torch.autocast``); channels_last: NHWC memory format.
+        init: a file of initial weights (a nonrobust checkpoint or a state dict of ``arch``), loaded strictly;
+            ``None`` initialises from ``seed``. A resumed run checks that they are still the same weights.
     """
 
     arch: str
@@ -163,6 +168,8 @@ class TrainConfig:
     device: str = "auto"
     amp: Literal["none", "bf16"] = setting("none", "mixed precision: bf16 autocast, or none", "choice")
     channels_last: bool = setting(False, "NHWC memory format", "flag")
+    init: str | None = setting(None, "start from these weights instead of a random initialisation (fine-tuning): a nonrobust "
+                               "checkpoint or a state dict of the architecture (.pt or .safetensors, read without running code)")
 
     def __post_init__(self) -> None:
         check(self.method in METHODS, f"unknown training method {self.method!r}: choose one of {', '.join(METHODS)}")
@@ -631,6 +638,8 @@ class _RunFolder:
     optimizer: torch.optim.Optimizer
     train_set: ImageDataset  # what the checkpoints' metadata says the model was trained on
     record: dict[str, Any]  # recipe fields besides the config: command, world size, environment
+    identity: dict[str, Any]  # digests of what the run is made from: training images, held-out images, initial weights
+    origin: dict[str, Any]  # the provenance block of the run (provenance.json, and every checkpoint's metadata)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
 
@@ -650,20 +659,25 @@ class _RunFolder:
                    "selected_by": self.select_by, "history": self.history}
         ds = self.train_set
         meta = models.make_meta(self.model, dataset=ds.name, classes=list(ds.classes), input_shape=ds.input_shape,
-                                recipe=recipe, metrics=metrics)
+                                recipe=recipe, metrics=metrics, provenance=self.origin)
         models.save(self.model, path, meta)
 
     def save_state(self) -> None:
         opt_tensors, opt_meta = _optimizer_to_file(self.optimizer)
         weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         meta = {"format": STATE_FORMAT, "version": _STATE_VERSION, "epoch": len(self.history), "config": self.cfg.to_dict(),
-                "history": self.history, "best": self.best, "optimizer": opt_meta, "world_size": self.record["world_size"]}
+                "history": self.history, "best": self.best, "optimizer": opt_meta, "world_size": self.record["world_size"],
+                "identity": self.identity}
         save_tensors(self.path("state"), {**weights, **opt_tensors}, meta)
 
     def load_state(self, device: torch.device) -> None:
         tensors, meta = load_tensors(self.path("state"))
         check(meta.get("format") == STATE_FORMAT, f"{self.path('state')}: not a nonrobust training state")
         check(int(meta.get("version", 0)) <= _STATE_VERSION, f"{self.path('state')}: written by a newer nonrobust; upgrade to resume")
+        saved = meta.get("identity") or {}
+        changed = [what for key, what in _IDENTITY_PARTS.items() if key in saved and key in self.identity and saved[key] != self.identity[key]]
+        check(not changed, f"--resume: {self.out} was trained from other {' and '.join(changed)} than this run would use (their content "
+                           "differs): resume with the same ones, or choose another --out to start a new run")
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(weights, strict=True)
         _optimizer_from_file(self.optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
@@ -715,6 +729,26 @@ class _RunFolder:
         best = self.history[self.best["epoch"] - 1] if self.best else None
         return {"out_dir": str(self.out), "epochs": len(self.history), "last": self.history[-1] if self.history else None,
                 "best": best, "checkpoint": str(self.path("last")), "best_checkpoint": str(self.path("best"))}
+
+
+_IDENTITY_PARTS = {"train_data": "training images", "eval_data": "held-out images", "init": "initial weights"}
+"""What a resumed run must share with the run it continues, by content (:mod:`nonrobust.identity`)."""
+
+
+def _initialise(model: nn.Module, cfg: TrainConfig) -> None:
+    """Load ``cfg.init`` (a checkpoint or a state dict of ``cfg.arch``) into ``model``, strictly."""
+    from .foreign import read_state_dict
+
+    state = read_state_dict(cfg.init)
+    own = model.state_dict()
+    if not any(k.startswith("normalize.") for k in state):  # a plain state dict: the normalisation is the run's own
+        state.update({k: v for k, v in own.items() if k.startswith("normalize.")})
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        raise UserError(f"--init {cfg.init}: the weights do not fit {cfg.arch} ({len(missing)} missing, {len(unexpected)} unexpected, "
+                        f"{len(wrong)} of wrong shape; first: {(missing or unexpected or wrong)[0]})")
+    model.load_state_dict(state, strict=True)
 
 
 def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> bool:
@@ -789,16 +823,30 @@ def train(
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
             torch.random.default_generator.manual_seed(derive_seed(cfg.seed, "init"))
             model = models.build(cfg.arch, train_set.num_classes, train_set.input_shape[0], cfg.mean, cfg.std, **cfg.arch_options)
+        if cfg.init:
+            _initialise(model, cfg)
+        model.nonrobust_source = f"{cfg.arch} initialised from {cfg.init}" if cfg.init else f"{cfg.arch} initialised from seed {cfg.seed}"
+        identity = {"train_data": data_digest(train_set), "init": model_digest(model)}
+        if eval_set is not None:
+            identity["eval_data"] = data_digest(eval_set)
         model = model.to(device, memory_format=torch.channels_last) if cfg.channels_last else model.to(device)
         # Only now, with the data loaded and the model built, does the run folder get written: a mistake
         # in the settings leaves no half-made run behind (which a rerun would take for a run to --resume).
         dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+        settings = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
+        origin = provenance(model=model, data=train_set, settings=cfg.to_dict(), seeds={"train": cfg.seed},
+                            key=work_key("train", model=identity["init"], data=identity["train_data"], settings=settings),
+                            extra={"held_out": data_record(eval_set) if eval_set is not None else None})
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / _FILES["config"], cfg.to_dict())
+            if not has_state:  # the run's own provenance: how it started (a resumed run keeps it)
+                write_json(out / _FILES["provenance"], origin)
+            elif (out / _FILES["provenance"]).is_file():
+                origin = read_json(out / _FILES["provenance"])
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         record = {"command": list(command) if command is not None else None, "world_size": dist.world, "environment": environment(device)}
-        run = _RunFolder(out, cfg, model, optimizer, train_set, record)
+        run = _RunFolder(out, cfg, model, optimizer, train_set, record, identity, origin)
         if has_state:
             run.load_state(device)
             check(len(run.history) <= cfg.epochs, f"--resume: {out} has already trained {len(run.history)} epochs, more than --epochs {cfg.epochs}")

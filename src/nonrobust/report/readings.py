@@ -92,8 +92,8 @@ def readings(results: dict) -> dict[str, str]:
                          f"{ci(r['nrf2']['robust_accuracy'], n)}: {versus(t4, r['nrf'], r['nrf2'])}. For the robust channels, "
                          f"{r['rf']['label']} leaves {ci(r['rf']['robust_accuracy'], n)} and {r['rf2']['label']} "
                          f"{ci(r['rf2']['robust_accuracy'], n)}: {versus(t4, r['rf'], r['rf2'])}. All four are unbounded L2 attacks, "
-                         f"so their sizes matter as much as their accuracies (median L2 of the images each changed: "
-                         + ", ".join(f"{row['label']} {fmt(row['l2_median_changed'])}" for row in t4["rows"]) + ").")
+                         f"so their sizes matter as much as their accuracies (median L2 of the images each turned wrong: "
+                         + ", ".join(f"{row['label']} {fmt(row['l2_median_fooled'])} over {row['fooled']}" for row in t4["rows"]) + ").")
     if results.get("beta_sweep"):
         sweep = results["beta_sweep"]["rows"]
         first, last = sweep[0], sweep[-1]

@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
+from ..attacks import CHANGE_FLOOR
 from ..io import atomic_write, load_tensors, write_json
 from .readings import ci, fmt, pct, summary
 
@@ -126,7 +127,8 @@ _ATTACK_HEADER = ["attack", "threat model", "accuracy [95% CI]", "success rate",
 WORDS = (("turned wrong", "an image the model classifies correctly, whose adversarial version it classifies wrongly (Tables 3, 4)"),
          ("misclassified under attack", "an adversarial image the model classifies wrongly, whether or not it was right on the clean "
                                         "image (Table 2, as in the paper)"),
-         ("changed images", "images the attack changed at all (L2 > 0); an attack that stops early leaves the others as they were"),
+         ("changed images", f"images the attack changed beyond rounding (L∞ size above {CHANGE_FLOOR:g}); an attack that stops early "
+                            "leaves the others as they were, and float round trips move them by about 1e-7, which is not a change"),
          ("accuracy [95% CI]", "the share of all images classified correctly both clean and attacked, with its 95% Wilson interval"),
          ("stronger", "said of one attack against another on the same images only when an exact McNemar test gives p < 0.05"))
 """The report's words with more than one possible meaning, each defined once at the top of the page."""

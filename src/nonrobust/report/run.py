@@ -13,11 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
 from ..attacks import ATTACKS
 from ..errors import UserError, check
-from ..io import check_output_folder, load_tensors, read_json, save_tensors, tensor_fingerprint
-from .lock import exclusive
+from ..identity import data_digest, model_digest, provenance
+from ..io import check_output_folder, exclusive, load_tensors, read_json, save_tensors
 from .readings import headline, readings
 from .render import write_outputs
 from .settings import TABLE4, TABLE4_LABELS, ReportSettings, attack_overrides
@@ -78,6 +77,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     """
     from .. import data, models
     from ..bottleneck import IBConfig
+    from ..checks import warn_about_model
     from ..runtime import Distributed, environment, launch_device
     from ..split import check_feature_map, split_model
 
@@ -89,7 +89,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     # everything a user can get wrong is checked before the folder is touched
     device = launch_device(settings.device)  # under torchrun: this rank's device, in the process group
     dist = Distributed.current()
-    full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size)
+    full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size, order=settings.order)
     ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
     model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape, options=settings.model_options,
                                  data_dir=settings.data_dir)
@@ -98,17 +98,17 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
     split = split_model(model, layer)
     check_feature_map(split, next(ds.batches(1, device=device))[0])
+    warn_about_model(model, *next(ds.first(min(len(ds), 32)).batches(32, device=device)), ds.num_classes)
     out.mkdir(parents=True, exist_ok=True)
-    with exclusive(out) if dist.main else contextlib.nullcontext(), warnings.catch_warnings():
+    with exclusive(out, out / ".lock") if dist.main else contextlib.nullcontext(), warnings.catch_warnings():
         # an all-robust or all-non-robust split is shown in the tables' channel counts, not warned about batch by batch
         warnings.filterwarnings("ignore", message=r"(every|no) channel came out robust")
         ib = IBConfig(protocol=settings.protocol, beta=settings.beta, iterations=settings.ib_iterations, seed=settings.seed,
                       threshold=settings.threshold)
-        base = {"model": tensor_fingerprint(iter(model.state_dict().items())),
-                "data": tensor_fingerprint(iter([("x", ds.images), ("y", ds.labels)])),
-                "layer": layer, "seed": settings.seed, "batch_size": settings.batch_size, "version": __version__}
-        ctx = Context(settings, out, model, split, ds, device, ib, Steps(out, base), progress)
+        base = {"layer": layer, "seed": settings.seed, "batch_size": settings.batch_size}
+        ctx = Context(settings, out, model, split, ds, device, ib, Steps(out, model_digest(model), data_digest(ds), base), progress)
         results: dict[str, Any] = {
+            "provenance": provenance(model=model, data=ds, settings=asdict(settings), seeds={"report": settings.seed}),
             "settings": asdict(settings), "layer": layer, "arch": meta.arch, "n": len(ds), "classes": ds.classes,
             "data": {"name": ds.name, "split": ds.split, "input_shape": list(ds.input_shape), "n_available": len(full),
                      "provenance": ds.provenance},
@@ -233,7 +233,7 @@ def _population(ctx: Context, full) -> dict:
     if fit is None or fit.input_shape != ctx.ds.input_shape:
         if len(full) > len(ctx.ds):
             rest = slice(len(ctx.ds), len(ctx.ds) + s.population_n)  # copy only the images the fit uses
-            fit = replace(full, images=full.images[rest].clone(), labels=full.labels[rest].clone())
+            fit = full.rows(rest.start, rest.stop)
             source = f"{full.split} split, images {len(ctx.ds)}…{len(full) - 1} (not evaluated)"
         else:
             fit = ctx.ds
@@ -251,7 +251,7 @@ def _population(ctx: Context, full) -> dict:
         return {"fitted_on": source, "n": len(fit), **res.counts(), "threshold_rule": config.threshold,
                 "threshold": res.threshold_value, "config": asdict(config)}
 
-    params = {"config": asdict(config), "fit": tensor_fingerprint(iter([("x", fit.images), ("y", fit.labels)]))}
+    params = {"config": asdict(config), "fit": data_digest(fit)}
     summary = ctx.steps.run("population", params, compute, files=(path,))
     return {"summary": summary, "result": IBResult.load(path, ctx.device)}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..attacks import ATTACK_SETS, ATTACKS
+from ..attacks import ATTACK_SETS, ATTACKS, attack_name
 from ..bottleneck import IBConfig, threshold_quantile
-from ..errors import check
+from ..errors import UserError, check
 from ..fields import default_of, setting
 from ..foreign import ModelOptions
 
@@ -25,6 +25,14 @@ TABLE4_LABELS = {name: label or ATTACKS[name].label for name, _, label in ATTACK
 """Table 4's row names (the paper's: which gradient norm each attack pushes, and which way)."""
 
 
+def _registered(name: str) -> str:
+    """The registered name of attack ``name`` (a name or a display label), or ``name`` itself when it is neither."""
+    try:
+        return attack_name(name)
+    except UserError:
+        return name
+
+
 def attack_overrides(key: str, s: "ReportSettings") -> dict[str, Any]:
     """The report's settings for registered attack ``key``: its ``eps`` for an L∞ attack, ``l2_steps`` for an unbounded L2 one."""
     return {"eps": s.eps} if ATTACKS[key].norm == "linf" else {"steps": s.l2_steps}
@@ -37,7 +45,7 @@ class ReportSettings:
     Attributes:
         model: anything :func:`nonrobust.models.resolve` takes (a checkpoint, a shipped name, ``ARCH=weights.pt``, …).
         model_options: what a model from outside nonrobust needs (:class:`nonrobust.foreign.ModelOptions`).
-        data, split, data_dir, image_size: the data set (see :func:`nonrobust.data.load_dataset`).
+        data, split, data_dir, image_size, order: the data set (see :func:`nonrobust.data.load_dataset`).
         n: evaluate the first ``n`` images (None: all).
         attacks: Table 3's attacks, from :data:`TABLE3_ATTACKS`.
         table4: also run Table 4 (NRF, NRF2, RF, RF2).
@@ -63,6 +71,7 @@ class ReportSettings:
     split: str = "test"
     data_dir: str | None = None
     image_size: int | None = None
+    order: Literal["balanced", "file"] = "balanced"
     n: int | None = setting(None, "evaluate the first N images (default: all)", "positive_int")
     batch_size: int = setting(128, "images per batch", "positive_int")
     seed: int = setting(0, "seed of every random draw", "int")
@@ -97,6 +106,7 @@ class ReportSettings:
     def __post_init__(self) -> None:
         if isinstance(self.model_options, dict):  # e.g. read back from results.json
             object.__setattr__(self, "model_options", ModelOptions(**self.model_options))
+        object.__setattr__(self, "attacks", tuple(_registered(a) for a in self.attacks))  # labels (PGD-20) name attacks too
         unknown = [a for a in self.attacks if a not in TABLE3_ATTACKS]
         check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
         check(len(self.attacks) > 0, "a report needs at least one attack")
@@ -113,19 +123,28 @@ class ReportSettings:
         check(all(b >= 0 for b in self.betas), "every β must be ≥ 0")
 
 
-_QUICK = dict(n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"), l2_steps=100, population_n=800,
-              population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200, featvis_images=2,
-              featvis_steps=96, table4=True)
+_QUICK = dict(n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"), l2_steps=50, table4_n=64,
+              population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200,
+              featvis_images=2, featvis_steps=96, table4=True)
+
+
+def _default(name: str) -> Any:
+    return default_of(ReportSettings, name)
+
+
 _QUICK_TRIMMED = ("AutoAttack trimmed to its first component, APGD-CE (an upper bound on AutoAttack accuracy); FAB left out",
-                  "CW-L2 and the NRF L2 family run 100 Adam steps instead of 200",
-                  "population split: 100 Adam steps on up to 800 images; β sweep: 6 values of β on 128 images",
-                  "feature visualisation: 2 images, 96 steps instead of 512")
+                  f"CW-L2 and the NRF L2 family run {_QUICK['l2_steps']} Adam steps instead of {_default('l2_steps')}",
+                  f"Table 4 on the first {_QUICK['table4_n']} of the {_QUICK['n']} images",
+                  f"population split: {_QUICK['population_iterations']} Adam steps on up to {_QUICK['population_n']} images; "
+                  f"β sweep: {len(_QUICK['betas'])} values of β on {_QUICK['beta_n']} images",
+                  f"feature visualisation: {_QUICK['featvis_images']} images, {_QUICK['featvis_steps']} steps instead of "
+                  f"{_default('featvis_steps')}")
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"settings": _QUICK, "trimmed": ("the first 200 images", *_QUICK_TRIMMED)},
+    "quick": {"settings": _QUICK, "trimmed": (f"the first {_QUICK['n']} images", *_QUICK_TRIMMED)},
     "demo": {
         "settings": dict(_QUICK, model="cifar10-small-at", data="cifar10-slice"),
-        "trimmed": ("200 of the shipped slice's 1,000 CIFAR-10 test images (the population split is fitted on the other 800)",
+        "trimmed": (f"{_QUICK['n']} of the shipped slice's 1,000 CIFAR-10 test images (the population split is fitted on the others)",
                     *_QUICK_TRIMMED),
     },
     "full": {

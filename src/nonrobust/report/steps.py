@@ -9,26 +9,24 @@ from typing import Callable
 
 from ..errors import UserError
 from ..runtime import Distributed
-from ..io import (
-    digest,
-    read_json,
-    write_json,
-)
+from ..identity import work_key
+from ..io import read_json, write_json
 
 log = logging.getLogger("nonrobust.report")
 
 
 class Steps:
-    """Run named steps once: ``DIR/steps/<name>.json`` holds each result under a key of its inputs."""
+    """Run named steps once: ``DIR/steps/<name>.json`` holds each result under its work key
+    (:func:`nonrobust.identity.work_key` of the model, the evaluated images, ``base`` and the step's own settings)."""
 
-    def __init__(self, out_dir: Path, base: dict) -> None:
+    def __init__(self, out_dir: Path, model: str, data: str, base: dict) -> None:
         self.dir = out_dir / "steps"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.base = base
+        self.model, self.data, self.base = model, data, base  # digests of the model and the evaluated images
         self.timings: dict[str, dict] = {}
 
     def run(self, name: str, params: dict, fn: Callable[[], dict], files: tuple[Path, ...] = ()) -> dict:
-        key = digest({"base": self.base, "step": name, "params": params})
+        key = work_key(f"report-step:{name}", model=self.model, data=self.data, settings={"base": self.base, "params": params})
         path = self.dir / f"{name}.json"
         if path.is_file():
             try:
