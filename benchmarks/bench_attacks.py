@@ -76,7 +76,7 @@ def bench_nrf(arch: str, batch: int, steps: int, repeats: int) -> dict:
     for form in ("surrogate", "exact", "linf"):
         # early stopping off so every form runs exactly `steps` steps
         attack = NRF(split=split, mask=mask, form=form, steps=steps, eps=8 / 255 if form == "linf" else None, early_stop=False)
-        t = best_time(lambda: attack(model, x, y), repeats) / steps
+        t = best_time(lambda attack=attack: attack(model, x, y), repeats) / steps
         out[f"{form}_step_s"] = t
         out[f"{form}_ratio"] = t / pgd
     return out

@@ -55,7 +55,7 @@ def bench(model_name: str, images: data.ImageDataset, grid, seeds: int, batch: i
         for seed in range(seeds):
             with torch.no_grad():
                 forward, _ = clock(lambda: [model(x) for x, _ in batches])
-            seconds, results = clock(lambda: [distill(split, x, y, replace(config, seed=seed),
+            seconds, results = clock(lambda config=config, seed=seed: [distill(split, x, y, replace(config, seed=seed),
                                                       indices=torch.arange(i * batch, i * batch + len(y)))
                                               for i, (x, y) in enumerate(batches)])
             ratios.append(seconds / forward)

@@ -130,7 +130,8 @@ def main() -> None:
     # 2. the benchmarks on the device
     c.step("bench-attacks", [py, "benchmarks/bench_attacks.py", *quick, *small, "--device", dev, "--out", str(o / "bench_attacks.json")])
     c.step("bench-bottleneck", [py, "benchmarks/bench_bottleneck.py", *quick, *small, "--device", dev, "--out", str(o / "bench_ib.json")])
-    c.step("bench-memory", [py, "benchmarks/bench_memory.py", *quick, *(["--sizes", "64", "128"] if args.dry_run else []), "--device", dev, "--out", str(o / "bench_memory.json")])
+    sizes = ["--sizes", "64", "128"] if args.dry_run else []
+    c.step("bench-memory", [py, "benchmarks/bench_memory.py", *quick, *sizes, "--device", dev, "--out", str(o / "bench_memory.json")])
     # 3. the demo, timed
     c.step("demo", None if args.dry_run else [py, "-m", "nonrobust", "demo", "--device", dev, "--out", str(o / "demo")],
            why="the demo takes about 4 minutes on a CPU: not part of a dry run")

@@ -57,3 +57,79 @@ def without_command(record: dict) -> dict:
     if block is not None:
         block.pop("command", None)
     return record
+
+
+def kill_on(argv: list, event, env: dict | None = None, deadline: float = 600.0) -> bool:
+    """Run ``python -m nonrobust ARGV`` and SIGKILL it as soon as ``event()`` holds (an observed progress record, a step
+    file: never a timer). Returns whether the kill landed mid-run (False: the run ended before the event). ``deadline``
+    only bounds a run that hangs; reaching it fails the test."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "nonrobust", *map(str, argv)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    end = time.monotonic() + deadline
+    while proc.poll() is None and not event():
+        assert time.monotonic() < end, f"no event within {deadline} s: {argv}"
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        err = proc.stderr.read()
+        assert proc.returncode == 0, err
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def progress_rows(path) -> int:
+    """Rows recorded in the progress record of the streamed output ``path`` (0 when there is none)."""
+    import json
+    from pathlib import Path
+
+    record = Path(str(path) + ".progress.json")
+    try:
+        return int(json.loads(record.read_text())["rows"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+# --------------------------------------------------------------------------- tiny worlds and tensor comparisons
+def write_npz(path, n_train: int, n_test: int, side: int = 16, *, classes: int = 10, seed: int = 0, channels: int = 3) -> None:
+    """An ``npz:`` data set of random uint8 images (``side``×``side``, ``channels`` 3 or 1) with labels ``i % classes``."""
+    import numpy as np
+
+    g = np.random.default_rng(seed)
+    shape = (side, side, channels) if channels == 3 else (side, side)
+    np.savez(path, x_train=g.integers(0, 256, (n_train, *shape), dtype=np.uint8), y_train=np.arange(n_train) % classes,
+             x_test=g.integers(0, 256, (n_test, *shape), dtype=np.uint8), y_test=np.arange(n_test) % classes)
+
+
+def write_tiny_model(path, *, seed: int = 0, num_classes: int = 10) -> None:
+    """A freshly initialised ``tiny_cnn`` (seeded) saved as a nonrobust checkpoint."""
+    import torch
+
+    from nonrobust import models
+
+    torch.manual_seed(seed)
+    model = models.build("tiny_cnn", num_classes=num_classes)
+    models.save(model, path, models.make_meta(model, dataset="synthetic"))
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """Two dicts of tensors hold the same names, in the same order, with equal dtypes and values."""
+    import torch
+
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def assert_tensor_files_equal(a, b) -> None:
+    """Two safetensors files of nonrobust hold the same tensors and the same header, but for the command line."""
+    from nonrobust.io import load_tensors
+
+    (ta, ma), (tb, mb) = load_tensors(a), load_tensors(b)
+    assert_same_tensors(dict(sorted(ta.items())), dict(sorted(tb.items())))
+    assert without_command(ma) == without_command(mb)  # the command line (another --out) is the one part that may differ

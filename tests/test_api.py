@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import os
 import re
 import subprocess
 import sys
@@ -41,25 +42,39 @@ def test_the_examples_in_the_docstrings_run():
     assert result.attempted >= 20 and result.failed == 0, result
 
 
-def test_readme_python_blocks_run():
-    blocks = _python_blocks()
-    assert len(blocks) >= 4
-    for block in blocks:
-        compile(block, "README.md", "exec")  # every block is valid Python
-    namespace: dict = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for block in blocks[:2]:  # the front door and the modules, on the shipped model and slice
+def _run_alone(block: str, folder: Path) -> dict:
+    """Run one README block as a reader would: alone, in a fresh namespace, in an empty folder, offline."""
+    namespace: dict = {"__name__": "__readme__"}
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    table = namespace["table"]
-    assert table["n"] == 64 and set(table["attacks"]) == {"PGD-20", "NRF-L∞"}
-    # the later blocks run whole tables and reports on full data sets: check that every call they name exists
-    from nonrobust import analyses, attacks, report
+    finally:
+        os.chdir(here)
+    return namespace
 
-    for module, name in [(attacks, "make_attack_set"), (analyses, "feature_accuracy"), (analyses, "adversarial_agreement"),
-                         (report, "profile"), (report, "ReportSettings"), (report, "run_report")]:
-        assert name in blocks[2] + blocks[3] and callable(getattr(module, name)), name
-    assert report.profile("demo").model == "cifar10-small-at"
+
+@pytest.mark.parametrize("index", range(4))
+def test_readme_python_blocks_run_each_alone_as_written(index, tmp_path, capsys):
+    blocks = _python_blocks()
+    assert len(blocks) == 4
+    ns = _run_alone(blocks[index], tmp_path)
+    if index == 0:  # the front door
+        assert ns["table"]["n"] == 64 and set(ns["table"]["attacks"]) == {"PGD-20", "NRF-L∞"}
+    elif index == 1:  # the modules
+        assert ns["x_adv"].shape == ns["x"].shape and ns["res"].robust_mask.shape == (32, 256)
+    elif index == 2:  # the tables, each attack run once
+        assert set(ns["table3"]) == {"PGD-20", "NRF-L∞"} and set(ns["table1"]["rows"]) == {"clean", "PGD-20", "NRF-L∞"}
+        assert len(list((tmp_path / "out" / "adversarial").glob("*.safetensors"))) == 2
+    else:  # the report; its commented lines name calls that exist
+        from nonrobust import report
+
+        assert ns["results"]["n"] == 24 and (tmp_path / "out" / "quick" / "report.html").is_file()
+        assert report.profile("demo").model == "cifar10-small-at"
+        for name in ("profile", "ReportSettings", "run_report"):
+            assert f"{name}(" in blocks[3] and callable(getattr(report, name))
 
 
 def test_import_nonrobust_is_light_and_unknown_names_fail():

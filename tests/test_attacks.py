@@ -159,7 +159,7 @@ def test_stronger_pgd_is_never_weaker():
         x_adv = PGD(eps=eps, steps=steps, alpha=2.5 * eps / steps, random_start=False)(model, x, y)
         with torch.no_grad():
             accs.append(float((model(x_adv).argmax(1) == y).float().mean()))
-    assert all(a >= b - 0.01 for a, b in zip(accs, accs[1:])), accs
+    assert all(a >= b - 0.01 for a, b in zip(accs, accs[1:], strict=False)), accs
     assert accs[0] > accs[-1]
 
 
@@ -446,7 +446,8 @@ def test_every_attack_describes_every_setting():
         info = attack.describe()
         from dataclasses import fields as dc_fields
 
-        missing = {f.name for f in dc_fields(attack)} - set(info) - {"lr", "alpha_factor", "split"}  # NRF leaves out the lr or α factor its form never uses; split is "layer"
+        # NRF leaves out the lr or α factor its form never uses; split is "layer"
+        missing = {f.name for f in dc_fields(attack)} - set(info) - {"lr", "alpha_factor", "split"}
         assert not missing, (name, missing)
 
 

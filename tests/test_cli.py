@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,55 +12,46 @@ import pytest
 import torch
 
 from nonrobust import models
-from nonrobust.cli import main
+
+from helpers import cli, write_npz, write_tiny_model  # noqa: E402
 
 
 @pytest.fixture()
 def files(tmp_path):
     """A tiny RGB and a grey npz data set, and a tiny_cnn checkpoint."""
-    g = np.random.default_rng(0)
-    np.savez(tmp_path / "rgb.npz", x_train=g.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), y_train=g.integers(0, 10, 20),
-             x_test=g.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8), y_test=np.arange(12) % 10)
-    np.savez(tmp_path / "grey.npz", x_train=g.integers(0, 256, (8, 16, 16), dtype=np.uint8), y_train=np.arange(8) % 2,
-             x_test=g.integers(0, 256, (8, 16, 16), dtype=np.uint8), y_test=np.arange(8) % 2)
-    torch.manual_seed(0)
-    model = models.build("tiny_cnn")
-    models.save(model, tmp_path / "tiny.safetensors", models.make_meta(model, dataset="synthetic"))
+    write_npz(tmp_path / "rgb.npz", 20, 12)
+    write_npz(tmp_path / "grey.npz", 8, 8, classes=2, channels=1)
+    write_tiny_model(tmp_path / "tiny.safetensors")
     return tmp_path
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_help_lists_the_commands():
+    """Each command is listed as a command (its own line in the list), not merely a word of the description."""
     out = subprocess.run([sys.executable, "-m", "nonrobust", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("data", "models", "attack", "split"):
-        assert command in out
+    listed = re.findall(r"^ {4}(\w+)\s{2,}\S", out, flags=re.M)
+    assert set(listed) >= {"data", "models", "attack", "split", "train", "report", "evaluate", "demo", "reproduce", "inspect"}, listed
 
 
 def test_models_list_and_layers(capsys, files):
-    code, out, _ = run(capsys, "models", "list")
+    code, out, _ = cli(capsys, "models", "list")
     assert code == 0 and "vgg16" in out and "features.41" in out and "wrn28_10" in out
     assert "cifar10-vgg16-at" in out and "not shipped" not in out
     listed = out[out.index("cifar10-vgg16-at"):].splitlines()
     assert listed[1].strip().startswith("measured: clean") and "(n=10000)" in listed[1]
-    code, out, _ = run(capsys, "models", "layers", "--model", files / "tiny.safetensors")
+    code, out, _ = cli(capsys, "models", "layers", "--model", files / "tiny.safetensors")
     default = next(line for line in out.splitlines() if "<- default split layer" in line).split()
     assert code == 0 and default[:3] == ["features.5", "BatchNorm2d", "16×16×16"]
 
 
 def test_attack_and_split_end_to_end(capsys, files):
     data = f"npz:{files / 'rgb.npz'}"
-    code, out, err = run(capsys, "attack", "--model", files / "tiny.safetensors", "--data", data, "--attack", "pgd",
+    code, out, err = cli(capsys, "attack", "--model", files / "tiny.safetensors", "--data", data, "--attack", "pgd",
                          "--steps", 2, "--batch-size", 5, "--device", "cpu", "--out", files / "adv.safetensors")
     assert code == 0, err
     summary = json.loads((files / "adv.json").read_text())
     assert summary["n"] == 12 and summary["attack"]["norm"] == "linf"
     assert summary["perturbation"]["linf_max"] <= 8 / 255 + 1e-6
-    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", data, "--iterations", 5,
+    code, out, err = cli(capsys, "split", "--model", files / "tiny.safetensors", "--data", data, "--iterations", 5,
                          "--out", files / "split.safetensors")
     assert code == 0, err
     assert "robust" in out
@@ -75,7 +67,7 @@ def test_attack_and_split_end_to_end(capsys, files):
     with torch.no_grad():
         pred = model(torch.from_numpy(npz["x_test"]).permute(0, 3, 1, 2).float().div(255)).argmax(1)
     assert torch.equal(t["pred"], pred) and s["accuracy"]["int"] == pytest.approx(float((pred == t["y"]).float().mean()))
-    code, out, err = run(capsys, "attack", "--model", files / "tiny.safetensors", "--data", data, "--attack", "nrf",
+    code, out, err = cli(capsys, "attack", "--model", files / "tiny.safetensors", "--data", data, "--attack", "nrf",
                          "--steps", 3, "--iterations", 3, "--out", files / "nrf.safetensors")
     assert code == 0, err
     assert json.loads((files / "nrf.json").read_text())["attack"]["form"] == "surrogate"
@@ -94,7 +86,7 @@ def test_attack_and_split_end_to_end(capsys, files):
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(capsys, files, argv, needle):
-    code, out, err = run(capsys, *[a.format(d=files) for a in argv])
+    code, out, err = cli(capsys, *[a.format(d=files) for a in argv])
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0], err
@@ -137,10 +129,10 @@ def test_a_user_model_on_a_grey_data_set(capsys, tmp_path):
     np.savez(tmp_path / "grey.npz", x_train=g.integers(0, 256, (6, 20, 20), dtype=np.uint8), y_train=np.arange(6) % 3,
              x_test=g.integers(0, 256, (9, 20, 20), dtype=np.uint8), y_test=np.arange(9) % 3)
     spec, data = f"{tmp_path / 'net.py'}:make", f"npz:{tmp_path / 'grey.npz'}"
-    code, out, err = run(capsys, "split", "--model", spec, "--data", data, "--iterations", 5, "--out", tmp_path / "s.safetensors")
+    code, out, err = cli(capsys, "split", "--model", spec, "--data", data, "--iterations", 5, "--out", tmp_path / "s.safetensors")
     assert code == 0, err
     assert "body.1" in out  # the last BatchNorm is the default split layer of a model we did not write
-    code, out, err = run(capsys, "attack", "--model", spec, "--data", data, "--attack", "nrf-linf", "--steps", 2,
+    code, out, err = cli(capsys, "attack", "--model", spec, "--data", data, "--attack", "nrf-linf", "--steps", 2,
                          "--iterations", 3, "--out", tmp_path / "a.safetensors")
     assert code == 0, err
     s = json.loads((tmp_path / "a.json").read_text())
@@ -149,7 +141,7 @@ def test_a_user_model_on_a_grey_data_set(capsys, tmp_path):
 
 def test_split_label_control_and_noise_samples(capsys, files):
     """`split --labels random-wrong --ib-samples 2` records its settings and how often Z_r / Z_nr follow the masks' labels."""
-    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 10,
+    code, out, err = cli(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 10,
                          "--ib-samples", 2, "--labels", "random-wrong", "--protocol", "batch-free", "--device", "cpu",
                          "--out", files / "wrong.safetensors")
     assert code == 0, err
@@ -165,7 +157,7 @@ def test_split_label_control_and_noise_samples(capsys, files):
 
 @pytest.mark.parametrize("protocol", ["batch-free", "population"])
 def test_split_stability_over_seeds(capsys, files, protocol):
-    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 8,
+    code, out, err = cli(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 8,
                          "--protocol", protocol, "--stability", 3, "--device", "cpu", "--out", files / f"st-{protocol}.safetensors")
     assert code == 0, err
     st = json.loads((files / f"st-{protocol}.json").read_text())["stability"]
@@ -176,7 +168,7 @@ def test_split_stability_over_seeds(capsys, files, protocol):
 
 def test_split_with_every_diagnostic_at_once(capsys, files):
     """The command issue 14 names: stability, the label control, the channel threshold rule and noise samples together."""
-    code, out, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 6,
+    code, out, err = cli(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--iterations", 6,
                          "--stability", 3, "--labels", "random-wrong", "--threshold", "channel", "--ib-samples", 4, "--device", "cpu",
                          "--out", files / "all.safetensors")
     assert code == 0, err
@@ -187,7 +179,7 @@ def test_split_with_every_diagnostic_at_once(capsys, files):
 
     t, _ = load_tensors(files / "all.safetensors")
     assert t["threshold"].shape == t["sigma"].shape and torch.equal(t["robust_mask"].bool(), t["sigma"].square() > t["threshold"])
-    code, _, err = run(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--threshold", "median",
+    code, _, err = cli(capsys, "split", "--model", files / "tiny.safetensors", "--data", f"npz:{files / 'rgb.npz'}", "--threshold", "median",
                        "--out", files / "bad.safetensors")
     assert code == 2 and "threshold rule" in err and not (files / "bad.safetensors").exists()
 
@@ -200,7 +192,7 @@ def test_a_model_and_data_that_do_not_match_are_named_in_one_line_warnings(capsy
     for c in ("ant", "bee", "cow", "dog"):
         (tmp_path / "imgs" / c).mkdir(parents=True)
         Image.fromarray(np.full((48, 48, 3), 100, np.uint8)).save(tmp_path / "imgs" / c / "0.png")
-    code, _, err = run(capsys, "attack", "--model", "cifar10-small-at", "--data", f"folder:{tmp_path / 'imgs'}", "--attack", "fgsm",
+    code, _, err = cli(capsys, "attack", "--model", "cifar10-small-at", "--data", f"folder:{tmp_path / 'imgs'}", "--attack", "fgsm",
                        "--device", "cpu", "--out", tmp_path / "a.safetensors")
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("warning: ")]

@@ -76,7 +76,8 @@ def _write_cifar10(root: Path, per_batch: int = 3, suffix: str = ".png") -> dict
     for seed, (fname, split) in enumerate(names):
         rows = _rng_images(seed, (per_batch, 3072))
         labels = [(seed + k) % 10 for k in range(per_batch)]
-        _dump_py2(folder / fname, {b"batch_label": fname.encode(), b"labels": labels, b"data": rows, b"filenames": [f"x{k}{suffix}".encode() for k in range(per_batch)]})
+        names = [f"x{k}{suffix}".encode() for k in range(per_batch)]
+        _dump_py2(folder / fname, {b"batch_label": fname.encode(), b"labels": labels, b"data": rows, b"filenames": names})
         expected[split][0].append(rows.reshape(-1, 3, 32, 32))
         expected[split][1].extend(labels)
     return {s: (np.concatenate(x), np.asarray(y)) for s, (x, y) in expected.items()}
@@ -348,7 +349,8 @@ def test_npz_grey_and_colour(tmp_path):
     assert load_dataset(f"npz:{tmp_path / 'grey.npz'}", "test").labels.tolist() == [4, 0]
 
     colour = _rng_images(4, (3, 5, 6, 3))
-    np.savez(tmp_path / "colour.npz", x_train=colour, y_train=np.array([2, 0, 1], np.uint8), x_test=colour[:1], y_test=np.array([2]), classes=np.array(["r", "g", "b"]))
+    np.savez(tmp_path / "colour.npz", x_train=colour, y_train=np.array([2, 0, 1], np.uint8), x_test=colour[:1], y_test=np.array([2]),
+             classes=np.array(["r", "g", "b"]))
     ds = load_dataset(f"npz:{tmp_path / 'colour.npz'}", "train")
     assert ds.input_shape == (3, 5, 6) and ds.classes == ["r", "g", "b"]
     assert np.array_equal(ds.images.numpy(), colour.transpose(0, 3, 1, 2))
@@ -486,7 +488,7 @@ def test_batches_cover_everything_once_and_resume(n, batch_size, shuffle, seed, 
     k = data.draw(st.integers(0, len(full)))
     resumed = run(k * batch_size)
     assert len(resumed) == len(full) - k
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(resumed, full[k:]))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(resumed, full[k:], strict=False))
 
 
 def test_batches_start_not_on_batch_boundary_and_bad_values():
@@ -566,7 +568,8 @@ def test_prepare_offline_names_the_url(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(UserError, match=r"could not download https://www\.cs\.toronto\.edu/~kriz/cifar-10-python\.tar\.gz.*by hand to .*cifar-10-python\.tar\.gz"):
+    with pytest.raises(UserError, match=r"could not download https://www\.cs\.toronto\.edu/~kriz/cifar-10-python\.tar\.gz.*by hand to "
+                                        r".*cifar-10-python\.tar\.gz"):
         prepare("cifar10", tmp_path)
     with pytest.raises(UserError, match=r"train_32x32\.mat.*by hand to .*svhn"):
         prepare("svhn", tmp_path)

@@ -11,15 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from nonrobust import models
 from nonrobust.io import StreamingTensorFile, load_tensors
 from nonrobust.runtime import Distributed
 
-from helpers import comparable  # noqa: E402
+from helpers import comparable, write_npz, write_tiny_model  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process on both sides: the same arithmetic, bit for bit
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "nonrobust"]
@@ -29,11 +27,8 @@ ONE = [sys.executable, "-m", "nonrobust"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
-    torch.manual_seed(0)
-    model = models.build("tiny_cnn").eval()
-    models.save(model, d / "tiny.safetensors", models.make_meta(model))
-    x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    np.savez(d / "d.npz", x_train=x, y_train=np.arange(40) % 10, x_test=x, y_test=np.arange(40) % 10)
+    write_tiny_model(d / "tiny.safetensors")
+    write_npz(d / "d.npz", 40, 40, side=32)
     return d
 
 

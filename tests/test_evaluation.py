@@ -13,7 +13,6 @@ from nonrobust.data import ImageDataset
 from nonrobust.evaluation import batch_generator, evaluate_attacks
 from nonrobust.io import load_tensors
 from nonrobust.streams import attack_to_file, summarise_file
-from nonrobust.io import load_tensors
 
 
 def model_and_data(n: int = 40):

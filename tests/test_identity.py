@@ -25,35 +25,21 @@ from nonrobust import data, identity, io, models, streams, training
 from nonrobust.attacks import CHANGE_FLOOR, point_sizes
 from nonrobust.io import load_tensors
 
-from helpers import assert_one_error_line, cli, comparable  # noqa: E402
+from helpers import assert_one_error_line, cli, comparable, write_npz, write_tiny_model  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-def _images(seed: int, n: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
-
-
-def _write_data(path: Path, seed: int) -> None:
-    """24 training and 24 test images of 16×16 (class i % 4): every seed gives other pixels of the same size."""
-    np.savez(path, x_train=_images(seed, 24), y_train=np.arange(24) % 4, x_test=_images(seed + 100, 24), y_test=np.arange(24) % 4)
-
-
-def _write_model(path: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    model = models.build("tiny_cnn", num_classes=4)
-    models.save(model, path, models.make_meta(model, dataset="synthetic"))
-
-
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory) -> Path:
-    """Two models and two data sets of the same size, written once; each test copies what it changes."""
+    """Two 4-class models and two data sets of the same size (24 training and 24 test images of 16×16, other pixels),
+    written once; each test copies what it changes."""
     d = tmp_path_factory.mktemp("parts")
-    _write_model(d / "m1.safetensors", 0)
-    _write_model(d / "m2.safetensors", 1)
-    _write_data(d / "a.npz", 0)
-    _write_data(d / "b.npz", 1)
+    for i in (1, 2):
+        write_tiny_model(d / f"m{i}.safetensors", seed=i - 1, num_classes=4)
+    for name, seed in (("a", 0), ("b", 1)):
+        write_npz(d / f"{name}.npz", 24, 24, classes=4, seed=seed)
     return d
 
 
@@ -272,7 +258,7 @@ def test_index_runs_describe_the_indices_exactly(values):
 
 
 def test_the_balanced_order_keeps_every_images_source_index(tmp_path):
-    x = _images(5, 12)
+    x = np.random.default_rng(5).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
     np.savez(tmp_path / "sorted.npz", x_train=x, y_train=np.arange(12) // 4, x_test=x, y_test=np.arange(12) // 4)  # sorted by class
     balanced = data.load_dataset(f"npz:{tmp_path / 'sorted.npz'}")
     files = data.load_dataset(f"npz:{tmp_path / 'sorted.npz'}", order="file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import dataclasses
 from dataclasses import asdict, replace
 
 import pytest
@@ -17,6 +18,8 @@ from nonrobust.architectures import Normalize
 from nonrobust.errors import UserError
 from nonrobust.io import load_tensors, save_tensors
 from nonrobust.models import ARCHITECTURES, PRETRAINED, CheckpointMeta, build, load, load_with_meta, make_meta, resolve, save
+
+from helpers import assert_same_tensors  # noqa: E402
 
 # (channels, height, width) at each arch's default layer for a 32 px input, at default options.
 DEFAULT_LAYER_SHAPES = {
@@ -53,10 +56,7 @@ def images() -> torch.Tensor:
 
 
 def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for k in sa:
-        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+    assert_same_tensors(a.state_dict(), b.state_dict())
 
 
 def _one_line_user_error(excinfo: pytest.ExceptionInfo) -> str:
@@ -68,16 +68,25 @@ def _one_line_user_error(excinfo: pytest.ExceptionInfo) -> str:
 # --------------------------------------------------------------------------- registry and architectures
 
 
-def test_registry_is_data():
-    assert set(ARCHITECTURES) == {"vgg16", "wrn28_10", "preact_resnet18", "small_cnn", "tiny_cnn"}
-    for name, spec in ARCHITECTURES.items():
-        assert spec.name == name and spec.input_size == 32 and spec.notes
-        with pytest.raises(Exception):
-            spec.name = "x"  # frozen
-    assert {n for n, s in ARCHITECTURES.items() if s.paper} == {"vgg16", "wrn28_10"}
-    assert ARCHITECTURES["wrn28_10"].options == {"depth": 28, "widen": 10, "dropout": 0.0}
-    assert ARCHITECTURES["small_cnn"].options == {"width": 32}
-    assert ARCHITECTURES["vgg16"].options == {}
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_registry_notes_state_the_split_layers_real_shape(arch):
+    """Each entry's notes name the default layer's channels and map size at its native input size ("512 ch, 2x2 at
+    32 px"): measured here on the built model, so a registry entry that drifts from its architecture fails."""
+    import re
+
+    from nonrobust.split import layer_shapes
+
+    spec = ARCHITECTURES[arch]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.name = "x"  # frozen
+    torch.manual_seed(0)
+    shapes = layer_shapes(build(arch), (3, spec.input_size, spec.input_size))
+    channels, height, width = shapes[spec.default_layer][1]
+    stated_channels = re.search(r"(?:(\d+) ch\b|ch \((\d+)\))", spec.notes)  # "512 ch" or "64*widen ch (640)"
+    stated_map = re.search(r"(\d+)x(\d+) at (\d+) px", spec.notes)
+    assert stated_channels and stated_map, spec.notes
+    assert int(stated_channels[1] or stated_channels[2]) == channels, spec.notes
+    assert tuple(int(v) for v in stated_map.groups()) == (height, width, spec.input_size), spec.notes
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))

@@ -20,7 +20,7 @@ from nonrobust.errors import UserError
 from nonrobust.io import load_tensors
 from nonrobust.report import SECTIONS, ReportSettings, profile, run_report
 
-from helpers import comparable  # noqa: E402
+from helpers import comparable, kill_on, progress_rows  # noqa: E402
 
 TINY = dict(model="cifar10-small-at", data="cifar10-slice", n=24, batch_size=12, attacks=("fgsm", "pgd-20", "cw-l2", "nrf-linf", "nrf"),
             l2_steps=4, ib_iterations=12, population_n=24, population_iterations=6, betas=(0.0, 1.0), beta_n=12, tsne_n=24,
@@ -232,18 +232,15 @@ REPORT_ARGS = ["--model", "cifar10-small-at", "--data", "cifar10-slice", "--n", 
 
 @pytest.mark.slow
 def test_killed_report_resumes_to_the_same_result(tmp_path):
-    """SIGKILL a report at several points; each rerun continues, and the end result equals an uninterrupted run's."""
+    """SIGKILL a report at two observed points; each rerun continues, and the end result equals an uninterrupted run's."""
     whole = _cli("report", *REPORT_ARGS, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for delay in (4.0, 7.0):
-        proc = subprocess.Popen([sys.executable, "-m", "nonrobust", "report", *REPORT_ARGS, "--out", str(killed)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not (killed / "results.json").exists() or (killed / "report.html").exists()
+    # SIGKILL inside the first attack (its first batch recorded), then between steps (the population split recorded)
+    events = (lambda: progress_rows(killed / "adversarial" / "fgsm.safetensors") >= 12, lambda: (killed / "steps" / "population.json").is_file())
+    for event in events:
+        assert kill_on(["report", *REPORT_ARGS, "--out", killed], event), "the kill did not land mid-run"
+        assert not (killed / "results.json").exists()
         for leftover in killed.rglob("*.tmp*"):
             pytest.fail(f"half-written file left: {leftover}")
     final = _cli("report", *REPORT_ARGS, "--out", str(killed))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +30,10 @@ from nonrobust.errors import UserError
 from nonrobust.io import load_tensors, save_tensors
 from nonrobust.split import split_model
 
-from helpers import ERROR_LINE, assert_one_error_line, cli, comparable, without_command  # noqa: E402,F401
+from helpers import (  # noqa: E402,F401
+    ERROR_LINE, assert_one_error_line, assert_tensor_files_equal, cli, comparable, kill_on, progress_rows, without_command, write_npz,
+    write_tiny_model,
+)
 
 # Subprocesses run single-threaded: on a loaded 2-core machine two OpenMP threads per process
 # make a tiny model hundreds of times slower, and timings (hence kill points) erratic.
@@ -322,11 +323,11 @@ def test_interrupted_attack_keeps_its_resume_point_and_starts_over_for_other_set
     assert not out.exists()
     code, _, err = cli(capsys, *base, "--steps", "3", "--out", out)
     assert code == 0 and "started over" in err, err
-    _assert_tensor_files_equal(fresh["3"], out)
+    assert_tensor_files_equal(fresh["3"], out)
     interrupted([*base, "--steps", "2"])
     code, _, err = cli(capsys, *base, "--steps", "2", "--out", out)
     assert code == 0 and "started over" not in err, err
-    _assert_tensor_files_equal(fresh["2"], out)
+    assert_tensor_files_equal(fresh["2"], out)
 
 
 def test_train_mistakes_leave_no_run_folder_to_trip_over(capsys, world, tmp_path):
@@ -337,7 +338,8 @@ def test_train_mistakes_leave_no_run_folder_to_trip_over(capsys, world, tmp_path
     assert not out.exists()
     code, _, err = cli(capsys, *[a.format(d=world, o=tmp_path) for a in _train("npz:{d}/rgb.npz")])
     assert code == 0, err
-    assert models.load(out / "last.safetensors") is not None
+    _, meta = models.load_with_meta(out / "last.safetensors")
+    assert meta.arch == "tiny_cnn" and meta.metrics["epoch"] == 1 and meta.dataset == f"npz:{world / 'rgb.npz'}"
 
 
 @pytest.mark.parametrize("command", ["attack", "split", "train", "report", "data info"])
@@ -544,60 +546,6 @@ def _stderr(proc: subprocess.Popen) -> str:
     return proc.errfile.read()
 
 
-def _fresh(path: Path, since: float) -> bool:
-    """``path`` exists and was (re)written at or after ``since`` (time.time())."""
-    try:
-        return path.stat().st_mtime >= since - 0.01
-    except FileNotFoundError:
-        return False
-
-
-def _run_to_end(argv: list[str], marker: Path) -> tuple[float, float]:
-    """Run ``argv`` to completion; return (seconds until ``marker`` was freshly written, seconds in all)."""
-    t0, since = time.monotonic(), time.time()
-    proc = _popen(argv)
-    ready = None
-    while proc.poll() is None:
-        if ready is None and _fresh(marker, since):
-            ready = time.monotonic() - t0
-        time.sleep(0.01)
-    total = time.monotonic() - t0
-    assert proc.returncode == 0, _stderr(proc)
-    return (ready if ready is not None else total), total
-
-
-def _kill_mid_run(argv: list[str], marker: Path, delay: float) -> bool:
-    """Start ``argv``; ``delay`` s after it (re)writes ``marker``, SIGKILL it. Returns whether it was still running."""
-    since = time.time()
-    proc = _popen(argv)
-    while proc.poll() is None and not _fresh(marker, since):
-        time.sleep(0.01)
-    end = time.monotonic() + delay
-    while proc.poll() is None and time.monotonic() < end:
-        time.sleep(0.01)
-    if proc.poll() is not None:
-        assert proc.returncode == 0, _stderr(proc)
-        return False
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return True
-
-
-def _delays(seed: int, work: float, k: int = 2) -> list[float]:
-    """Seeded kill delays: the first early in the work (so it surely lands mid-run), the others anywhere in it."""
-    rng = random.Random(seed)
-    return [rng.uniform(0.1, 0.35) * work] + [rng.uniform(0.1, 0.9) * work for _ in range(k - 1)]
-
-
-def _assert_tensor_files_equal(a: Path, b: Path) -> None:
-    ta, ma = load_tensors(a)
-    tb, mb = load_tensors(b)
-    assert ta.keys() == tb.keys()
-    for k in ta:
-        assert torch.equal(ta[k], tb[k]), k
-    assert without_command(ma) == without_command(mb)  # the command line (another --out) is the one part that may differ
-
-
 def _assert_absent_or_complete(out: Path, rows: int) -> None:
     if out.exists():
         t, _ = load_tensors(out)  # a readable safetensors file with every row
@@ -607,20 +555,21 @@ def _assert_absent_or_complete(out: Path, rows: int) -> None:
         assert json.loads(summary.read_text())["n"] == rows
 
 
-def _streamed_command_survives_kills(tmp_path: Path, argv: list[str], rows: int, seed: int) -> None:
-    """Shared body of the attack and split kill tests: kill twice, check the files, rerun, compare with an uninterrupted run."""
+def _streamed_command_survives_kills(tmp_path: Path, argv: list[str], rows: int) -> None:
+    """Shared body of the attack and split kill tests: SIGKILL after the first batch, then again when the resumed run has
+    half the rows (observed in the progress record), check the files each time, rerun, compare with an uninterrupted run."""
     whole, killed = tmp_path / "whole.safetensors", tmp_path / "killed.safetensors"
-    ready, total = _run_to_end([*argv, "--out", whole], whole.with_name(whole.name + ".progress.json"))
-    for i, delay in enumerate(_delays(seed, total - ready)):
-        landed = _kill_mid_run([*argv, "--out", killed], killed.with_name(killed.name + ".progress.json"), delay)
+    final = subprocess.run([sys.executable, "-m", "nonrobust", *map(str, argv), "--out", str(whole)], capture_output=True, text=True, env=ENV)
+    assert final.returncode == 0, final.stderr
+    for at_least in (1, rows // 2):
+        landed = kill_on([*argv, "--out", killed], lambda at_least=at_least: progress_rows(killed) >= at_least, env=ENV)
+        assert landed and not killed.exists(), f"the kill at {at_least} rows did not land mid-run"
+        assert killed.with_name(killed.name + ".partial").is_file() and progress_rows(killed) < rows  # the resume point
         _assert_absent_or_complete(killed, rows)
-        if i == 0:
-            assert landed and not killed.exists(), "the first kill did not land mid-run"
-        if landed and not killed.exists():
-            assert killed.with_name(killed.name + ".partial").is_file()  # the resume point
     final = subprocess.run([sys.executable, "-m", "nonrobust", *map(str, argv), "--out", str(killed)], capture_output=True, text=True, env=ENV)
     assert final.returncode == 0, final.stderr
-    _assert_tensor_files_equal(whole, killed)
+    assert "started over" not in final.stderr
+    assert_tensor_files_equal(whole, killed)
     a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (whole, killed))
     for summary in (a, b):
         summary.pop("seconds_this_run", None)
@@ -631,12 +580,8 @@ def _streamed_command_survives_kills(tmp_path: Path, argv: list[str], rows: int,
 @pytest.fixture(scope="module")
 def crash_world(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("crash")
-    g = np.random.default_rng(3)
-    _npz(d / "data.npz", g.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8), np.arange(96) % 10,
-         g.integers(0, 256, (128, 16, 16, 3), dtype=np.uint8), np.arange(128) % 10)
-    torch.manual_seed(0)
-    model = models.build("tiny_cnn")
-    models.save(model, d / "tiny.safetensors", models.make_meta(model, dataset="synthetic"))
+    write_npz(d / "data.npz", 96, 128, seed=3)
+    write_tiny_model(d / "tiny.safetensors")
     return d
 
 
@@ -644,14 +589,14 @@ def crash_world(tmp_path_factory) -> Path:
 def test_killed_attack_resumes_to_the_same_tensors(crash_world, tmp_path):
     argv = ["attack", "--model", crash_world / "tiny.safetensors", "--data", f"npz:{crash_world / 'data.npz'}", "--attack", "pgd",
             "--steps", "30", "--batch-size", "8", "--seed", "5", "--device", "cpu"]
-    _streamed_command_survives_kills(tmp_path, argv, rows=128, seed=1)
+    _streamed_command_survives_kills(tmp_path, argv, rows=128)
 
 
 @pytest.mark.slow
 def test_killed_split_resumes_to_the_same_tensors(crash_world, tmp_path):
     argv = ["split", "--model", crash_world / "tiny.safetensors", "--data", f"npz:{crash_world / 'data.npz'}", "--iterations", "100",
             "--batch-size", "8", "--seed", "5", "--device", "cpu"]
-    _streamed_command_survives_kills(tmp_path, argv, rows=128, seed=2)
+    _streamed_command_survives_kills(tmp_path, argv, rows=128)
 
 
 @pytest.mark.slow
@@ -659,18 +604,24 @@ def test_killed_training_resumes_to_the_same_weights(crash_world, tmp_path):
     base = ["train", "--arch", "tiny_cnn", "--data", f"npz:{crash_world / 'data.npz'}", "--epochs", "6", "--batch-size", "8", "--steps", "3",
             "--eval-n", "16", "--eval-pgd-steps", "2", "--seed", "5", "--device", "cpu"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    ready, total = _run_to_end([*base, "--out", whole], whole / "config.json")
-    for i, delay in enumerate(_delays(3, total - ready)):
-        landed = _kill_mid_run([*base, "--out", killed, *(["--resume"] if i else [])], killed / "config.json", delay)
+    done = subprocess.run([sys.executable, "-m", "nonrobust", *map(str, base), "--out", str(whole)], capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr
+
+    def epochs() -> list[dict]:
+        try:
+            return [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+        except (OSError, ValueError):
+            return []
+
+    for i, at_least in enumerate((1, 3)):  # SIGKILL once epoch 1 is recorded, then once the resumed run has recorded epoch 3
+        landed = kill_on([*base, "--out", killed, *(["--resume"] if i else [])], lambda at_least=at_least: len(epochs()) >= at_least, env=ENV)
+        assert landed and len(epochs()) < 6, f"the kill after epoch {at_least} did not land mid-run"
         for name in ("last.safetensors", "best.safetensors"):
             if (killed / name).exists():
                 models.load(killed / name)  # complete and loadable
         if (killed / "state.safetensors").exists():
             load_tensors(killed / "state.safetensors")
         json.loads((killed / "config.json").read_text())
-        epochs = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()] if (killed / "metrics.jsonl").exists() else []
-        if i == 0:
-            assert landed and len(epochs) < 6, "the first kill did not land mid-run"
     final = subprocess.run([sys.executable, "-m", "nonrobust", *map(str, base), "--out", str(killed), "--resume"],
                            capture_output=True, text=True, env=ENV)
     assert final.returncode == 0, final.stderr
@@ -698,7 +649,7 @@ def test_same_seed_gives_bit_identical_results(capsys, world, tmp_path, argv):
         s.pop("seconds_this_run", None)
         summaries.append(without_command(s))  # the command names another --out
     assert summaries[0] == summaries[1]
-    _assert_tensor_files_equal(tmp_path / "a" / "out.safetensors", tmp_path / "b" / "out.safetensors")
+    assert_tensor_files_equal(tmp_path / "a" / "out.safetensors", tmp_path / "b" / "out.safetensors")
 
 
 # --------------------------------------------------------------------------- concurrency

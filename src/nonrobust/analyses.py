@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,7 @@ def _masks(split: LayerSplit, x: Tensor, y: Tensor, config: IBConfig | None, pop
            indices: Tensor) -> IBResult:
     if population is not None:
         return population
+    assert config is not None  # _protocol checked that one of the two is given
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an all-robust batch is a finding here, not a problem
         return distill(split, x, y, config, indices=indices)
@@ -65,6 +66,7 @@ def _protocol(config: IBConfig | None, population: IBResult | None) -> str:
     if population is not None:
         check(population.sigma.dim() == 1, "population= needs a population split ([C] masks)")
         return "population"
+    assert config is not None  # checked above: exactly one of the two is given
     check(config.protocol != "population", "for the population protocol pass its split as population=")
     return config.protocol
 
@@ -82,7 +84,7 @@ def feature_accuracy(
     progress: bool = True,
     stability: int = 1,
     label_control: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Table 1: accuracy of intermediate, robust and non-robust features, clean and under attack.
 
     Args:
@@ -115,10 +117,13 @@ def feature_accuracy(
         indices = torch.arange(n, n + x.shape[0], device="cpu")  # data-set indices seed the noise: CPU by design
         res = _masks(split, x, y, config, population, indices)
         if per_image and stability > 1:
+            assert config is not None  # per-image: _protocol checked that a config is given
             runs = [res] + [_masks(split, x, y, replace(config, seed=config.seed + j), None, indices) for j in range(1, stability)]
             agreements.append({k: v.cpu() for k, v in seed_agreement(torch.stack([r.robust_mask for r in runs])).items()})
         if per_image and label_control:
+            assert config is not None  # per-image: _protocol checked that a config is given
             wrong = _masks(split, x, y, replace(config, labels="random-wrong"), None, indices)
+            assert wrong.labels is not None  # distill records the labels it used
             for k, pred in masked_predictions(split, wrong, x).items():
                 if k != "int":
                     control[f"{k}_predicts_mask_label"] += int((pred == wrong.labels).sum())
@@ -133,9 +138,11 @@ def feature_accuracy(
         bar.update(x.shape[0])
     bar.close()
     check(n > 0, "no images to analyse")
+    masks_config = config if population is None else population.config  # per_image is population is None
+    assert masks_config is not None  # _protocol checked that one of the two is given
     out = {
         "protocol": protocol,
-        "threshold": (config if per_image else population.config).threshold,
+        "threshold": masks_config.threshold,
         "n": n,
         "rows": {name: {k: v / n for k, v in row.items()} for name, row in correct.items()},
         "channels": {"robust": robust_channels / n, "nonrobust": channels - robust_channels / n, "total": channels},
@@ -158,7 +165,7 @@ def adversarial_agreement(
     seed: int = 0,
     total: int | None = None,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Table 2: do the non-robust features of adversarial examples predict the adversarial label?
 
     For each attack, on the points it fooled (``f(X_adv) ≠ Y``), masks are computed
@@ -254,7 +261,7 @@ def tsne_embedding(features: Tensor, *, seed: int = 0, perplexity: float = 30.0)
     return torch.from_numpy(emb).float()
 
 
-def cluster_separation(embedding: Tensor, labels: Tensor, k: int = 5) -> dict[str, float]:
+def cluster_separation(embedding: Tensor, labels: Tensor, k: int = 5) -> dict[str, float | None]:
     """How well an embedding ``[N, 2]`` (e.g. a t-SNE) separates the classes ``labels`` ``[N]``.
 
     Returns ``knn_accuracy``: the leave-one-out accuracy of a ``k``-nearest-neighbour vote
@@ -275,7 +282,7 @@ def cluster_separation(embedding: Tensor, labels: Tensor, k: int = 5) -> dict[st
     votes.scatter_add_(1, y[nearest.to(y.device)], torch.ones_like(nearest, device=y.device))
     knn = float((votes.argmax(1) == y).double().mean())
     spread = float(x.std(0).max()) > 0
-    sil = float(silhouette_score(x.cpu().numpy(), y.cpu().numpy())) if spread and 2 <= len(y.unique()) < len(y) else None
+    sil = float(silhouette_score(x.cpu().numpy(), y.cpu().numpy())) if spread and 2 <= len(y.unique()) < len(y) else None  # type: ignore[no-untyped-call]
     return {"knn_accuracy": knn, "silhouette": sil, "k": k}
 
 
@@ -286,10 +293,10 @@ def beta_sweep(
     attacks: dict[str, Adversarial],
     betas: Iterable[float],
     *,
-    config: IBConfig = IBConfig(),
+    config: IBConfig | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Fig. 5: for each β, Table 1 under a per-image protocol with ``config.beta = β``.
 
     ``make_batches()`` returns a fresh pass over the images for each β. Returns one
@@ -298,7 +305,7 @@ def beta_sweep(
     """
     out = []
     for beta in tqdm(list(betas), desc="β sweep", disable=not progress, leave=False):
-        res = feature_accuracy(model, split, make_batches(), attacks, config=replace(config, beta=float(beta)),
+        res = feature_accuracy(model, split, make_batches(), attacks, config=replace(config or IBConfig(), beta=float(beta)),
                                seed=seed, progress=False)
         out.append({"beta": float(beta), "robust_channels": res["channels"]["robust"],
                     "nonrobust_channels": res["channels"]["nonrobust"], "rows": res["rows"]})

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["load_model", "load_data", "split_model", "distill", "make_attack", "evaluate_attacks", "run_report"]
 
 
-def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", *,
+def load_model(model: str | os.PathLike[str], device: str | torch.device = "cpu", *,
                input_shape: tuple[int, int, int] | None = None, **options: Any) -> nn.Module:
     """A model ready to analyse: a shipped one by name, a nonrobust checkpoint, or a model from elsewhere.
 
@@ -77,7 +77,7 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", *,
     return resolve(model, device, input_shape, options=ModelOptions(**options))[0]
 
 
-def load_data(name: str, split: str = "test", *, n: int | None = None, data_dir: str | os.PathLike | None = None,
+def load_data(name: str, split: str = "test", *, n: int | None = None, data_dir: str | os.PathLike[str] | None = None,
               image_size: int | None = None) -> ImageDataset:
     """A labelled image data set, in memory.
 
@@ -143,6 +143,7 @@ def split_model(model: nn.Module, layer: str | None = None) -> LayerSplit:
     if layer is None:
         meta = getattr(model, "nonrobust_meta", None)
         check(meta is not None, "this model has no metadata naming its split layer: pass layer= (see `nonrobust models layers`)")
+        assert meta is not None
         layer = meta.split_layer
     return _split(model, layer)
 
@@ -213,7 +214,7 @@ def make_attack(name: str, **settings: Any) -> Attack:
 
 
 def evaluate_attacks(model: nn.Module, data: ImageDataset | Iterable[tuple[Tensor, Tensor]], attacks: Mapping[str, Attack], *,
-                     batch_size: int = 128, seed: int = 0, progress: bool = False) -> dict:
+                     batch_size: int = 128, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Clean and robust accuracy under each attack, the per-point worst case, and the measured perturbation sizes.
 
     Args:
@@ -245,8 +246,8 @@ def evaluate_attacks(model: nn.Module, data: ImageDataset | Iterable[tuple[Tenso
     return _evaluate(model, data, dict(attacks), seed=seed, progress=progress)
 
 
-def run_report(settings: ReportSettings | Mapping[str, Any], out_dir: str | os.PathLike, *, only: tuple[str, ...] | None = None,
-               progress: bool = True) -> dict:
+def run_report(settings: ReportSettings | Mapping[str, Any], out_dir: str | os.PathLike[str], *, only: tuple[str, ...] | None = None,
+               progress: bool = True) -> dict[str, Any]:
     """The paper's tables and figures for one model and data set, as ``out_dir/report.html`` and ``results.json``.
 
     Args:

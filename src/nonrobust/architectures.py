@@ -188,7 +188,8 @@ class PlainCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(self.normalize(x))
-        return self.classifier(self.flatten(self.pool(x)))
+        logits: Tensor = self.classifier(self.flatten(self.pool(x)))
+        return logits
 
 
 class PreActBlock(nn.Module):
@@ -213,7 +214,7 @@ class PreActBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu1(self.bn1(x))
+        out: Tensor = self.relu1(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(out)  # structural, fixed at construction
         out = self.conv1(out)
         out = self.conv2(self.dropout(self.relu2(self.bn2(out))))
@@ -271,7 +272,8 @@ class WideResNet(nn.Module):
         out = self.conv1(self.normalize(x))
         out = self.block3(self.block2(self.block1(out)))
         out = self.relu(self.bn1(out))
-        return self.fc(self.flatten(self.pool(out)))
+        logits: Tensor = self.fc(self.flatten(self.pool(out)))
+        return logits
 
 
 class PreActResNet(nn.Module):
@@ -308,7 +310,8 @@ class PreActResNet(nn.Module):
         out = self.conv1(self.normalize(x))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = self.relu(self.bn(out))
-        return self.linear(self.flatten(self.pool(out)))
+        logits: Tensor = self.linear(self.flatten(self.pool(out)))
+        return logits
 
 
 # --------------------------------------------------------------------------- factories (registered in nonrobust.models)

@@ -24,7 +24,7 @@ import dataclasses
 import difflib
 import warnings
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,8 @@ def _validate(x: Tensor, y: Tensor) -> None:
     check(x.dim() == 4, f"attack input must be a batch of images [B, C, H, W], got shape {list(x.shape)}")
     check(y.dim() == 1 and y.shape[0] == x.shape[0], f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
     check(bool(torch.isfinite(x).all()), "attack input contains NaN or inf pixels")
-    check(float(x.min()) >= 0.0 and float(x.max()) <= 1.0, f"attack input must lie in [0,1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]: pass images, not normalised tensors")
+    check(float(x.min()) >= 0.0 and float(x.max()) <= 1.0, f"attack input must lie in [0,1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]: pass "
+                                                           "images, not normalised tensors")
 
 
 # --------------------------------------------------------------------------- losses (maximised)
@@ -223,7 +224,7 @@ def exact_delta(x_adv: Tensor, x: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- the shared loop
 class Objective(Protocol):
-    def __call__(self, x_adv: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, x_adv: Tensor, x: Tensor, y: Tensor, /) -> tuple[Tensor, Tensor]:
         """Return ``(value, logits)``: a scalar to *maximise* and the logits at ``x_adv``."""
 
 
@@ -310,7 +311,7 @@ def optimise(
             track(x_adv.detach(), logits.detach())
         if opt is not None:
             opt.zero_grad(set_to_none=True)
-            (-value).backward()
+            (-value).backward()  # type: ignore[no-untyped-call]
             opt.step()
             if early_stop_every and (step if reference_loop else step + 1) % early_stop_every == 0:
                 now = float(value.detach())
@@ -318,6 +319,7 @@ def optimise(
                     break
                 prev = now
         else:
+            assert project is not None and ball is not None and alpha is not None  # no Adam: the ball's step rule (checked above)
             (grad,) = torch.autograd.grad(value, v)
             with torch.no_grad():
                 v = project(v + ball.ascent(grad, alpha))
@@ -333,13 +335,16 @@ def optimise(
 
 # --------------------------------------------------------------------------- attack classes
 class Attack(Protocol):
-    name: str
-    norm: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def norm(self) -> str: ...
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
                  indices: Tensor | None = None) -> Tensor: ...
 
-    def describe(self) -> dict: ...
+    def describe(self) -> dict[str, Any]: ...
 
 
 # --------------------------------------------------------------------------- step size
@@ -382,6 +387,12 @@ _NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 class _Base:
     """Shared plumbing: validation, freezing the model, restarts and a settings record."""
 
+    if TYPE_CHECKING:  # every attack class is a dataclass with a norm (a field or a property)
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+        @property
+        def norm(self) -> str: ...
+
     name = "attack"
 
     @classmethod
@@ -393,16 +404,16 @@ class _Base:
         """:meth:`summarise` of this attack's own settings: generated from what runs, never written by hand."""
         return self.summarise(self.describe())
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Every setting of this attack, with its name, norm and budget (``eps`` None = unbounded).
 
         Built from *every* dataclass field (see :func:`setting_value`), so it is a complete
         cache and resume key by construction: a new field can never be left out of it.
         """
-        d = {f.name: setting_value(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        d = {f.name: setting_value(getattr(self, f.name)) for f in fields(self)}
         d["name"] = self.name
         d.setdefault("eps", None)
-        d["norm"] = self.norm  # type: ignore[attr-defined]
+        d["norm"] = self.norm
         return d
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
@@ -417,7 +428,8 @@ class _Base:
         (:meth:`Ball.projector` in the shared loop, :meth:`Ball.fit` on AutoAttack's output).
         """
         _validate(x, y)
-        check(indices is None or tuple(indices.shape) == (x.shape[0],), f"indices must have shape [{x.shape[0]}], got {None if indices is None else list(indices.shape)}")
+        check(indices is None or tuple(indices.shape) == (x.shape[0],), f"indices must have shape [{x.shape[0]}], got "
+                                                                        f"{None if indices is None else list(indices.shape)}")
         y = y.to(x.device)
         with frozen(model), torch.enable_grad():  # also when the caller is under torch.no_grad()
             return self._run(model, x.detach(), y, generator, indices)
@@ -643,19 +655,25 @@ class NRF(_Base):
         if self.form == "linf":
             check(self.eps is not None and self.eps > 0, f"the linf form needs eps > 0, got {self.eps}")
             check_budget("linf", self.eps)
+            assert self.eps is not None
             if self.alpha is None:
                 self.alpha = step_size(self.eps, self.steps, self.alpha_factor)
 
     @property
-    def norm(self) -> str:  # type: ignore[override]
+    def norm(self) -> str:
         return "linf" if self.form == "linf" else "l2"
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Every setting (:meth:`_Base.describe`: the whole bottleneck config, a given mask's digest), plus readable ``layer``,
         ``masks`` and ``masked_channels``; the linf form leaves out Adam's ``lr``, which it does not use."""
         d = super().describe()
+        if self.mask is not None:
+            masks = "given"
+        else:
+            assert self.ib is not None  # __post_init__ gives a default config when no mask is given
+            masks = f"bottleneck on the clean batch ({self.ib.protocol}, beta {self.ib.beta})"
         d.update(layer=d.pop("split")["layer"],
-                 masks="given" if self.mask is not None else f"bottleneck on the clean batch ({self.ib.protocol}, beta {self.ib.beta})",
+                 masks=masks,
                  masked_channels=int(self.mask.float().sum(-1).mean()) if self.mask is not None else None)
         if self.form == "linf":
             d.pop("lr")
@@ -679,6 +697,7 @@ class NRF(_Base):
         if self.mask is None:
             from .bottleneck import distill
 
+            assert self.split is not None and self.ib is not None  # __post_init__: a split, and a config when no mask is given
             res = distill(self.split, x, y, self.ib, indices=indices)
             m = res.nonrobust_mask if self.channels == "nonrobust" else res.robust_mask
         else:
@@ -690,6 +709,7 @@ class NRF(_Base):
 
     def _objective(self, mask: Tensor) -> Objective:
         split = self.split
+        assert split is not None  # checked in __post_init__
         exact = self.form == "exact"
         with_l2 = self.form != "linf"
 
@@ -715,6 +735,7 @@ class NRF(_Base):
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, indices: Tensor | None) -> Tensor:
         objective = self._objective(self._channel_mask(x, y, indices))
         if self.form == "linf":
+            assert self.eps is not None  # checked in __post_init__
             ball = Ball("linf", self.eps)
             start = ball.random_start(x, generator) if self.random_start else x
             return optimise(model, x, y, objective, steps=self.steps, ball=ball, alpha=self.alpha, start=start)
@@ -816,7 +837,7 @@ class AutoAttackRunner(_Base):
         level = aa_log.level
         with torch.random.fork_rng(devices=devices):
             aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[self.norm], eps=self.eps, version=self.version,
-                            seed=seed, device=x.device, attacks=list(self.components) if self.version == "custom" else None)
+                            seed=seed, device=x.device, attacks=list(cast("tuple[str, ...]", self.components)) if self.version == "custom" else None)
             aa.verbose = False
             targets = min(self.targets, n_classes - 1)
             aa.apgd.n_restarts, aa.apgd.n_iter = self.apgd_restarts, self.apgd_iterations
@@ -841,8 +862,8 @@ class AttackSpec:
     """
 
     name: str
-    factory: Callable[..., Attack]
-    defaults: dict = field(default_factory=dict)
+    factory: type[_Base]
+    defaults: dict[str, Any] = field(default_factory=dict)
     norm: str = "linf"
     label: str = ""
     what: str = ""
@@ -851,8 +872,8 @@ class AttackSpec:
     def settings(self, **overrides: Any) -> dict[str, Any]:
         """The settings this attack runs with (every field of its class, as :meth:`describe` reports them),
         built without a model: the class's defaults, the registered ones, then ``overrides``."""
-        values = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
-                  for f in fields(self.factory)}
+        values: dict[str, Any] = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                                  for f in fields(self.factory)}
         values.update(self.defaults)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "alpha" in values and values.get("alpha") is None and values.get("eps") is not None:
@@ -865,11 +886,11 @@ class AttackSpec:
     @property
     def description(self) -> str:
         """``what``, then the settings it runs with, in words (:meth:`_Base.summarise` of :meth:`settings`)."""
-        return f"{self.what}: {self.factory.summarise(self.settings())}"  # type: ignore[attr-defined]
+        return f"{self.what}: {self.factory.summarise(self.settings())}"
 
 
-def _spec(name: str, factory: Callable[..., Attack], threat: str, label: str, what: str, needs_split: bool = False,
-          **defaults) -> AttackSpec:
+def _spec(name: str, factory: type[_Base], threat: str, label: str, what: str, needs_split: bool = False,
+          **defaults: Any) -> AttackSpec:
     return AttackSpec(name, factory, dict(defaults, name=name), threat, label, what, needs_split)
 
 
@@ -890,7 +911,8 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     _spec("apgd-t", AutoAttackRunner, "linf", "APGD-T", "APGD-T (targeted DLR loss), an AutoAttack component", version="custom", components=("apgd-t",)),
     _spec("fab-t", AutoAttackRunner, "linf", "FAB-T", "FAB-T (targeted), an AutoAttack component", version="custom", components=("fab-t",)),
     _spec("fab", AutoAttackRunner, "linf", "FAB", f"FAB, untargeted, an AutoAttack component ({_REF})", version="custom", components=("fab",), fab_restarts=5),
-    _spec("square", AutoAttackRunner, "linf", "Square", "Square (score-based, no gradients), an AutoAttack component", version="custom", components=("square",)),
+    _spec("square", AutoAttackRunner, "linf", "Square", "Square (score-based, no gradients), an AutoAttack component",
+          version="custom", components=("square",)),
     _spec("aa-reference", AutoAttackRunner, "linf", "AA (reference: APGD-CE)",
           "the reference code's 'AA', which is APGD-CE alone — NOT AutoAttack", version="custom", components=("apgd-ce",)),
     _spec("nrf", NRF, "l2", "NRF-L2", "NRF (Kim et al. 2021), the reference code's surrogate objective on nonrobust's loop; compare with cw-l2",
@@ -924,7 +946,7 @@ def attack_name(text: str) -> str:
     raise UserError(f"unknown attack {text!r}: {hint}choose from {', '.join(ATTACKS)}")
 
 
-def make_attack(name: str, **overrides) -> Attack:
+def make_attack(name: str, **overrides: Any) -> Attack:
     """Build a registered attack (by name or display label, :func:`attack_name`) with its defaults, overridden by ``overrides``.
 
     ``overrides`` whose value is ``None`` are ignored. NRF-family attacks need
@@ -992,7 +1014,7 @@ class AttackSet:
 
     name: str
     description: str
-    attacks: tuple[tuple[str, dict, str | None], ...]
+    attacks: tuple[tuple[str, dict[str, Any], str | None], ...]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -1016,7 +1038,7 @@ ATTACK_SETS: dict[str, AttackSet] = {s.name: s for s in [
 ]}
 
 
-def make_attack_set(name: str, split: LayerSplit | None = None, **overrides) -> dict[str, Attack]:
+def make_attack_set(name: str, split: LayerSplit | None = None, **overrides: Any) -> dict[str, Attack]:
     """Build every attack of :data:`ATTACK_SETS` ``[name]``: display name -> attack.
 
     ``split`` (a :class:`nonrobust.split.LayerSplit`) is handed to the NRF family;

@@ -45,7 +45,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -162,7 +162,7 @@ class IBResult:
     threshold: Tensor
     robust_mask: Tensor
     loss: float = float("nan")
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     labels: Tensor | None = None
 
     @property
@@ -331,7 +331,7 @@ def distill(
     return IBResult(split.layer, config, sigma, var_z, threshold, robust, loss, {"n": x.shape[0]}, targets)
 
 
-def _targets(split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, config: IBConfig, indices: Tensor) -> Tensor:
+def _targets(split: LayerSplit, z: Tensor, ctx: tuple[Any, ...], y: Tensor, config: IBConfig, indices: Tensor) -> Tensor:
     """The labels σ is optimised with (:attr:`IBConfig.labels`): ``y``, the head's prediction, or a seeded wrong label.
 
     Image ``i``'s wrong label comes from its own generator, seeded by ``(seed, "wrong-label", index[i])``.
@@ -339,7 +339,7 @@ def _targets(split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, config: IBConf
     if config.labels == "true":
         return y
     with torch.no_grad(), frozen(split.model):
-        logits = split.head(z, ctx)
+        logits: Tensor = split.head(z, ctx)
     if config.labels == "predicted":
         return logits.argmax(1)
     k = logits.shape[1]
@@ -369,9 +369,11 @@ def robust_channels(sigma: Tensor, threshold: Tensor) -> Tensor:
 def _warn_degenerate(robust: Tensor) -> None:
     """Warn when the split is all-robust or all-non-robust (the R or NR head then sees only zeros)."""
     if bool(robust.all()):
-        warnings.warn("every channel came out robust (σ² > T everywhere): the non-robust features are all zero; a larger β (--beta) gives fewer robust channels", stacklevel=3)
+        warnings.warn("every channel came out robust (σ² > T everywhere): the non-robust features are all zero; a larger β (--beta) gives fewer "
+                      "robust channels", stacklevel=3)
     elif not bool(robust.any()):
-        warnings.warn("no channel came out robust (σ² ≤ T everywhere): the robust features are all zero; a smaller β (--beta) gives more robust channels", stacklevel=3)
+        warnings.warn("no channel came out robust (σ² ≤ T everywhere): the robust features are all zero; a smaller β (--beta) gives more robust "
+                      "channels", stacklevel=3)
 
 
 class _IBLoss:
@@ -381,7 +383,7 @@ class _IBLoss:
     a = σ_z² + 1e-10 and b = σ² + 1e-10 (:func:`gaussian_kl`, regrouped).
     """
 
-    def __init__(self, split: LayerSplit, z: Tensor, ctx: tuple, y: Tensor, var_z: Tensor, config: IBConfig) -> None:
+    def __init__(self, split: LayerSplit, z: Tensor, ctx: tuple[Any, ...], y: Tensor, var_z: Tensor, config: IBConfig) -> None:
         self.split, self.z, self.ctx, self.y, self.config = split, z, ctx, y, config
         self.a = var_z + VAR_EPS
         self.const_total = float((self.a.log() + 1).sum())
@@ -465,7 +467,8 @@ class _Adam:
         self.param.addcdiv_(self.m, denom, value=-self.lr * root_bc2 / (1 - b1**self.t))
 
 
-def _optimise_sigma(split, z, ctx, y, var_z, config: IBConfig, draw) -> tuple[Tensor, float]:
+def _optimise_sigma(split: LayerSplit, z: Tensor, ctx: tuple[Any, ...], y: Tensor, var_z: Tensor, config: IBConfig,
+                    draw: Callable[[int], Tensor]) -> tuple[Tensor, float]:
     lam = torch.zeros(var_z.shape, device=z.device)
     opt = _Adam(lam, config.lr)
     loss_fn = _IBLoss(split, z, ctx, y, var_z, config)
@@ -519,6 +522,7 @@ def distill_population(
             var_sum = v if var_sum is None else var_sum + v
             n += x.shape[0]
     check(n > 0, "no images for the population bottleneck")
+    assert var_sum is not None  # n > 0: the loop above ran
     var_pop = var_sum / n
     gen = make_generator(config.seed, var_pop.device)
     lam = torch.zeros(var_pop.shape, device=var_pop.device)
@@ -535,10 +539,11 @@ def distill_population(
                 shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
                 targets = _targets(split, z, ctx, y.to(z.device), config, torch.arange(z.shape[0], device="cpu"))
                 loss_fn = _IBLoss(split, z, ctx, targets, spatial_variance(z), config)
-                g = 0
+                g: Tensor | int = 0
                 for _ in range(config.samples):  # the mean gradient over the step's noise draws
                     eps = torch.randn(shape, generator=gen, device=z.device)
                     g = g + loss_fn.grad(lam, eps, per_image=False)
+                assert isinstance(g, Tensor)  # config.samples ≥ 1
                 opt.step(g / config.samples if config.samples > 1 else g)
                 step += 1
                 bar.update(1)
@@ -582,7 +587,7 @@ def seed_agreement(masks: Tensor) -> dict[str, Tensor]:
     return {"jaccard": jaccard / pairs, "both_empty": both_empty / pairs, "every": masks.all(0).sum(-1), "any": masks.any(0).sum(-1)}
 
 
-def summarise_agreement(agreement: dict[str, Tensor], channels: int, seeds: int) -> dict[str, float | int]:
+def summarise_agreement(agreement: dict[str, Tensor], channels: int, seeds: int) -> dict[str, float | int | str | None]:
     """The summary every split reports of :func:`seed_agreement` (over all the images it covers)."""
     entries = agreement["every"].numel() * channels
     any_robust = int(agreement["any"].sum())
@@ -605,7 +610,7 @@ class ReiterableBatches:
     def __init__(self, make: Callable[[], Iterable[tuple[Tensor, Tensor]]]) -> None:
         self.make = make
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return iter(self.make())
 
 

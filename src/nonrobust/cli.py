@@ -12,10 +12,22 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence, cast
 
 from . import __version__
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    import torch
+    from torch import nn
+
+    from .bottleneck import IBConfig
+    from .data import ImageDataset
+    from .foreign import ModelOptions
+    from .models import CheckpointMeta
+    from .report import ReportSettings
 
 log = logging.getLogger("nonrobust")
 
@@ -52,7 +64,7 @@ def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
     add_settings(p, ModelOptions, _MODEL_OPTIONS)
 
 
-def model_options(args: argparse.Namespace):
+def model_options(args: argparse.Namespace) -> ModelOptions:
     """The :class:`nonrobust.foreign.ModelOptions` given on the command line."""
     from .foreign import ModelOptions
 
@@ -69,10 +81,10 @@ def _real(text: str) -> float:
     return float(top) / float(bottom) if slash else float(text)  # ZeroDivisionError: the usual message (_number)
 
 
-def _number(cast: type, allow_zero: bool, what: str):
+def _number(cast: Callable[[str], float], allow_zero: bool, what: str) -> Callable[[str], float]:
     """An argparse type: ``cast(text)``, which must be > 0 (or ≥ 0 with ``allow_zero``) and finite."""
 
-    def parse(text: str):
+    def parse(text: str) -> float:
         try:
             value = cast(text)
         except (ValueError, ZeroDivisionError):
@@ -108,7 +120,7 @@ def add_settings(p: argparse.ArgumentParser, cls: type, names: Sequence[str], *,
         flag = (flags or {}).get(name, name)
         shown = " ".join(f"{v:g}" for v in default) if kind == "list" else f"{default:.4g}" if isinstance(default, float) else default
         text = help_of(cls, name) + ("" if default is None else f" (default {shown})")
-        kw: dict = {"dest": f"{cls.__name__}.{name}", "default": None, "help": text}
+        kw: dict[str, Any] = {"dest": f"{cls.__name__}.{name}", "default": None, "help": text}
         if kind == "choice":  # the values of the field's Literal[...] (also inside Optional)
             kw["choices"] = next(typing.get_args(t) for t in (hints[name], *typing.get_args(hints[name]))
                                  if typing.get_origin(t) is typing.Literal)
@@ -121,7 +133,7 @@ def add_settings(p: argparse.ArgumentParser, cls: type, names: Sequence[str], *,
         p.add_argument(f"--{flag.replace('_', '-')}", **kw)
 
 
-def settings_from(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict:
+def settings_from(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict[str, Any]:
     """The values given on the command line for the options :func:`add_settings` made (``None`` when not given)."""
     values = {name: getattr(args, f"{cls.__name__}.{name}", None) for name in names}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
@@ -133,7 +145,7 @@ def add_run_args(p: argparse.ArgumentParser, batch_size: int = 128) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
 
 
-def load_model_and_data(args: argparse.Namespace):
+def load_model_and_data(args: argparse.Namespace) -> tuple[nn.Module, CheckpointMeta, ImageDataset, torch.device]:
     """Resolve ``--device``, ``--model`` and the data options; check they fit together."""
     from . import data, models
     from .checks import warn_about_model
@@ -164,7 +176,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     ds = data.load_dataset(args.data, args.split, args.data_dir, n=args.n, image_size=args.image_size, order=args.order)
     counts = ds.labels.bincount(minlength=ds.num_classes).tolist()
     print(f"{ds.name} [{ds.split}]: {len(ds)} images of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")
-    print("per class: " + ", ".join(f"{c}={k}" for c, k in zip(ds.classes, counts)))
+    print("per class: " + ", ".join(f"{c}={k}" for c, k in zip(ds.classes, counts, strict=True)))
     return 0
 
 
@@ -189,14 +201,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
 _IB_OPTIONS = ("protocol", "beta", "iterations", "lr", "noise", "kl", "threshold", "samples", "labels")  # the seed is the command's --seed
 
 
-def _ib_config(args: argparse.Namespace):
+def _ib_config(args: argparse.Namespace) -> IBConfig:
     from .bottleneck import IBConfig
 
     given = {k: v for k, v in settings_from(args, IBConfig, _IB_OPTIONS).items() if v is not None}
     return IBConfig(**given, seed=args.seed)
 
 
-def _nrf_settings(args: argparse.Namespace, model, meta, name: str) -> dict:
+def _nrf_settings(args: argparse.Namespace, model: nn.Module, meta: CheckpointMeta, name: str) -> dict[str, Any]:
     """The split and channel masks an NRF-family attack needs, from --layer and --masks or the bottleneck options."""
     import warnings
 
@@ -205,17 +217,18 @@ def _nrf_settings(args: argparse.Namespace, model, meta, name: str) -> dict:
     from .identity import find_provenance, model_digest
     from .split import split_model
 
-    settings = {"split": split_model(model, args.layer or meta.split_layer)}
+    settings: dict[str, Any] = {"split": split_model(model, args.layer or meta.split_layer)}
     if args.masks:
         res = IBResult.load(args.masks)
         if res.sigma.dim() != 1:
-            raise UserError(f"{args.masks}: per-image masks belong to the images they were computed on; pass a population split (--protocol population) or leave --masks out to split each clean batch")
+            raise UserError(f"{args.masks}: per-image masks belong to the images they were computed on; pass a population split (--protocol "
+                            "population) or leave --masks out to split each clean batch")
         if res.layer != settings["split"].layer:
             raise UserError(f"{args.masks} was computed at layer {res.layer!r}, the attack uses {settings['split'].layer!r}: pass --layer {res.layer}")
         made_on = ((find_provenance(res.extra) or {}).get("model") or {}).get("digest")
         if made_on is not None and made_on != model_digest(model):
             warnings.warn(f"{args.masks} was made on another model (content digest {made_on[:12]}…, this one {model_digest(model)[:12]}…): "
-                          "its channels need not mean the same here")
+                          "its channels need not mean the same here", stacklevel=2)
         channels = ATTACKS[name].defaults.get("channels", "nonrobust")
         settings["mask"] = res.nonrobust_mask if channels == "nonrobust" else res.robust_mask
     else:
@@ -286,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
+def _report_settings(args: argparse.Namespace, profile_name: str | None = None) -> ReportSettings:
     """ReportSettings from the report options (a profile's values where an option was not given)."""
     from .report import ReportSettings, profile
 
@@ -305,7 +318,7 @@ def _report_settings(args: argparse.Namespace, profile_name: str | None = None):
     return ReportSettings(**{k: v for k, v in values.items() if v is not None})
 
 
-def _print_headline(results: dict, out: Path) -> None:
+def _print_headline(results: dict[str, Any], out: Path) -> None:
     h = results["headline"]
     clean = "" if h["clean_accuracy"] is None else f": clean {h['clean_accuracy']:.1%}"
     print(f"{results['arch']} at {results['layer']} on {h['n']} {results['data']['name']} images{clean}")
@@ -322,7 +335,7 @@ def _print_headline(results: dict, out: Path) -> None:
     print(f"wrote {page} ({results['wall_seconds']:.0f} s): open it in a browser; {page.parent / 'results.json'} holds every number")
 
 
-def _report_and_headline(settings, out: str, only: tuple[str, ...] | None = None) -> int:
+def _report_and_headline(settings: ReportSettings, out: str, only: tuple[str, ...] | None = None) -> int:
     from .report import run_report
 
     _print_headline(run_report(settings, out, only=only), Path(out))
@@ -391,9 +404,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         tag = " [paper]" if spec.paper else ""
         print(f"  {spec.name:<16} split at {spec.default_layer:<12} {spec.notes}{tag}")
     print("pretrained models (--model NAME):")
-    for name, spec in models.PRETRAINED.items():
-        print(f"  {name:<20} {spec.description}{'' if spec.available() else '  (not shipped in this build)'}")
-        measured = models.headline(spec.meta()) if spec.available() else ""
+    for name, pre in models.PRETRAINED.items():
+        print(f"  {name:<20} {pre.description}{'' if pre.available() else '  (not shipped in this build)'}")
+        measured = models.headline(pre.meta()) if pre.available() else ""
         if measured:
             print(f"  {'':<20} measured: {measured}")
     return 0
@@ -411,10 +424,10 @@ def cmd_models_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def torch_dtype(name: str | None):
+def torch_dtype(name: str | None) -> torch.dtype | None:
     import torch
 
-    return None if name in (None, "float32") else getattr(torch, name)
+    return None if name in (None, "float32") else cast("torch.dtype", getattr(torch, name))
 
 
 def cmd_models_layers(args: argparse.Namespace) -> int:
@@ -446,7 +459,7 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     from .report import TABLE3_ATTACKS, ReportSettings
 
     p.add_argument("--attacks", metavar="A,B,…", help="Table 3's attacks, comma-separated, from: " + ", ".join(TABLE3_ATTACKS)
-                   + f" (default: {','.join(ReportSettings.__dataclass_fields__['attacks'].default)})")
+                   + f" (default: {','.join(cast('tuple[str, ...]', ReportSettings.__dataclass_fields__['attacks'].default))})")
     p.add_argument("--no-table4", action="store_true", help="skip Table 4 (NRF, NRF2, RF, RF2)")
     p.add_argument("--profile", choices=("quick", "full"), help="start from named settings: quick (the demo's trimming: 200 images, "
                    "shorter attacks and sweeps; a few minutes on a CPU for a small model) or full; the options given win")
@@ -490,11 +503,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors end, like every other user mistake, in one ``error: …`` line (exit 2), and that never
     guesses: an abbreviated option (``--norm`` for ``--normalize``) is an error, not a match."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False  # also for every sub-parser, which argparse builds with this class
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message}\n")
 
@@ -640,7 +653,7 @@ def _stop_cleanly_on_sigterm() -> None:
     import signal
     import threading
 
-    def interrupt(signum, frame):  # noqa: ARG001
+    def interrupt(signum: int, frame: FrameType | None) -> NoReturn:  # noqa: ARG001
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():

@@ -42,7 +42,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator, NamedTuple, Sequence
+from typing import IO, Any, Callable, Iterator, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -122,9 +122,11 @@ class ImageDataset:
         if self.indices is None:
             self.indices = torch.arange(len(y) if isinstance(y, torch.Tensor) else 0, device="cpu")  # CPU by design, as the images
         check(self.order in ORDERS, f"{what}: order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        check(isinstance(x, torch.Tensor) and x.dtype == torch.uint8, f"{what}: images must be a uint8 tensor (0..255), got {getattr(x, 'dtype', type(x).__name__)}")
+        check(isinstance(x, torch.Tensor) and x.dtype == torch.uint8,
+              f"{what}: images must be a uint8 tensor (0..255), got {getattr(x, 'dtype', type(x).__name__)}")
         check(x.dim() == 4 and x.shape[1] in (1, 3), f"{what}: images must be [N, C, H, W] with C 1 or 3, got shape {tuple(x.shape)}")
-        check(isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool, f"{what}: labels must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+        integer = isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
+        check(integer, f"{what}: labels must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}")
         check(y.dim() == 1, f"{what}: labels must be one-dimensional [N], got shape {tuple(y.shape)}")
         check(len(x) == len(y), f"{what}: {len(y)} labels for {len(x)} images; the data is truncated or inconsistent, re-create or re-download it")
         check(len(x) > 0, f"{what}: the data set is empty; check the path and the split")
@@ -173,6 +175,7 @@ class ImageDataset:
     def rows(self, start: int, stop: int) -> ImageDataset:
         """Images ``start … stop−1`` (copied) with their labels and indices."""
         keep = slice(int(start), int(stop))
+        assert self.indices is not None  # set by __post_init__
         return dataclasses.replace(self, images=self.images[keep].clone(), labels=self.labels[keep].clone(),
                                    indices=self.indices[keep].clone(), classes=list(self.classes))
 
@@ -300,7 +303,7 @@ def _restricted_latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-def _numpy_reconstruct() -> Callable:
+def _numpy_reconstruct() -> Callable[..., Any]:
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
@@ -363,6 +366,7 @@ def _load_cifar(root: Path, split: str, *, batches: dict[str, tuple[str, ...]], 
     (the official files name ``.png`` images), else ``None``."""
     names = _read_cifar_pickle(root / meta).get(names_key)
     check(isinstance(names, list), f"{root / meta}: no {names_key!r} list; not a CIFAR meta file")
+    assert isinstance(names, list)
     classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
     xs, ys, jpeg = [], [], []
     for fname in batches[split]:
@@ -370,7 +374,8 @@ def _load_cifar(root: Path, split: str, *, batches: dict[str, tuple[str, ...]], 
         d = _read_cifar_pickle(path)
         check("data" in d and label_key in d, f"{path}: missing 'data' or {label_key!r}; not a CIFAR batch")
         data = np.asarray(d["data"])
-        check(data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32, f"{path}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}; the file is corrupt")
+        check(data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32, f"{path}: 'data' must be uint8 [N, 3072], got {data.dtype} "
+                                                                                          f"{data.shape}; the file is corrupt")
         labels = np.asarray(d[label_key])
         check(len(labels) == len(data), f"{path}: {len(labels)} labels for {len(data)} images; the file is corrupt")
         xs.append(data.reshape(-1, 3, 32, 32))
@@ -423,8 +428,8 @@ def _load_tiny_imagenet(root: Path, split: str) -> tuple[np.ndarray, np.ndarray,
     return _read_images(paths, source=root, channels=3), np.asarray(labels, dtype=np.int64), classes
 
 
-_CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
-_CIFAR100_BATCHES = {"train": ("train",), "test": ("test",)}
+_CIFAR10_BATCHES: dict[str, tuple[str, ...]] = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+_CIFAR100_BATCHES: dict[str, tuple[str, ...]] = {"train": ("train",), "test": ("test",)}
 
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
@@ -469,7 +474,8 @@ DATASETS: dict[str, DatasetInfo] = {
             flip=False,
             mean=(0.4377, 0.4438, 0.4728),
             std=(0.1980, 0.2010, 0.1970),
-            notes="SVHN cropped digits (Netzer et al. 2011): 73,257 train / 26,032 test 32x32 images, label 10 read as digit 0; 'extra' is not used; no flips (mirrored digits are other digits).",
+            notes="SVHN cropped digits (Netzer et al. 2011): 73,257 train / 26,032 test 32x32 images, label 10 read as digit 0; 'extra' is not used; "
+                  "no flips (mirrored digits are other digits).",
         ),
         DatasetInfo(
             name="tiny-imagenet",
@@ -482,7 +488,8 @@ DATASETS: dict[str, DatasetInfo] = {
             flip=True,
             mean=(0.4802, 0.4481, 0.3975),
             std=(0.2770, 0.2691, 0.2821),
-            notes="Tiny-ImageNet-200 (CS231n): 100,000 train / 10,000 val 64x64 images, 200 classes; split 'test' reads the labelled val set (the official test set has no labels); JPEG decoding takes a while for train.",
+            notes="Tiny-ImageNet-200 (CS231n): 100,000 train / 10,000 val 64x64 images, 200 classes; split 'test' reads the labelled val set (the "
+                  "official test set has no labels); JPEG decoding takes a while for train.",
         ),
         DatasetInfo(
             name="cifar10-slice",
@@ -627,7 +634,7 @@ def _folder_index(root: Path, split: str) -> tuple[list[Path], list[int], list[s
     if stray:
         warnings.warn(f"folder:{data}: ignoring {len(stray)} image(s) outside the class sub-folders", stacklevel=3)
     per_class = [_image_files(data / c) if (data / c).is_dir() else [] for c in classes]
-    empty = [c for c, files in zip(classes, per_class) if not files]
+    empty = [c for c, files in zip(classes, per_class, strict=True) if not files]
     if empty and len(empty) < len(classes):
         warnings.warn(f"folder:{data}: no images for class(es) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
     paths, labels = _class_major(per_class)
@@ -645,13 +652,14 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     check(head.startswith(b"PK"), f"npz:{path}: not a readable .npz file (a .npz is a zip of arrays; this file is not a zip): save the data with "
           "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
     try:
-        return np.load(path, allow_pickle=False)  # a zip: always an NpzFile
+        return cast("np.lib.npyio.NpzFile", np.load(path, allow_pickle=False))  # a zip: always an NpzFile
     except Exception as exc:
         raise UserError(f"npz:{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
 def _npz_get(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
-    check(key in npz.files, f"npz:{path}: no {key!r} array (has {', '.join(npz.files) or 'none'}); save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    check(key in npz.files, f"npz:{path}: no {key!r} array (has {', '.join(npz.files) or 'none'}); save it with np.savez(path, x_train=..., "
+                            "y_train=..., x_test=..., y_test=...)")
     try:
         return npz[key]
     except Exception as exc:  # truncated members, object arrays
@@ -710,7 +718,7 @@ def _registry_root(info: DatasetInfo, data_dir: Path) -> Path:
 def load_dataset(
     name: str,
     split: str = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     n: int | None = None,
     image_size: int | None = None,
     order: str = "balanced",
@@ -792,7 +800,8 @@ def _verify_md5(path: Path, md5: str) -> None:
             digest.update(chunk)
     if digest.hexdigest() != md5.lower():
         path.unlink(missing_ok=True)
-        raise UserError(f"{path}: MD5 {digest.hexdigest()} does not match the official {md5}; the file was incomplete or altered and has been removed, fetch it again")
+        raise UserError(f"{path}: MD5 {digest.hexdigest()} does not match the official {md5}; the file was incomplete or altered and has been "
+                        "removed, fetch it again")
 
 
 def _download(remote: RemoteFile, dest: Path, name: str, data_dir: Path) -> None:
@@ -841,13 +850,14 @@ def _extract_tar(tf: tarfile.TarFile, dest: Path) -> None:
         return
     members = []
     for m in tf.getmembers():  # Python without extraction filters
-        check(m.isfile() or m.isdir(), f"{tf.name}: refusing to extract {m.name!r} (not a plain file or folder)")
-        check(os.path.realpath(dest / m.name).startswith(os.path.realpath(dest) + os.sep), f"{tf.name}: refusing to extract {m.name!r} outside the target folder")
+        check(m.isfile() or m.isdir(), f"{tf.name!s}: refusing to extract {m.name!r} (not a plain file or folder)")
+        check(os.path.realpath(dest / m.name).startswith(os.path.realpath(dest) + os.sep), f"{tf.name!s}: refusing to extract {m.name!r} outside the "
+                                                                                             "target folder")
         members.append(m)
     tf.extractall(dest, members=members)
 
 
-def prepare(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
     """Make a data set ready to load and return the folder that holds it.
 
     For a registry data set: if every required file is under
@@ -885,7 +895,8 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, download: bool
                 _verify_md5(root / remote.filename, remote.md5)
         return root
     if any(r.is_archive for r in info.files) and root.exists():
-        raise UserError(f"{root} exists but lacks {', '.join(missing[:3])} (an interrupted extraction?); delete {root} and re-run `nonrobust data prepare {info.name} --data-dir {ddir}`")
+        raise UserError(f"{root} exists but lacks {', '.join(missing[:3])} (an interrupted extraction?); delete {root} and re-run `nonrobust data "
+                        f"prepare {info.name} --data-dir {ddir}`")
     for remote in info.files:
         dest = ddir / remote.filename if remote.is_archive else root / remote.filename
         if dest.exists():

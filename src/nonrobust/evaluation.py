@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +78,7 @@ def evaluate_attacks(
     total: int | None = None,
     progress: bool = True,
     cascade: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Clean and robust accuracy under each attack, plus the per-point worst case.
 
     Each attack runs only on points still correct: by default every attack on the

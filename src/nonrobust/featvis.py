@@ -64,7 +64,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +206,9 @@ class FourierImage(nn.Module):
     Calling the module (no arguments) returns the images; ``parameters()`` holds
     the one trainable tensor.
     """
+
+    spectrum_scale: Tensor  # buffers (registered in __init__ when fft / decorrelate is on)
+    color_matrix: Tensor
 
     def __init__(self, k: int, image_shape: tuple[int, int, int], generator: torch.Generator,
                  device: str | torch.device = "cpu", decorrelate: bool = True, fft: bool = True, *,
@@ -389,10 +392,10 @@ def invert_features(split: LayerSplit, targets: Tensor, image_shape: tuple[int, 
             if config.blur_weight != 0:
                 loss = loss + config.blur_weight * blur_penalty(x).sum()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         with torch.no_grad():
-            result = image().detach()
+            result: Tensor = image().detach()
     logger.debug("inverted %d target(s) of layer %r in %d steps", k, split.layer, config.steps)
     return result
 
@@ -403,9 +406,9 @@ def invert_features(split: LayerSplit, targets: Tensor, image_shape: tuple[int, 
 def _score(acts: Tensor, targets: Tensor, cossim_pow: float, cossim: str, floor: float | None) -> Tensor:
     a, t = acts.flatten(1), targets.flatten(1)
     dot = (a * t).sum(1)
-    t_norm = torch.linalg.vector_norm(t, dim=1)
+    t_norm: Tensor = torch.linalg.vector_norm(t, dim=1)
     if cossim == "cosine":
-        cos = dot / (torch.linalg.vector_norm(a, dim=1) * t_norm).clamp_min(1e-12)
+        cos: Tensor = dot / (torch.linalg.vector_norm(a, dim=1) * t_norm).clamp_min(1e-12)
     else:  # Lucid's "cossim": the length of a's projection on t
         cos = dot / (t_norm + 1e-10)
     if floor is not None:
@@ -433,7 +436,7 @@ def _check_match(acts: Tensor, targets: Tensor, split: LayerSplit, image_shape: 
 def _check_4d(tensor: Any, name: str) -> Tensor:
     check(isinstance(tensor, Tensor), f"{name} must be a tensor, not {type(tensor).__name__}")
     check(tensor.dim() == 4, f"{name} must be 4-D [K, C, H, W], not shape {list(tensor.shape)}")
-    return tensor
+    return cast(Tensor, tensor)
 
 
 def _image_shape(shape: Any) -> tuple[int, int, int]:

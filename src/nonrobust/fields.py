@@ -13,7 +13,7 @@ default or a help text is written once, next to the setting it describes::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["KINDS", "setting", "help_of", "kind_of", "default_of"]
 
@@ -35,18 +35,18 @@ def setting(default: Any, help: str, kind: str = "text", *, factory: bool = Fals
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _field(cls: type, name: str) -> dataclasses.Field:
+def _field(cls: type, name: str) -> dataclasses.Field[Any]:
     return {f.name: f for f in dataclasses.fields(cls)}[name]
 
 
 def help_of(cls: type, name: str) -> str:
     """The one-line help of field ``name`` of dataclass ``cls`` (``""`` if it has none)."""
-    return _field(cls, name).metadata.get("help", "")
+    return cast(str, _field(cls, name).metadata.get("help", ""))
 
 
 def kind_of(cls: type, name: str) -> str:
     """The :data:`KINDS` entry of field ``name`` of dataclass ``cls`` (``"text"`` if it has none)."""
-    return _field(cls, name).metadata.get("kind", "text")
+    return cast(str, _field(cls, name).metadata.get("kind", "text"))
 
 
 def default_of(cls: type, name: str) -> Any:

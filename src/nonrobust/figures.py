@@ -8,10 +8,15 @@ anything. Nothing here touches a model.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["table1_figure", "tsne_figure", "beta_figure", "sigma_figure", "featvis_figure"]
 
@@ -19,7 +24,7 @@ _COLOURS = {"int": "#7f7f7f", "robust": "#1f77b4", "nonrobust": "#d62728"}
 _NAMES = {"int": "Int. (Z)", "robust": "R (Z_r)", "nonrobust": "NR (Z_nr)"}
 
 
-def _plt():
+def _plt() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -28,21 +33,21 @@ def _plt():
     return plt
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return buf.getvalue()
 
 
-def table1_figure(tables: dict[str, dict]) -> bytes:
+def table1_figure(tables: dict[str, dict[str, Any]]) -> bytes:
     """Grouped bars of Table 1: one panel per protocol, accuracy of Int / R / NR per input kind.
 
     ``tables`` maps a protocol name to :func:`nonrobust.analyses.feature_accuracy`'s result.
     """
     plt = _plt()
     fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 3.4), squeeze=False, sharey=True)
-    for ax, (protocol, table) in zip(axes[0], tables.items()):
+    for ax, (protocol, table) in zip(axes[0], tables.items(), strict=False):
         rows = list(table["rows"])
         width = 0.27
         for j, kind in enumerate(("int", "robust", "nonrobust")):
@@ -82,7 +87,7 @@ def tsne_figure(embeddings: dict[str, Tensor], labels: Tensor, classes: Sequence
     return _png(fig)
 
 
-def beta_figure(sweep: list[dict], attack: str) -> bytes:
+def beta_figure(sweep: list[dict[str, Any]], attack: str) -> bytes:
     """Fig. 5: R and NR accuracy (clean and under ``attack``) and channel counts against β."""
     plt = _plt()
     betas = [row["beta"] for row in sweep]
@@ -155,7 +160,7 @@ def featvis_figure(inputs: Tensor, visuals: Tensor, titles: list[list[str]], row
     rows = inputs.shape[0]
     fig, axes = plt.subplots(rows, 4, figsize=(7.2, 1.95 * rows + 0.4), squeeze=False)
 
-    def show(ax, img: Tensor) -> None:
+    def show(ax: Axes, img: Tensor) -> None:
         img = img.detach().float().clamp(0, 1).cpu()
         if img.shape[0] == 1:
             ax.imshow(img[0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)

@@ -23,13 +23,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
 from .errors import UserError, check
 from .fields import setting
+
+if TYPE_CHECKING:
+    from .models import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +97,12 @@ def parse_normalize(text: str, channels: int) -> tuple[list[float], list[float]]
     """
     name = text.strip().lower()
     if name in NORMALIZATIONS:
-        mean, std = NORMALIZATIONS[name]
-        if len(mean) == 1:
-            return [mean[0]] * channels, [std[0]] * channels
-        check(len(mean) == channels, f"--normalize {name} is for {len(mean)}-channel images, the model takes {channels}: pass MEAN,STD numbers")
-        return list(mean), list(std)
+        named_mean, named_std = NORMALIZATIONS[name]
+        if len(named_mean) == 1:
+            return [named_mean[0]] * channels, [named_std[0]] * channels
+        check(len(named_mean) == channels,
+              f"--normalize {name} is for {len(named_mean)}-channel images, the model takes {channels}: pass MEAN,STD numbers")
+        return list(named_mean), list(named_std)
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
@@ -137,7 +141,7 @@ def is_state_dict_spec(model_arg: str) -> bool:
     return bool(_STATE_DICT_SPEC.match(str(model_arg)))
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The tensors of a state dict saved with ``torch.save`` (``.pt``/``.pth``/``.bin``) or as safetensors.
 
     Pickled files are read with ``torch.load(weights_only=True)``: only tensors and plain containers
@@ -238,8 +242,8 @@ def _inferred(arch: str, state: Mapping[str, torch.Tensor], options: dict[str, A
     return out
 
 
-def load_state_dict_model(path: str | os.PathLike, arch: str, options: ModelOptions = ModelOptions(), *,
-                          input_shape: tuple[int, int, int] | None = None, device: str | torch.device = "cpu"):
+def load_state_dict_model(path: str | os.PathLike[str], arch: str, options: ModelOptions = ModelOptions(), *,
+                          input_shape: tuple[int, int, int] | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Build registered architecture ``arch`` and load the state dict at ``path`` into it, strictly.
 
     Args:
@@ -290,7 +294,7 @@ def load_state_dict_model(path: str | os.PathLike, arch: str, options: ModelOpti
     missing, unexpected = model.load_state_dict(state, strict=False)
     check(not unexpected and all(k.startswith("normalize.") for k in missing), f"{path}: weights do not fit {arch}")
     model = model.eval().to(resolve_device(device))
-    model.nonrobust_meta = meta
+    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
     log.info("loaded %s from state dict %s (normalisation: %s)", meta.describe(), path, source)
     return model, meta
 
@@ -304,8 +308,8 @@ def is_robustbench_spec(model_arg: str) -> bool:
     return str(model_arg).startswith("robustbench:")
 
 
-def load_robustbench(spec: str, options: ModelOptions = ModelOptions(), *, data_dir: str | None = None,
-                     device: str | torch.device = "cpu"):
+def load_robustbench(spec: str, options: ModelOptions = ModelOptions(), *, data_dir: str | os.PathLike[str] | None = None,
+                     device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """``robustbench:NAME[:DATASET[:THREAT]]`` (defaults cifar10, Linf) through RobustBench's own ``load_model``.
 
     RobustBench models take images in [0,1] (their normalisation is inside). The checkpoint is read
@@ -323,6 +327,7 @@ def load_robustbench(spec: str, options: ModelOptions = ModelOptions(), *, data_
 
     m = _ROBUSTBENCH_SPEC.match(str(spec))
     check(m is not None, f"{spec!r}: expected robustbench:NAME[:DATASET[:THREAT]], e.g. robustbench:Carmon2019Unlabeled:cifar10:Linf")
+    assert m is not None
     name, dataset, threat = m["name"], (m["dataset"] or "cifar10").lower(), m["threat"] or "Linf"
     check(dataset in _ROBUSTBENCH_DATA, f"{spec}: RobustBench data set must be one of {', '.join(_ROBUSTBENCH_DATA)}, got {dataset!r}")
     threat = next((t for t in ROBUSTBENCH_THREATS if t.lower() == threat.lower()), threat)
@@ -354,9 +359,9 @@ def load_robustbench(spec: str, options: ModelOptions = ModelOptions(), *, data_
 
 
 # --------------------------------------------------------------------------- conversion
-def convert(path: str | os.PathLike, arch: str, out: str | os.PathLike, options: ModelOptions = ModelOptions(), *,
+def convert(path: str | os.PathLike[str], arch: str, out: str | os.PathLike[str], options: ModelOptions = ModelOptions(), *,
             input_shape: tuple[int, int, int] | None = None, dataset: str | None = None, classes: list[str] | None = None,
-            dtype: torch.dtype | None = None):
+            dtype: torch.dtype | None = None) -> tuple[nn.Module, CheckpointMeta]:
     """Write the state dict at ``path`` (of architecture ``arch``) as a nonrobust checkpoint at ``out``, atomically.
 
     The checkpoint records the architecture and its options, the class count, the normalisation,
@@ -371,11 +376,11 @@ def convert(path: str | os.PathLike, arch: str, out: str | os.PathLike, options:
     from .identity import provenance
 
     model, meta = load_state_dict_model(path, arch, options, input_shape=input_shape)
-    model.nonrobust_source = f"{arch}={path}"
+    model.nonrobust_source = f"{arch}={path}"  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
     sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     meta = replace(meta, dataset=dataset, classes=list(classes) if classes else None,
                    recipe={**meta.recipe, "converted_from": str(path), "sha256": sha},
                    provenance=provenance(model=model, data=None, settings={"arch": arch, "options": asdict(options), "source_sha256": sha}))
     models.save(model, out, meta, dtype=dtype)
-    model.nonrobust_meta = meta
+    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
     return model, meta

@@ -21,7 +21,7 @@ import hashlib
 import json
 import platform
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import torch
 from torch import nn
@@ -47,11 +47,11 @@ def _tensor_hash(h: "hashlib._Hash", name: str, t: torch.Tensor) -> None:
     h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def _memo(obj: object, attr: str, version: tuple, compute) -> str:
+def _memo(obj: object, attr: str, version: tuple[Any, ...], compute: Callable[[], str]) -> str:
     """``compute()``, remembered on ``obj`` while ``version`` (data pointers and in-place version counters) is unchanged."""
     cached = getattr(obj, attr, None)
     if cached is not None and cached[0] == version:
-        return cached[1]
+        return cast(str, cached[1])
     value = compute()
     try:
         object.__setattr__(obj, attr, (version, value))
@@ -96,6 +96,7 @@ def model_digest(model: nn.Module) -> str:
 
 def data_digest(ds: "ImageDataset") -> str:
     """SHA-256 (hex) of the images, labels and source indices of a data set (its content, not its name or path)."""
+    assert ds.indices is not None  # set by ImageDataset.__post_init__
     tensors = {"images": ds.images, "labels": ds.labels, "indices": ds.indices}
     version = tuple((k, v.data_ptr(), v._version, tuple(v.shape)) for k, v in tensors.items())
 
@@ -146,6 +147,7 @@ def expand_runs(runs: Sequence[Sequence[int]]) -> list[int]:
 
 def data_record(ds: "ImageDataset") -> dict[str, Any]:
     """Which images a result was made from: digest, name, split, order, count, source indices (as :func:`index_runs`)."""
+    assert ds.indices is not None  # set by ImageDataset.__post_init__
     return {"digest": data_digest(ds), "name": ds.name, "split": ds.split, "order": ds.order, "n": len(ds),
             "input_shape": list(ds.input_shape), "indices": index_runs(ds.indices), "source_note": ds.provenance}
 
@@ -194,7 +196,7 @@ def find_provenance(obj: Any) -> dict[str, Any] | None:
     if not isinstance(obj, dict):
         return None
     if isinstance(obj.get("provenance"), dict) and obj["provenance"]:
-        return obj["provenance"]
+        return cast("dict[str, Any]", obj["provenance"])
     if isinstance(obj.get("extra"), dict):  # a population split (IBResult) keeps it among its extras
         return find_provenance(obj["extra"])
     if "schema" in obj and "command" in obj and "model" in obj:  # a bare block (a training run's provenance.json)

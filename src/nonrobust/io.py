@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence, cast
 
 import torch
 
@@ -41,7 +41,7 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path`` (text modes write UTF-8); rename it over ``path`` on success.
 
     On an exception the temporary file is removed and ``path`` is untouched.
@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or path.parent}); choose another output path") from None
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:  # text is UTF-8 on every locale
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:  # text is UTF-8 on every locale
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -71,14 +71,14 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, ensure_ascii=False) + "\n"  # β, not \u03b2
     with atomic_write(path, "w") as fh:
         fh.write(text)
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, raising :class:`UserError` if it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
@@ -89,7 +89,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
     """Save tensors as safetensors, atomically; ``metadata`` is stored as JSON in the header."""
     from safetensors.torch import save
 
@@ -99,7 +99,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         fh.write(blob)
 
 
-def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu",
+def load_tensors(path: str | os.PathLike[str], device: str | torch.device = "cpu",
                  keys: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a safetensors file written by :func:`save_tensors` (or ``keys`` of it only).
 
@@ -132,7 +132,7 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu",
     return tensors, metadata
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
+def check_output_path(path: str | os.PathLike[str]) -> Path:
     """``path`` as a :class:`Path`, checked as the output of a command that writes ``path`` and a ``.json`` summary beside it.
 
     Raises :class:`UserError` when ``path`` is a folder, or ends in ``.json`` (the
@@ -145,7 +145,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_output_folder(path: str | os.PathLike) -> Path:
+def check_output_folder(path: str | os.PathLike[str]) -> Path:
     """``path`` as a :class:`Path`, checked as an output folder: :class:`UserError` when it is an existing file."""
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -182,7 +182,7 @@ def tensor_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(target: str | os.PathLike, lock: str | os.PathLike | None = None) -> Iterator[None]:
+def exclusive(target: str | os.PathLike[str], lock: str | os.PathLike[str] | None = None) -> Iterator[None]:
     """Hold a lock on ``target`` (the file ``lock``, default ``TARGET.lock``) while writing it: one writer at a time.
 
     A second writer gets a :class:`UserError` naming the process that holds the lock. A lock left by a
@@ -273,7 +273,7 @@ class StreamingTensorFile:
     setting, see :func:`nonrobust.identity.work_key`) is never continued: it is started over, with a warning.
     """
 
-    def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+    def __init__(self, path: str | os.PathLike[str], specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
                  metadata: dict[str, Any], fingerprint: str, *, dist: Any = None, block_rows: int | None = None) -> None:
         from .runtime import Distributed
 
@@ -317,7 +317,7 @@ class StreamingTensorFile:
             self._open_shared()
 
     # ------------------------------------------------------------------ layout and progress records
-    def _start_over(self, state: dict | None) -> None:
+    def _start_over(self, state: dict[str, Any] | None) -> None:
         """Say so when a partial file of other work is left here: it is never continued, only replaced."""
         if state is not None and self.partial.is_file():
             import warnings
@@ -352,11 +352,11 @@ class StreamingTensorFile:
             self.blocks_done = int(state["blocks"])
 
     @staticmethod
-    def _read_progress(path: Path) -> dict | None:
+    def _read_progress(path: Path) -> dict[str, Any] | None:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return cast("dict[str, Any]", json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, OSError):
             return None
 

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import torch
 from torch import nn
@@ -181,7 +181,7 @@ def build(
         raise UserError(f"architecture {arch} has no option {unknown[0]!r}: its options are {choices}")
     resolved = {**known, **options}
     model = spec.factory(num_classes, in_channels, mean, std, **resolved)
-    model.nonrobust_build = BuildRecord(arch, resolved, num_classes)
+    model.nonrobust_build = BuildRecord(arch, resolved, num_classes)  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
     return model
 
 
@@ -243,7 +243,8 @@ class CheckpointMeta:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise UserError(f"{source}: bad checkpoint metadata: version must be a positive integer, got {version!r}")
         if version > CHECKPOINT_VERSION:
-            raise UserError(f"{source}: checkpoint format version {version} is newer than this nonrobust {__version__} can read (up to {CHECKPOINT_VERSION}): upgrade nonrobust")
+            raise UserError(f"{source}: checkpoint format version {version} is newer than this nonrobust {__version__} can read (up to "
+                            f"{CHECKPOINT_VERSION}): upgrade nonrobust")
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))
@@ -277,12 +278,14 @@ class CheckpointMeta:
             ("arch", isinstance(self.arch, str), "a string"),
             ("arch_options", isinstance(self.arch_options, dict), "a JSON object"),
             ("num_classes", positive_int(self.num_classes), "a positive integer"),
-            ("input_shape", isinstance(self.input_shape, tuple) and len(self.input_shape) == 3 and all(map(positive_int, self.input_shape)), "[C, H, W], positive integers"),
+            ("input_shape", isinstance(self.input_shape, tuple) and len(self.input_shape) == 3
+             and all(map(positive_int, self.input_shape)), "[C, H, W], positive integers"),
             ("mean", numbers(self.mean), "a list of numbers"),
             ("std", numbers(self.std), "a list of numbers"),
             ("split_layer", isinstance(self.split_layer, str) and bool(self.split_layer), "a layer name"),
             ("dataset", self.dataset is None or isinstance(self.dataset, str), "a string or null"),
-            ("classes", self.classes is None or (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)), "a list of strings or null"),
+            ("classes", self.classes is None or (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)),
+             "a list of strings or null"),
             ("recipe", isinstance(self.recipe, dict), "a JSON object"),
             ("metrics", isinstance(self.metrics, dict), "a JSON object"),
         ]
@@ -308,7 +311,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         else:
             return model
 
@@ -337,11 +340,12 @@ def make_meta(model_or_arch: nn.Module | str, **fields: Any) -> CheckpointMeta:
         model = unwrap(model_or_arch)
         record = getattr(model, "nonrobust_build", None)
         if not isinstance(record, BuildRecord):
-            raise UserError("make_meta: this model was not made by nonrobust.models.build or load: pass the arch name instead, e.g. make_meta('vgg16', num_classes=10)")
+            raise UserError("make_meta: this model was not made by nonrobust.models.build or load: pass the arch name instead, e.g. "
+                            "make_meta('vgg16', num_classes=10)")
         given = sorted({"arch", "arch_options", "num_classes", "mean", "std"} & set(fields))
         if given:
             raise UserError(f"make_meta: {given[0]} comes from the model: do not pass it with a model")
-        record_arch, options, num_classes, norm = record.arch, dict(record.options), record.num_classes, model.normalize
+        record_arch, options, num_classes, norm = record.arch, dict(record.options), record.num_classes, cast(arch_lib.Normalize, model.normalize)
     else:
         record_arch, num_classes = arch_spec(model_or_arch).name, fields.pop("num_classes", 10)
         options = {**arch_spec(record_arch).options, **fields.pop("arch_options", {})}
@@ -387,7 +391,7 @@ def _mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tens
     return f"weights do not match {meta.describe()}: {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape; first: {first}"
 
 
-def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta, *, dtype: torch.dtype | None = None) -> None:
+def save(model: nn.Module, path: str | os.PathLike[str], meta: CheckpointMeta, *, dtype: torch.dtype | None = None) -> None:
     """Write ``model``'s weights and ``meta`` as a safetensors checkpoint at ``path``, atomically.
 
     The weights are ``model.state_dict()`` (moved to CPU, contiguous); wrappers
@@ -420,7 +424,8 @@ def save(model: nn.Module, path: str | os.PathLike, meta: CheckpointMeta, *, dty
     for key in ("mean", "std"):
         buffer = state[f"normalize.{key}"].detach().cpu().flatten()
         if not torch.allclose(buffer, torch.tensor(getattr(meta, key), dtype=buffer.dtype, device="cpu")):
-            raise UserError(f"save: meta.{key} {getattr(meta, key)} differs from the model's normalisation {buffer.tolist()}: make the metadata with make_meta(model)")
+            raise UserError(f"save: meta.{key} {getattr(meta, key)} differs from the model's normalisation {buffer.tolist()}: make the metadata with "
+                            "make_meta(model)")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() and not k.startswith("normalize.") else v for k, v in state.items()}
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
@@ -441,7 +446,7 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _zip_names(path: str | os.PathLike) -> list[str]:
+def _zip_names(path: str | os.PathLike[str]) -> list[str]:
     """The member names of the zip archive at ``path`` (its directory only: nothing is extracted), or ``[]``."""
     import zipfile
 
@@ -452,7 +457,7 @@ def _zip_names(path: str | os.PathLike) -> list[str]:
         return []
 
 
-def _looks_pickled(path: str | os.PathLike) -> bool:
+def _looks_pickled(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a torch.save zip archive (it has a ``data.pkl`` member) or a raw pickle (first byte 0x80).
 
     Only the first bytes and, for a zip, its directory are read; nothing is unpickled.
@@ -467,13 +472,13 @@ def _looks_pickled(path: str | os.PathLike) -> bool:
     return head[:1] == b"\x80"
 
 
-def _looks_like_npz(path: str | os.PathLike) -> bool:
+def _looks_like_npz(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a zip of ``.npy`` arrays (a NumPy ``.npz``: a data set, not a model)."""
     names = _zip_names(path)
     return bool(names) and all(name.endswith(".npy") for name in names)
 
 
-def load_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+def load_with_meta(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model saved at ``path``; return it (eval mode, on ``device``) and its metadata.
 
     ``device`` is anything :func:`nonrobust.runtime.resolve_device` accepts
@@ -519,12 +524,12 @@ def load_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu") 
     for key in ("mean", "std"):
         if not torch.allclose(getattr(model.normalize, key).flatten().cpu(), torch.tensor(getattr(meta, key), device="cpu")):
             log.warning("%s: normalisation %s in the weights differs from the metadata; the weights' values are used", path, key)
-    model.nonrobust_meta = meta
+    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
     log.debug("loaded %s from %s onto %s", meta.describe(), path, device)
     return model, meta
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """:func:`load_with_meta` without the metadata (it is still on ``model.nonrobust_meta``)."""
     return load_with_meta(path, device)[0]
 
@@ -609,9 +614,9 @@ def pretrained(name: str, device: str | torch.device = "cpu") -> nn.Module:
     return _pretrained_with_meta(name, device)[0]
 
 
-def resolve(model_arg: str | os.PathLike, device: str | torch.device = "cpu",
+def resolve(model_arg: str | os.PathLike[str], device: str | torch.device = "cpu",
             input_shape: tuple[int, int, int] | None = None, options: Any = None,
-            data_dir: str | os.PathLike | None = None) -> tuple[nn.Module, CheckpointMeta]:
+            data_dir: str | os.PathLike[str] | None = None) -> tuple[nn.Module, CheckpointMeta]:
     """Turn a command-line model argument into ``(model, meta)``; the model is in eval mode on ``device``.
 
     ``model_arg`` is one of (tried in this order):
@@ -638,9 +643,12 @@ def resolve(model_arg: str | os.PathLike, device: str | torch.device = "cpu",
     route = model_route(arg)
     given = [name for name in ROUTE_OPTIONS if route is not None and getattr(options, name) is not None and route not in ROUTE_OPTIONS[name]]
     if given:
+        assert route is not None  # only a route can be given options it does not take
         flag = "--" + given[0].replace("_", "-")
         raise UserError(f"{flag} has no effect on {ROUTE_NAMES[route]} ({arg}): it is for "
                         f"{' and '.join(ROUTE_NAMES[r] for r in sorted(ROUTE_OPTIONS[given[0]]))}; drop it")
+    model: nn.Module | None
+    meta: CheckpointMeta | None
     if route == "pretrained":
         model, meta = _pretrained_with_meta(arg, device)
     elif route == "robustbench":
@@ -657,7 +665,8 @@ def resolve(model_arg: str | os.PathLike, device: str | torch.device = "cpu",
     else:
         model = meta = None
     if model is not None:
-        unwrap(model).nonrobust_source = arg  # the name or path the model was given as, for provenance (identity is its content)
+        assert meta is not None  # every route returns both
+        unwrap(model).nonrobust_source = arg  # type: ignore[assignment]  # the name or path the model was given as, for provenance (identity is its content)
         return model, meta
     names = ", ".join(PRETRAINED) or "(none)"
     raise UserError(f"{arg!r}: no such file, and not a pretrained model name ({names}): pass a nonrobust .safetensors checkpoint, "
@@ -672,7 +681,7 @@ ROUTE_OPTIONS: dict[str, set[str]] = {"num_classes": {"state_dict"}, "normalize"
 """The routes on which each :class:`nonrobust.foreign.ModelOptions` field has an effect; elsewhere it is refused."""
 
 
-def model_route(model_arg: str | os.PathLike) -> str | None:
+def model_route(model_arg: str | os.PathLike[str]) -> str | None:
     """Which route :func:`resolve` takes ``model_arg`` by: a :data:`ROUTE_NAMES` key, or ``None`` for none of them."""
     from . import foreign
 
@@ -718,6 +727,7 @@ def load_python_model(spec: str, input_shape: tuple[int, int, int], device: str 
     if not path.is_file():
         raise UserError(f"{path}: no such Python file")
     module_spec = importlib.util.spec_from_file_location(f"nonrobust_user_{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None  # a .py file always has a spec and a loader
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
@@ -735,14 +745,15 @@ def load_python_model(spec: str, input_shape: tuple[int, int, int], device: str 
         try:
             logits = model(torch.zeros(1, *input_shape, device=next(model.parameters(), torch.zeros(0, device="cpu")).device))
         except Exception as exc:
-            raise UserError(f"{spec}: the model fails on images of shape {list(input_shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise UserError(f"{spec}: the model fails on images of shape {list(input_shape)}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not (isinstance(logits, torch.Tensor) and logits.dim() == 2):
         raise UserError(f"{spec}: the model must return logits [B, K], got {type(logits).__name__} {list(getattr(logits, 'shape', []))}")
     c = input_shape[0]
-    meta = CheckpointMeta(arch=str(spec), num_classes=int(logits.shape[1]), input_shape=tuple(input_shape),
+    meta = CheckpointMeta(arch=str(spec), num_classes=int(logits.shape[1]), input_shape=cast("tuple[int, int, int]", tuple(input_shape)),
                           mean=[0.0] * c, std=[1.0] * c, split_layer=layer or "?",
                           recipe={"source": "user-supplied Python factory; normalisation is the model's own"})
-    model.nonrobust_meta = meta
+    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
     return model, meta
 
 
@@ -771,7 +782,7 @@ def check_compatible(model: nn.Module, meta: CheckpointMeta, input_shape: tuple[
                       stacklevel=2)
     if classes is not None and meta.classes is not None:
         if list(classes) != list(meta.classes)[:len(classes)]:
-            shown = lambda names: ", ".join(list(names)[:4]) + (", …" if len(names) > 4 else "")  # noqa: E731
+            shown: Callable[[Sequence[str]], str] = lambda names: ", ".join(list(names)[:4]) + (", …" if len(names) > 4 else "")  # noqa: E731
             warnings.warn(f"the data's classes ({shown(classes)}) are not the model's ({shown(meta.classes)}) in its order: labels are "
                           "compared with the model's outputs by index, so the accuracies are only meaningful for data in the model's "
                           "class order", stacklevel=2)
@@ -783,6 +794,7 @@ def check_compatible(model: nn.Module, meta: CheckpointMeta, input_shape: tuple[
         try:
             out = model(torch.zeros(1, *input_shape, device=device))
         except Exception as exc:
-            raise UserError(f"the model cannot process {input_shape[1]}×{input_shape[2]} images ({type(exc).__name__}): resize them with --image-size {meta.input_shape[1]}") from None
+            raise UserError(f"the model cannot process {input_shape[1]}×{input_shape[2]} images ({type(exc).__name__}): resize them with "
+                            f"--image-size {meta.input_shape[1]}") from None
     if out.shape[-1] != meta.num_classes:
         raise UserError(f"the model returns {out.shape[-1]} logits but its metadata says {meta.num_classes} classes")

@@ -64,7 +64,7 @@ REPRODUCE_PRESETS: dict[str, ReproducePreset] = {p.name: p for p in [
 
 
 def reproduce(preset: str, out_dir: str | Path, *, data_dir: str | None = None, device: str = "auto", seed: int = 0,
-              epochs: int | None = None, report_overrides: dict[str, Any] | None = None, progress: bool = True) -> dict:
+              epochs: int | None = None, report_overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train per :data:`REPRODUCE_PRESETS` ``[preset]``, then run the full report on the best checkpoint.
 
     ``epochs`` shortens training (e.g. for a smoke test); ``report_overrides`` go to

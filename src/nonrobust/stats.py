@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["wilson", "mcnemar", "paired_counts", "SIGNIFICANCE"]
 
@@ -34,10 +36,11 @@ def mcnemar(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2 ** n)
+    p: float = 2 * tail / 2 ** n
+    return min(1.0, p)
 
 
-def paired_counts(a_correct, b_correct) -> dict[str, float | int]:
+def paired_counts(a_correct: Iterable[Any], b_correct: Iterable[Any]) -> dict[str, float | int]:
     """Compare two results on the same images (bool sequences or tensors, one entry per image).
 
     Returns ``a_only`` (images right under A and wrong under B), ``b_only``, and ``p`` (:func:`mcnemar`).
@@ -46,6 +49,6 @@ def paired_counts(a_correct, b_correct) -> dict[str, float | int]:
     b = [bool(v) for v in b_correct]
     if len(a) != len(b):
         raise ValueError(f"paired results need the same images: {len(a)} against {len(b)}")
-    a_only = sum(x and not y for x, y in zip(a, b))
-    b_only = sum(y and not x for x, y in zip(a, b))
+    a_only = sum(x and not y for x, y in zip(a, b, strict=True))
+    b_only = sum(y and not x for x, y in zip(a, b, strict=True))
     return {"a_only": a_only, "b_only": b_only, "p": mcnemar(a_only, b_only)}

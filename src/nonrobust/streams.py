@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ from .split import LayerSplit, check_feature_map
 if TYPE_CHECKING:
     from .data import ImageDataset
 
-__all__ = ["attack_to_file", "summarise_file", "correct_under_attack", "StoredAdversarial", "worst_case", "split_dataset"]
+__all__ = ["attack_to_file", "attack_files", "summarise_file", "correct_under_attack", "StoredAdversarial", "worst_case", "split_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def attack_to_file(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Attack every image of ``dataset`` batch by batch and stream the results to ``out``.
 
     ``out`` (safetensors) holds ``x_adv`` (float32 ``[N, C, H, W]`` in [0,1]), ``y``,
@@ -67,7 +67,8 @@ def attack_to_file(
     out = check_output_path(out)
     n = len(dataset)
     check(n > 0, "the data set is empty")
-    settings = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size}
+    assert dataset.indices is not None  # set by ImageDataset.__post_init__
+    settings: dict[str, Any] = {"attack": attack.describe(), "seed": seed, "batch_size": batch_size}
     key = work_key("attack", model=model, data=dataset, settings=settings)
     meta = {**settings, "n": n, "key": key,
             "provenance": provenance(model=model, data=dataset, settings=settings, seeds={"attack": seed}, key=key)}
@@ -99,7 +100,8 @@ def attack_to_file(
     return summary
 
 
-def _pending_batches(dataset: "ImageDataset", writer: StreamingTensorFile, batch_size: int, device):
+def _pending_batches(dataset: "ImageDataset", writer: StreamingTensorFile, batch_size: int,
+                     device: torch.device | str | None) -> Iterator[tuple[int, Tensor, Tensor]]:
     """``(start, x, y)`` for every batch ``writer`` still has to write: all of them alone, this rank's shard under torchrun."""
     for start in writer.pending_starts():
         x, y = next(dataset.batches(batch_size, device=device, start=start))
@@ -113,7 +115,7 @@ def _rank_note(dist: Distributed) -> str:
 _SIZE_COLUMNS = ("linf", "l2", "nan", "min", "max")  # point_sizes' columns, as attack_to_file stores them
 
 
-def summarise_file(path: str | Path) -> dict:
+def summarise_file(path: str | Path) -> dict[str, Any]:
     """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
 
     ``perturbation`` measures every image; ``perturbation_changed`` the images the attack
@@ -163,7 +165,7 @@ class StoredAdversarial:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The attack's settings as it described itself when the file was written."""
         return dict(self.settings.get("attack", {}))
 
@@ -175,17 +177,45 @@ class StoredAdversarial:
         check(stop <= len(self), f"{self.path} holds {len(self)} images, asked for rows {start}…{stop}")
         check(torch.equal(self.labels[start:stop], y.cpu()), f"{self.path} was written for other images (labels differ): rerun its attack")
         with safe_open(str(self.path), framework="pt", device="cpu") as fh:
-            return fh.get_slice("x_adv")[start:stop].to(y.device)
+            return cast(Tensor, fh.get_slice("x_adv")[start:stop].to(y.device))
 
 
-def worst_case(paths: Iterable[str | Path]) -> dict:
+def attack_files(
+    model: nn.Module,
+    dataset: "ImageDataset",
+    attacks: dict[str, Attack],
+    folder: str | Path,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, StoredAdversarial]:
+    """Run each attack once over ``dataset`` into ``folder`` and return its examples for every table to read.
+
+    ``attacks`` maps a display label to an attack (e.g. :func:`nonrobust.attacks.make_attack_set`); each is
+    written by :func:`attack_to_file` to ``folder/<its registered name>-<n>.safetensors`` (resumable, keyed by
+    its work key, so a rerun with the same model, images and settings resumes). Returns label ->
+    :class:`StoredAdversarial`, which :mod:`nonrobust.analyses` takes in place of an attack, so that Tables 1
+    and 2 read the same examples instead of attacking again; :func:`summarise_file` of each ``.path`` is its
+    Table 3 row.
+    """
+    out: dict[str, StoredAdversarial] = {}
+    for i, (label, attack) in enumerate(attacks.items()):
+        path = Path(folder) / f"{i:02d}-{attack.name}.safetensors"
+        attack_to_file(model, dataset, attack, path, batch_size=batch_size, device=device, seed=seed, progress=progress)
+        out[label] = StoredAdversarial(path)
+    return out
+
+
+def worst_case(paths: Iterable[str | Path]) -> dict[str, Any]:
     """Per-point worst case over several :func:`attack_to_file` files of the same images.
 
     A point counts as robust when it is classified correctly clean and under every
     attack. Returns ``{"n", "worst_case_accuracy", "attacks"}``.
     """
     paths = list(paths)
-    check(paths, "no attack files")
+    check(bool(paths), "no attack files")
     ok, y0 = None, None
     for path in paths:
         t, _ = load_tensors(path, keys=("y", "clean_pred", "adv_pred"))
@@ -193,6 +223,7 @@ def worst_case(paths: Iterable[str | Path]) -> dict:
         y0 = t["y"]
         this = (t["clean_pred"] == t["y"]) & (t["adv_pred"] == t["y"])
         ok = this if ok is None else ok & this
+    assert ok is not None and y0 is not None  # paths is not empty
     return {"n": int(y0.numel()), "worst_case_accuracy": float(ok.float().mean()), "attacks": [str(p) for p in paths]}
 
 
@@ -206,7 +237,7 @@ def split_dataset(
     device: torch.device | str = "cpu",
     progress: bool = True,
     stability: int = 1,
-) -> dict:
+) -> dict[str, Any]:
     """Run the bottleneck over a data set and write the split to ``out`` (safetensors + ``.json`` summary).
 
     Per-image protocols stream batch by batch into ``out`` (``sigma``, ``var_z``,
@@ -234,7 +265,7 @@ def split_dataset(
     alone = config.protocol == "population" and dist.world > 1  # one split of the whole data set: rank 0 fits it, the others wait
     if alone and not dist.main:
         dist.barrier()
-        return read_json(out.with_suffix(".json"))
+        return cast("dict[str, Any]", read_json(out.with_suffix(".json")))
     n = len(dataset)
     check(n > 0, "the data set is empty")
     # a layer the bottleneck cannot use fails here, before any file is written
@@ -268,12 +299,16 @@ def split_dataset(
     return summary
 
 
+_SplitOutcome = tuple[dict[str, Tensor], Tensor, dict[str, Tensor] | None, Tensor | None]
+"""``(predictions, robust channel counts, seed agreement, mask labels)`` of one way of splitting a data set."""
+
+
 def _noise_seeds(config: IBConfig, stability: int) -> list[IBConfig]:
     return [replace(config, seed=config.seed + j) for j in range(stability)]
 
 
-def _split_population(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict, channels: int, *,
-                      batch_size: int, device, progress: bool, stability: int):
+def _split_population(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict[str, Any], channels: int, *,
+                      batch_size: int, device: torch.device | str, progress: bool, stability: int) -> _SplitOutcome:
     """One label-free ``[C]`` split of the whole data set, fitted and saved to ``out`` (not streamed: a rerun fits it again)."""
     n = len(dataset)
     batches = ReiterableBatches(lambda: dataset.batches(batch_size, device=device))
@@ -289,14 +324,15 @@ def _split_population(split: LayerSplit, dataset: "ImageDataset", config: IBConf
     return {k: torch.cat(v) for k, v in preds.items()}, res.robust_mask.float().sum().expand(n), agreement, None
 
 
-def _split_per_image(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict, channels: int, *,
-                     batch_size: int, device, progress: bool, stability: int):
+def _split_per_image(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict[str, Any], channels: int, *,
+                     batch_size: int, device: torch.device | str, progress: bool, stability: int) -> _SplitOutcome:
     """Every image's own split, streamed batch by batch into ``out`` (resumable under the work key ``meta["key"]``)."""
     n, seeds = len(dataset), _noise_seeds(config, stability)
+    assert dataset.indices is not None  # set by ImageDataset.__post_init__
     dist = Distributed.current()
     per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}
-    t_shape = (n, channels) if config.threshold == "channel" else (n,)  # the channel rule's T is σ_z² itself
-    specs = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, t_shape),
+    t_shape: tuple[int, ...] = (n, channels) if config.threshold == "channel" else (n,)  # the channel rule's T is σ_z² itself
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {**per_image, "robust_mask": (torch.uint8, (n, channels)), "threshold": (torch.float32, t_shape),
              **{k: (torch.int64, (n,)) for k in ("y", "labels", "index", "pred", "pred_robust", "pred_nonrobust")}}
     if stability > 1:
         specs.update(jaccard=(torch.float64, (n,)), pairs_both_empty=(torch.float64, (n,)), robust_every=(torch.int64, (n,)),
@@ -312,6 +348,7 @@ def _split_per_image(split: LayerSplit, dataset: "ImageDataset", config: IBConfi
                 warnings.simplefilter("ignore")  # degenerate batches are reported in the summary instead
                 runs = [distill(split, x, y, c, indices=torch.arange(start, start + x.shape[0], device="cpu")) for c in seeds]
             res = runs[0]
+            assert res.labels is not None  # distill records the labels it used
             p = masked_predictions(split, res, x)
             row = {"sigma": res.sigma, "var_z": res.var_z, "robust_mask": res.robust_mask.to(torch.uint8), "threshold": res.threshold,
                    "y": y, "labels": res.labels, "index": dataset.indices[start:start + x.shape[0]], "pred": p["int"],

@@ -64,7 +64,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +219,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON values."""
-        return json.loads(json.dumps(asdict(self)))
+        return cast("dict[str, Any]", json.loads(json.dumps(asdict(self))))
 
 
 def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
@@ -271,7 +271,7 @@ def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, epochs
 def _knots(spec: str) -> list[tuple[float, float]]:
     """``E0=F0,E1=F1,...`` as ``[(epoch, factor), ...]``; raises ValueError / UserError when malformed."""
     knots = [(float(e), float(f)) for e, f in (pair.split("=") for pair in spec.split(","))]
-    check(len(knots) >= 2 and all(f >= 0 for _, f in knots) and all(a[0] <= b[0] for a, b in zip(knots, knots[1:])),
+    check(len(knots) >= 2 and all(f >= 0 for _, f in knots) and all(a[0] <= b[0] for a, b in zip(knots, knots[1:], strict=False)),
           "give at least two knots EPOCH=FACTOR, epochs non-decreasing, factors ≥ 0")
     return knots
 
@@ -280,7 +280,7 @@ def _piecewise(knots: list[tuple[float, float]], t: float) -> float:
     """The factor at training position ``t`` (in epochs) of the piecewise-linear schedule through ``knots``."""
     if t <= knots[0][0]:
         return knots[0][1]
-    for (e0, f0), (e1, f1) in zip(knots, knots[1:]):
+    for (e0, f0), (e1, f1) in zip(knots, knots[1:], strict=False):
         if e0 < e1 and t <= e1:
             return (f0 * (e1 - t) + f1 * (t - e0)) / (e1 - e0)
     return knots[-1][1]
@@ -356,7 +356,9 @@ def _adversarial_ce_loss(b: Batch) -> tuple[Tensor, Tensor]:
 
 def _trades_loss(b: Batch) -> tuple[Tensor, Tensor]:
     cfg = b.config
+    assert cfg.beta is not None  # a resolved config
     if cfg.inner == "kl":
+        assert cfg.steps is not None and cfg.alpha is not None  # a resolved config
         x_adv = trades_adversary(b.attack_model, b.x, eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, generator=b.generator)
     else:
         x_adv = b.pgd()
@@ -367,6 +369,7 @@ def _trades_loss(b: Batch) -> tuple[Tensor, Tensor]:
 
 def _mart_loss(b: Batch) -> tuple[Tensor, Tensor]:
     cfg = b.config
+    assert cfg.beta is not None  # a resolved config
     x_adv = b.pgd()
     adv, clean = b.model(x_adv), b.model(b.x)
     ce = F.cross_entropy(adv, b.y)
@@ -401,7 +404,7 @@ class MethodSpec:
     loss: LossFn
     description: str
     beta: float | None = None
-    inners: tuple[str, ...] = ("ce",)
+    inners: tuple[Literal["ce", "kl"], ...] = ("ce",)
     fixed_steps: int | None = None
     alpha_factor: float = STEP_FACTORS["madry"]
     select_by: str = "pgd"
@@ -489,7 +492,7 @@ def make_config(preset: str | None = None, base: TrainConfig | None = None, **ov
     return TrainConfig(**values)
 
 
-def load_config(out_dir: str | os.PathLike) -> TrainConfig:
+def load_config(out_dir: str | os.PathLike[str]) -> TrainConfig:
     """The resolved config of the run in ``out_dir`` (its ``config.json``)."""
     path = Path(out_dir) / _FILES["config"]
     check(path.is_file(), f"{out_dir}: no training run to resume here (no {_FILES['config']})")
@@ -520,12 +523,13 @@ class _GlobalStream:
         index = self.device.index if self.device.index is not None else torch.cuda.current_device() if self.cuda else 0
         with torch.random.fork_rng(devices=[index] if self.cuda else []):
             if self.states is None:
-                torch.random.default_generator.manual_seed(self.seed)
+                torch.default_generator.manual_seed(self.seed)
                 if self.cuda:
                     torch.cuda.default_generators[index].manual_seed(self.seed)
             else:
                 torch.set_rng_state(self.states[0])
                 if self.cuda:
+                    assert self.states[1] is not None  # saved on the CUDA device
                     torch.cuda.set_rng_state(self.states[1], index)
             yield
             self.states = (torch.get_rng_state(), torch.cuda.get_rng_state(index) if self.cuda else None)
@@ -577,6 +581,7 @@ def _train_epoch(cfg: TrainConfig, model: nn.Module, trained: nn.Module, optimiz
     aug_gen = make_generator(derive_seed(cfg.seed, epoch, "augment", dist.rank), "cpu")  # augmentation runs on the uint8 CPU images
     attack_gen = make_generator(derive_seed(cfg.seed, epoch, "attack", dist.rank), device)
     dropout = _GlobalStream(derive_seed(cfg.seed, epoch, "dropout", dist.rank), device)
+    assert cfg.steps is not None  # a resolved config
     attack = PGD(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
     trained.train()
@@ -600,7 +605,7 @@ def _train_epoch(cfg: TrainConfig, model: nn.Module, trained: nn.Module, optimiz
             with amp:
                 loss, logits = spec.loss(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         with torch.no_grad():
             totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
@@ -651,7 +656,7 @@ class _RunFolder:
         return self.out / _FILES[key]
 
     def score(self, entry: dict[str, Any]) -> float:
-        return entry["eval_clean_acc" if self.select_by == "clean" else "eval_pgd_acc"]
+        return cast(float, entry["eval_clean_acc" if self.select_by == "clean" else "eval_pgd_acc"])
 
     def checkpoint(self, path: Path, entry: dict[str, Any]) -> None:
         recipe = {"config": self.cfg.to_dict(), "method": METHODS[self.cfg.method].description, **self.record}
@@ -739,6 +744,7 @@ def _initialise(model: nn.Module, cfg: TrainConfig) -> None:
     """Load ``cfg.init`` (a checkpoint or a state dict of ``cfg.arch``) into ``model``, strictly."""
     from .foreign import read_state_dict
 
+    assert cfg.init is not None  # called only with initial weights
     state = read_state_dict(cfg.init)
     own = model.state_dict()
     if not any(k.startswith("normalize.") for k in state):  # a plain state dict: the normalisation is the run's own
@@ -777,7 +783,7 @@ def _check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> bool:
 
 def train(
     config: TrainConfig,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     resume: bool = False,
     progress: bool = True,
     *,
@@ -821,15 +827,18 @@ def train(
             eval_set = (eval_dataset or load_dataset(cfg.data, "test", cfg.data_dir, n=cfg.eval_n, image_size=cfg.image_size)).first(cfg.eval_n)
             check(eval_set.input_shape == train_set.input_shape, f"held-out images are {eval_set.input_shape}, training images {train_set.input_shape}")
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-            torch.random.default_generator.manual_seed(derive_seed(cfg.seed, "init"))
+            torch.default_generator.manual_seed(derive_seed(cfg.seed, "init"))
             model = models.build(cfg.arch, train_set.num_classes, train_set.input_shape[0], cfg.mean, cfg.std, **cfg.arch_options)
         if cfg.init:
             _initialise(model, cfg)
-        model.nonrobust_source = f"{cfg.arch} initialised from {cfg.init}" if cfg.init else f"{cfg.arch} initialised from seed {cfg.seed}"
+        # (the ignore: torch types Module.__setattr__'s value as Tensor | Module)
+        model.nonrobust_source = (f"{cfg.arch} initialised from {cfg.init}" if cfg.init  # type: ignore[assignment]
+                                  else f"{cfg.arch} initialised from seed {cfg.seed}")
         identity = {"train_data": data_digest(train_set), "init": model_digest(model)}
         if eval_set is not None:
             identity["eval_data"] = data_digest(eval_set)
-        model = model.to(device, memory_format=torch.channels_last) if cfg.channels_last else model.to(device)
+        # torch's stubs leave memory_format out of Module.to's overloads (it takes it: a 4-D memory format for the parameters)
+        model = model.to(device, memory_format=torch.channels_last) if cfg.channels_last else model.to(device)  # type: ignore[call-overload]
         # Only now, with the data loaded and the model built, does the run folder get written: a mistake
         # in the settings leaves no half-made run behind (which a rerun would take for a run to --resume).
         dist.barrier()  # every rank has checked the folder before rank 0 writes to it
@@ -861,6 +870,7 @@ def train(
         for epoch in range(len(run.history), cfg.epochs):
             entry = _train_epoch(cfg, model, trained, optimizer, train_set, dist, device, epoch, progress)
             if dist.main:
+                assert eval_set is not None  # loaded on the main rank
                 entry.update(_held_out(cfg, model, eval_set, device))
                 run.end_epoch(entry)
                 log.info("epoch %d/%d: loss %.4f, train acc %.2f%%, held-out clean %.2f%%, PGD-%d %.2f%% (%.0f img/s)%s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, cast
 
 
 PAPER_PATTERN = {"robust_keeps": 0.8, "robust_above_chance": 2.0, "nonrobust_loses": 0.5}
@@ -27,7 +27,7 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
 
 
-def headline(results: dict) -> dict[str, Any]:
+def headline(results: dict[str, Any]) -> dict[str, Any]:
     """The few numbers ``nonrobust demo`` prints: accuracies clean and under each attack, and Table 1's and
     Table 2's rows for the reference attack (PGD-20 when it ran), per protocol."""
     t3 = results.get("table3", {"clean_accuracy": None, "rows": []})
@@ -44,21 +44,21 @@ def ci(v: float | None, n: int | None) -> str:
 
     if v is None or not n:
         return pct(v)
-    lo, hi = wilson(round(v * n), n)
+    lo, hi = cast("tuple[float, float]", wilson(round(v * n), n))  # n is an image count, not 0
     return f"{100 * v:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]"
 
 
-def _pair(table: dict, a: str, b: str) -> dict | None:
+def _pair(table: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
     """The paired test of rows labelled ``a`` and ``b``, oriented so that ``a_only`` counts images that survive ``a`` only."""
     for pr in table.get("paired", []):
         if (pr["a"], pr["b"]) == (a, b):
-            return pr
+            return cast("dict[str, Any]", pr)
         if (pr["a"], pr["b"]) == (b, a):
             return {**pr, "a": a, "b": b, "a_only": pr["b_only"], "b_only": pr["a_only"]}
     return None
 
 
-def versus(table: dict, a: dict, b: dict) -> str:
+def versus(table: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> str:
     """Which of attacks ``a`` and ``b`` (rows of one table, the same images) is stronger, by an exact McNemar test."""
     from ..stats import SIGNIFICANCE
 
@@ -72,7 +72,7 @@ def versus(table: dict, a: dict, b: dict) -> str:
     return f"the difference is not significant (exact McNemar p = {pr['p']:.2g}: {counts})"
 
 
-def readings(results: dict) -> dict[str, str]:
+def readings(results: dict[str, Any]) -> dict[str, str]:
     """A short plain-language reading of each result, written from the measured numbers."""
     out: dict[str, str] = {}
     if "table3" in results:
@@ -114,14 +114,14 @@ def readings(results: dict) -> dict[str, str]:
     return out
 
 
-def _verdict(clean: dict, attacked: dict, chance: float) -> str:
+def _verdict(clean: dict[str, Any], attacked: dict[str, Any], chance: float) -> str:
     """Whether Table 1's paper pattern holds for one protocol: ``holds``, ``holds only in part`` or ``does not hold``."""
     keeps = attacked["robust"] >= PAPER_PATTERN["robust_keeps"] * clean["robust"] and clean["robust"] > PAPER_PATTERN["robust_above_chance"] * chance
     collapses = attacked["nonrobust"] <= PAPER_PATTERN["nonrobust_loses"] * clean["nonrobust"]
     return "holds" if keeps and collapses else "holds only in part" if keeps or collapses else "does not hold"
 
 
-def _reading_table3(t3: dict) -> str:
+def _reading_table3(t3: dict[str, Any]) -> str:
     rows = {r["attack"]: r for r in t3["rows"]}  # keyed by registered attack, not by display label
     n = t3["n"]
     linf = sorted((r for r in t3["rows"] if r["norm"] == "linf"), key=lambda r: r["robust_accuracy"])
@@ -146,7 +146,7 @@ def _reading_table3(t3: dict) -> str:
     return " ".join(text)
 
 
-def _reading_table1(table1: dict, ref: str, chance: float) -> str:
+def _reading_table1(table1: dict[str, Any], ref: str, chance: float) -> str:
     """One comparative reading of Table 1 over the protocols shown."""
     from ..stats import SIGNIFICANCE, mcnemar
     shown = {p: t for p, t in table1.items() if ref in t["rows"]}
@@ -200,7 +200,7 @@ def _reading_table1(table1: dict, ref: str, chance: float) -> str:
     return " ".join(parts)
 
 
-def _reading_table2(table2: dict, ref: str) -> str:
+def _reading_table2(table2: dict[str, Any], ref: str) -> str:
     parts = []
     for protocol, t in table2.items():
         r = t["rows"].get(ref)
@@ -211,7 +211,7 @@ def _reading_table2(table2: dict, ref: str) -> str:
     return (" ".join(parts) + f" The paper reports {TABLE2_PAPER_RANGE} for the non-robust features.") if parts else f"{ref} misclassified no image."
 
 
-def _reading_tsne(tsne: dict, chance: float) -> str:
+def _reading_tsne(tsne: dict[str, Any], chance: float) -> str:
     sep = tsne.get("separation")
     if not sep:
         return ("Each point is one image's spatially averaged masked features. Separated class clusters in the robust panel "
@@ -227,7 +227,7 @@ def _reading_tsne(tsne: dict, chance: float) -> str:
             f"separated under attack, non-robust ones mix; the thresholds of Table 1's verdict) {pattern} here.")
 
 
-def summary(results: dict) -> list[str]:
+def summary(results: dict[str, Any]) -> list[str]:
     """The report's headline: 3–5 sentences on what was run and what held, from the measured numbers."""
     ref = results["reference_attack"]
     chance = 1 / len(results["classes"])
@@ -247,7 +247,7 @@ def summary(results: dict) -> list[str]:
         if verdicts:
             out.append("Table 1's pattern (robust features survive the attack, non-robust ones do not) " + "; ".join(verdicts) + ".")
         extra = []
-        for p, t in results["table1"].items():
+        for t in results["table1"].values():
             if "stability" in t and t["stability"]["jaccard_nonempty_pairs"] is not None:
                 extra.append(f"{t['stability']['seeds']} noise seeds agree on {t['stability']['jaccard_nonempty_pairs']:.2f} of an "
                              f"image's robust channels (mean Jaccard over pairs with any)")

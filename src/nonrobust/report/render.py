@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .run import Context
 
 
-def write_outputs(ctx: Context, results: dict) -> None:
+def write_outputs(ctx: Context, results: dict[str, Any]) -> None:
     from .. import figures
 
     out = ctx.out
@@ -53,11 +53,11 @@ def write_outputs(ctx: Context, results: dict) -> None:
         fh.write(render_html(results, figs))
 
 
-def _csv_tables(results: dict) -> dict[str, tuple[list[str], list[list]]]:
+def _csv_tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """One CSV per table present in ``results``: name -> (header, rows)."""
     attack_cols = ["label", "attack", "norm", "eps", "clean_accuracy", "robust_accuracy", "success_rate", "linf_max", "l2_median",
                    "l2_max", "changed", "l2_median_changed", "fooled", "l2_median_fooled", "nan", "seconds"]
-    out = {}
+    out: dict[str, tuple[list[str], list[list[Any]]]] = {}
     for name in ("table3", "table4"):
         if name in results:
             out[name] = (attack_cols, [[r[c] for c in attack_cols] for r in results[name]["rows"]])
@@ -106,12 +106,12 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _reading(results: dict, key: str) -> str:
+def _reading(results: dict[str, Any], key: str) -> str:
     text = results["readings"].get(key)
     return f'<p class="reading">{html.escape(text)}</p>' if text else ""
 
 
-def _attack_rows(table: dict) -> list[list[Any]]:
+def _attack_rows(table: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for r in table["rows"]:
         budget = f"L∞ ≤ {r['eps']:.4f} ({r['eps'] * 255:.1f}/255)" if r["norm"] == "linf" else "L2, unbounded"
@@ -134,7 +134,7 @@ WORDS = (("turned wrong", "an image the model classifies correctly, whose advers
 """The report's words with more than one possible meaning, each defined once at the top of the page."""
 
 
-def _paired(table: dict) -> str:
+def _paired(table: dict[str, Any]) -> str:
     if not table.get("paired"):
         return ""
     rows = [[pr["a"], pr["b"], pr["a_only"], pr["b_only"], f"{pr['p']:.3g}"] for pr in table["paired"]]
@@ -142,7 +142,7 @@ def _paired(table: dict) -> str:
             + _table(["attack A", "attack B", "survive only A", "survive only B", "p"], rows) + "</details>")
 
 
-def render_html(results: dict, figs: dict[str, bytes]) -> str:
+def render_html(results: dict[str, Any], figs: dict[str, bytes]) -> str:
     """The self-contained report page (no scripts, no external resources)."""
     s = results["settings"]
     e = results["environment"]
@@ -181,7 +181,7 @@ def render_html(results: dict, figs: dict[str, bytes]) -> str:
     return "\n".join(parts)
 
 
-def _html_table3(results: dict, figs: dict) -> list[str]:
+def _html_table3(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     t3 = results["table3"]
     return ["<h2>Table 3 — accuracy under attack</h2>", _table(_ATTACK_HEADER, _attack_rows(t3)),
             f"<p class=\"small\">Clean accuracy {html.escape(ci(t3['clean_accuracy'], t3['n']))} of {t3['n']} images; per-point "
@@ -190,7 +190,7 @@ def _html_table3(results: dict, figs: dict) -> list[str]:
             _reading(results, "table3")]
 
 
-def _html_table1(results: dict, figs: dict) -> list[str]:
+def _html_table1(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     parts = ["<h2>Table 1 — accuracy of intermediate, robust and non-robust features</h2>",
              "<p class=\"small\">Masks from the clean images, applied to the features of each input; the head after the layer "
              "classifies Z, Z_r = i_r·Z and Z_nr = i_nr·Z.</p>"]
@@ -218,7 +218,7 @@ def _html_table1(results: dict, figs: dict) -> list[str]:
     return parts + [_img(figs["table1"], "Table 1 as bars"), _reading(results, "table1")]
 
 
-def _html_table2(results: dict, figs: dict) -> list[str]:
+def _html_table2(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     parts = ["<h2>Table 2 — do non-robust features predict the adversarial label?</h2>",
              "<p class=\"small\">On the images misclassified under each attack; masks from the adversarial images (with the "
              "true labels for the per-image protocol).</p>"]
@@ -230,14 +230,14 @@ def _html_table2(results: dict, figs: dict) -> list[str]:
     return parts + [_reading(results, "table2")]
 
 
-def _html_table4(results: dict, figs: dict) -> list[str]:
+def _html_table4(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     t4 = results["table4"]
     on = f" (on the first {t4['n']} of the {results['n']} images: clean accuracy {pct(t4['clean_accuracy'])})" if t4["n"] < results["n"] else ""
     return [f"<h2>Table 4 — maximising / minimising the gradient norm of non-robust and robust features{on}</h2>",
             _table(_ATTACK_HEADER, _attack_rows(results["table4"])), _paired(results["table4"]), _reading(results, "table4")]
 
 
-def _html_tsne(results: dict, figs: dict) -> list[str]:
+def _html_tsne(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     t = results["tsne"]
     sep = t.get("separation", {})
     table = _table(["features", "k-NN accuracy on the embedding", "silhouette"],
@@ -247,7 +247,7 @@ def _html_tsne(results: dict, figs: dict) -> list[str]:
             _reading(results, "tsne")]
 
 
-def _html_featvis(results: dict, figs: dict) -> list[str]:
+def _html_featvis(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     c = results["featvis"]["config"]
     return ["<h2>Fig. 3 — feature visualisation</h2>", _img(figs["featvis"], "feature visualisation"),
             f"<p class=\"small\">Fourier parameterisation{', colour decorrelation' if c.get('decorrelate') else ''}, Adam lr "
@@ -255,7 +255,7 @@ def _html_featvis(results: dict, figs: dict) -> list[str]:
             f"run on its batch.</p>", _reading(results, "featvis")]
 
 
-def _html_beta(results: dict, figs: dict) -> list[str]:
+def _html_beta(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     b = results["beta_sweep"]
     ref = b["attack"]
     return [f"<h2>Fig. 5 — β sweep ({b['n']} images)</h2>", _img(figs["beta"], "beta sweep"),
@@ -266,11 +266,11 @@ def _html_beta(results: dict, figs: dict) -> list[str]:
             _reading(results, "beta")]
 
 
-def _html_sigma(results: dict, figs: dict) -> list[str]:
+def _html_sigma(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     return ["<h2>σ² against the threshold T</h2>", _img(figs["sigma"], "sigma distribution"), _reading(results, "sigma")]
 
 
-def _html_population(results: dict, figs: dict) -> list[str]:
+def _html_population(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     pop = results["population"]
     return ["<h2>Population split</h2>",
             f"<p>Fitted on {html.escape(pop['fitted_on'])} ({pop['n']} images): {pop['robust']:.0f} robust and "
@@ -279,7 +279,7 @@ def _html_population(results: dict, figs: dict) -> list[str]:
             + ".</p>"]
 
 
-_SECTION_HTML: dict[str, Callable[[dict, dict], list[str]]] = {
+_SECTION_HTML: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
     "table3": _html_table3, "table1": _html_table1, "table2": _html_table2, "table4": _html_table4, "tsne": _html_tsne,
     "featvis": _html_featvis, "beta_sweep": _html_beta, "sigma": _html_sigma, "population": _html_population,
 }

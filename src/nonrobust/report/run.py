@@ -8,12 +8,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 import torch
 from torch import nn
 
-from ..attacks import ATTACKS
+from ..attacks import ATTACKS, Attack
 from ..errors import UserError, check
 from ..identity import data_digest, model_digest, provenance
 from ..io import check_output_folder, exclusive, load_tensors, read_json, save_tensors
@@ -21,6 +21,9 @@ from .readings import headline, readings
 from .render import write_outputs
 from .settings import TABLE4, TABLE4_LABELS, ReportSettings, attack_overrides
 from .steps import Steps
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Context:
     steps: Steps
     progress: bool
     notes: list[str] = field(default_factory=list)
-    attack_rows: dict[str, dict] = field(default_factory=dict)  # each attack's Table 3 row, once per run
+    attack_rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # each attack's Table 3 row, once per run
     subset: str = ""  # "" for the evaluated images, "-firstN" for a table run on the first N of them
 
     def first(self, n: int | None) -> "Context":
@@ -44,8 +47,8 @@ class Context:
             return self
         return replace(self, ds=self.ds.first(n), attack_rows={}, subset=f"-first{n}")
 
-    def batches(self, n: int | None = None):
-        ds = self.ds if n is None else self.ds.first(min(n, len(self.ds)))
+    def batches(self, n: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds: ImageDataset = self.ds if n is None else self.ds.first(min(n, len(self.ds)))
         return ds.batches(self.settings.batch_size, device=self.device)
 
     def adv_path(self, key: str) -> Path:
@@ -67,7 +70,7 @@ SECTIONS = ("table3", "table4", "table1", "table2", "tsne", "featvis", "beta", "
 
 
 def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str, ...] | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True) -> dict[str, Any]:
     """Run every analysis for ``settings`` into ``out_dir`` and write the report; returns ``results.json``'s content.
 
     ``only`` restricts the run to some of :data:`SECTIONS` (plus the attacks they need).
@@ -95,7 +98,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
                                  data_dir=settings.data_dir)
     models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device, classes=ds.classes)
     layer = settings.layer or meta.split_layer
-    check(layer, "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
+    check(bool(layer), "the model has no default split layer: pass --layer (see `nonrobust models layers`)")
     split = split_model(model, layer)
     check_feature_map(split, next(ds.batches(1, device=device))[0])
     warn_about_model(model, *next(ds.first(min(len(ds), 32)).batches(32, device=device)), ds.num_classes)
@@ -125,7 +128,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
             results["table4"] = _table_attacks(ctx.first(settings.table4_n), TABLE4, TABLE4_LABELS)
         if not dist.main:  # under torchrun the attacks above were sharded; rank 0 does the rest from their files
             dist.barrier()
-            return read_json(out / "results.json")
+            return cast("dict[str, Any]", read_json(out / "results.json"))
         if wanted & {"table1", "table2"}:
             population = _population(ctx, full)
             results["population"] = population["summary"]
@@ -159,7 +162,7 @@ def _reference_attack(attacks: tuple[str, ...]) -> str:
     return attacks[0]
 
 
-def _make_attack(ctx: Context, key: str):
+def _make_attack(ctx: Context, key: str) -> Attack:
     from ..attacks import make_attack
 
     overrides = attack_overrides(key, ctx.settings)
@@ -168,7 +171,7 @@ def _make_attack(ctx: Context, key: str):
     return make_attack(key, **overrides)
 
 
-def _table_attacks(ctx: Context, keys: tuple[str, ...], labels: dict[str, str] | None = None) -> dict:
+def _table_attacks(ctx: Context, keys: tuple[str, ...], labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Run (or reuse) each attack over the images; rows of accuracy (with 95% Wilson intervals) and measured
     perturbation sizes, and an exact McNemar test for every pair of attacks (same images: a paired comparison).
 
@@ -184,7 +187,7 @@ def _table_attacks(ctx: Context, keys: tuple[str, ...], labels: dict[str, str] |
         path = ctx.adv_path(key)
         desc = attack.describe()
 
-        def compute(attack=attack, path=path) -> dict:
+        def compute(attack: Attack = attack, path: Path = path) -> dict[str, Any]:
             s = attack_to_file(ctx.model, ctx.ds, attack, path, batch_size=ctx.settings.batch_size, device=ctx.device,
                                seed=ctx.settings.seed, progress=ctx.progress)
             return {"seconds_attacking": s.get("seconds_this_run")}
@@ -206,18 +209,18 @@ def _table_attacks(ctx: Context, keys: tuple[str, ...], labels: dict[str, str] |
     correct = {r["attack"]: correct_under_attack(ctx.adv_path(r["attack"])) for r in rows}
     paired = [{"a": a["label"], "b": b["label"], **paired_counts(correct[a["attack"]], correct[b["attack"]])}
               for i, a in enumerate(rows) for b in rows[i + 1:]]
-    clean = rows[0]["clean_accuracy"] if rows else None
+    clean: Any = rows[0]["clean_accuracy"] if rows else None
     return {"n": len(ctx.ds), "clean_accuracy": clean, "clean_accuracy_ci95": wilson(round(clean * len(ctx.ds)), len(ctx.ds)) if rows else None,
             "rows": rows, "paired": paired, "worst_case_linf": worst_case(linf)["worst_case_accuracy"] if linf else None}
 
 
-def _stored(ctx: Context, keys: tuple[str, ...]) -> dict:
+def _stored(ctx: Context, keys: tuple[str, ...]) -> dict[str, Any]:
     from ..streams import StoredAdversarial
 
     return {ATTACKS[k].label: StoredAdversarial(ctx.adv_path(k)) for k in keys}
 
 
-def _population(ctx: Context, full) -> dict:
+def _population(ctx: Context, full: ImageDataset) -> dict[str, Any]:
     """Fit (or reuse) the population split on images other than the evaluated ones where there are some."""
     from .. import data
     from ..bottleneck import IBResult, ReiterableBatches, distill_population
@@ -244,7 +247,7 @@ def _population(ctx: Context, full) -> dict:
     config = replace(ctx.ib, protocol="population", iterations=s.population_iterations, threshold=s.population_threshold)
     path = ctx.out / "population.safetensors"
 
-    def compute() -> dict:
+    def compute() -> dict[str, Any]:
         res = distill_population(ctx.split, ReiterableBatches(lambda: fit.batches(s.batch_size, device=ctx.device)), config,
                                  total=-(-len(fit) // s.batch_size), progress=ctx.progress)
         res.save(path)
@@ -256,7 +259,7 @@ def _population(ctx: Context, full) -> dict:
     return {"summary": summary, "result": IBResult.load(path, ctx.device)}
 
 
-def _feature_table(ctx: Context, which: str, stored: dict, protocol: str, population: dict) -> dict:
+def _feature_table(ctx: Context, which: str, stored: dict[str, Any], protocol: str, population: dict[str, Any]) -> dict[str, Any]:
     """Table 1 (``which="table1"``) or Table 2 (``"table2"``) under one protocol, from the stored adversarial examples."""
     from ..analyses import adversarial_agreement, feature_accuracy
 
@@ -271,11 +274,11 @@ def _feature_table(ctx: Context, which: str, stored: dict, protocol: str, popula
         ctx.model, ctx.split, ctx.batches(), stored, seed=ctx.settings.seed, total=len(ctx.ds), progress=ctx.progress, **kwargs))
 
 
-def _sigma(ctx: Context) -> dict:
+def _sigma(ctx: Context) -> dict[str, Any]:
     """σ², σ_z², T and masks of the first batch (per-image protocol), for the σ² plot."""
     path = ctx.steps.file("sigma")
 
-    def compute() -> dict:
+    def compute() -> dict[str, Any]:
         x, _, res = ctx.first_batch
         save_tensors(path, {"sigma": res.sigma, "var_z": res.var_z, "threshold": res.threshold, "robust": res.robust_mask.to(torch.uint8)})
         sq = res.sigma.pow(2)
@@ -286,14 +289,14 @@ def _sigma(ctx: Context) -> dict:
     return ctx.steps.run("sigma", {"ib": asdict(ctx.ib)}, compute, files=(path,))
 
 
-def _beta_sweep(ctx: Context, pgd: str) -> dict:
+def _beta_sweep(ctx: Context, pgd: str) -> dict[str, Any]:
     from ..analyses import beta_sweep
 
     s = ctx.settings
     stored = _stored(ctx, (pgd,))
     n = min(s.beta_n, len(ctx.ds))
 
-    def compute() -> dict:
+    def compute() -> dict[str, Any]:
         rows = beta_sweep(ctx.model, ctx.split, lambda: ctx.batches(n), stored, s.betas, config=ctx.ib, seed=s.seed,
                           progress=ctx.progress)
         return {"n": n, "attack": ATTACKS[pgd].label, "rows": rows}
@@ -302,7 +305,7 @@ def _beta_sweep(ctx: Context, pgd: str) -> dict:
                                         "attack": stored[ATTACKS[pgd].label].describe()}, compute)
 
 
-def _tsne(ctx: Context, pgd: str) -> dict:
+def _tsne(ctx: Context, pgd: str) -> dict[str, Any]:
     from ..analyses import cluster_separation, pooled_features, tsne_embedding
 
     s = ctx.settings
@@ -310,7 +313,7 @@ def _tsne(ctx: Context, pgd: str) -> dict:
     label = ATTACKS[pgd].label
     path = ctx.steps.file("tsne")
 
-    def compute() -> dict:
+    def compute() -> dict[str, Any]:
         feats = pooled_features(ctx.model, ctx.split, ctx.batches(n), _stored(ctx, (pgd,)), config=ctx.ib, seed=s.seed,
                                 progress=ctx.progress)
         emb = {}
@@ -327,7 +330,7 @@ def _tsne(ctx: Context, pgd: str) -> dict:
     return {**result, "separation": separation}
 
 
-def _featvis(ctx: Context, pgd: str) -> dict:
+def _featvis(ctx: Context, pgd: str) -> dict[str, Any]:
     """Fig. 3 on the first images of the first batch that the attack fooled (masks from each input's own batch)."""
     from ..bottleneck import distill, masked_predictions
     from ..streams import StoredAdversarial
@@ -338,7 +341,7 @@ def _featvis(ctx: Context, pgd: str) -> dict:
     config = FeatVisConfig(steps=s.featvis_steps, seed=s.seed)
     stored = StoredAdversarial(ctx.adv_path(pgd))
 
-    def compute() -> dict:
+    def compute() -> dict[str, Any]:
         x, y, clean_masks = ctx.first_batch
         x_adv = stored.rows(0, y)
         t, _ = load_tensors(stored.path, keys=("clean_pred", "adv_pred"))  # the model's predictions, stored with the attack

@@ -123,9 +123,9 @@ class ReportSettings:
         check(all(b >= 0 for b in self.betas), "every β must be ≥ 0")
 
 
-_QUICK = dict(n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"), l2_steps=50, table4_n=64,
-              population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200,
-              featvis_images=2, featvis_steps=96, table4=True)
+_QUICK: dict[str, Any] = dict(n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"), l2_steps=50, table4_n=64,
+                              population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200,
+                              featvis_images=2, featvis_steps=96, table4=True)
 
 
 def _default(name: str) -> Any:

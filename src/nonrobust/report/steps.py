@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 
 from ..errors import UserError
 from ..runtime import Distributed
@@ -19,13 +19,13 @@ class Steps:
     """Run named steps once: ``DIR/steps/<name>.json`` holds each result under its work key
     (:func:`nonrobust.identity.work_key` of the model, the evaluated images, ``base`` and the step's own settings)."""
 
-    def __init__(self, out_dir: Path, model: str, data: str, base: dict) -> None:
+    def __init__(self, out_dir: Path, model: str, data: str, base: dict[str, Any]) -> None:
         self.dir = out_dir / "steps"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.model, self.data, self.base = model, data, base  # digests of the model and the evaluated images
-        self.timings: dict[str, dict] = {}
+        self.timings: dict[str, dict[str, Any]] = {}
 
-    def run(self, name: str, params: dict, fn: Callable[[], dict], files: tuple[Path, ...] = ()) -> dict:
+    def run(self, name: str, params: dict[str, Any], fn: Callable[[], dict[str, Any]], files: tuple[Path, ...] = ()) -> dict[str, Any]:
         key = work_key(f"report-step:{name}", model=self.model, data=self.data, settings={"base": self.base, "params": params})
         path = self.dir / f"{name}.json"
         if path.is_file():
@@ -36,7 +36,7 @@ class Steps:
             if record.get("key") == key and all(Path(f).is_file() for f in files):
                 self.timings[name] = {"seconds": record["seconds"], "reused": True}
                 log.info("step %s: reusing %s", name, path)
-                return record["result"]
+                return cast("dict[str, Any]", record["result"])
         log.info("step %s", name)
         t0 = time.perf_counter()
         result = fn()
