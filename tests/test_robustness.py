@@ -155,7 +155,7 @@ BAD_INPUT = [
     ("attack/eps negative", _attack("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--eps", "-0.1"), "--eps: expected a positive number"),
     ("attack/eps nan", _attack("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--eps", "nan"), "--eps: expected a positive number"),
     ("attack/steps 0", _attack("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--steps", "0"), "--steps: expected a positive integer"),
-    ("attack/n 0", _attack("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--n", "0"), "--n/--first: expected a positive integer"),
+    ("attack/n 0", _attack("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--n", "0"), "--first/--n: expected a positive integer"),
     ("attack/batch size 0", _attack("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--batch-size", "0"), "--batch-size: expected a positive integer"),
     ("attack/unknown attack", ["attack", "--model", "{d}/tiny.safetensors", "--data", "npz:{d}/rgb.npz", "--attack", "nope", "--out", "{o}/a.safetensors"],
      "unknown attack 'nope'"),
@@ -185,7 +185,7 @@ BAD_INPUT = [
                                                             "--layer", "classifier"), "4-D feature map"),
     ("split/iterations 0", _split("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--iterations", "0"), "--iterations: expected a positive integer"),
     ("split/beta negative", _split("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--beta", "-1"), "--beta: expected a number ≥ 0"),
-    ("split/n 0", _split("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--n", "0"), "--n/--first: expected a positive integer"),
+    ("split/n 0", _split("{d}/tiny.safetensors", "npz:{d}/rgb.npz", "--n", "0"), "--first/--n: expected a positive integer"),
     ("split/out ends in .json", _split(out="{o}/split.json"), "cannot end in .json"),
     ("split/out is a folder", _split(out="{o}"), "is a folder"),
     # train
@@ -225,7 +225,7 @@ BAD_INPUT = [
     ("data info/missing folder", ["data", "info", "--data", "folder:{d}/missing"], "no such folder"),
     ("data info/folder without classes", ["data", "info", "--data", "folder:{d}/folder.safetensors"], "no class sub-folders"),
     ("data info/cifar10 not prepared", ["data", "info", "--data", "cifar10", "--data-dir", "{o}/nothing"], "nonrobust data prepare cifar10"),
-    ("data info/n 0", ["data", "info", "--data", "npz:{d}/rgb.npz", "--n", "0"], "--n/--first: expected a positive integer"),
+    ("data info/n 0", ["data", "info", "--data", "npz:{d}/rgb.npz", "--n", "0"], "--first/--n: expected a positive integer"),
     # models layers
     ("models layers/missing", ["models", "layers", "--model", "{d}/missing.safetensors"], "no such file"),
     ("models layers/truncated", ["models", "layers", "--model", "{d}/truncated.safetensors"], "not a readable safetensors file"),

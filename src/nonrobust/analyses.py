@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import Attack
-from .bottleneck import IBConfig, IBResult, distill, masked_predictions, seed_agreement, summarise_agreement
+from .bottleneck import IBConfig, IBResult, distill, masked_predictions, noise_seeds, seed_agreement, summarise_agreement
 from .errors import check
 from .evaluation import attack_batch
 from .streams import StoredAdversarial
@@ -118,7 +118,7 @@ def feature_accuracy(
         res = _masks(split, x, y, config, population, indices)
         if per_image and stability > 1:
             assert config is not None  # per-image: _protocol checked that a config is given
-            runs = [res] + [_masks(split, x, y, replace(config, seed=config.seed + j), None, indices) for j in range(1, stability)]
+            runs = [res] + [_masks(split, x, y, c, None, indices) for c in noise_seeds(config, stability)[1:]]
             agreements.append({k: v.cpu() for k, v in seed_agreement(torch.stack([r.robust_mask for r in runs])).items()})
         if per_image and label_control:
             assert config is not None  # per-image: _protocol checked that a config is given

@@ -43,9 +43,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +55,11 @@ from tqdm.auto import tqdm
 from .errors import UserError, check
 from .fields import setting
 from .io import load_tensors, save_tensors
-from .runtime import derive_seed, frozen, make_generator
+from .runtime import derive_seed, frozen, index_seed, make_generator
 from .split import LayerSplit, require_4d
 
 __all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches",
-           "seed_agreement", "summarise_agreement", "robust_channels", "threshold_quantile", "PROTOCOLS", "LABEL_SOURCES"]
+           "seed_agreement", "summarise_agreement", "describe_agreement", "noise_seeds", "robust_channels", "threshold_quantile", "PROTOCOLS", "LABEL_SOURCES"]
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class _PerImageNoise:
 
     def __init__(self, indices: Tensor, seed: int, shape: tuple[int, ...], iterations: int, device: torch.device) -> None:
         """``iterations``: how many draws (the bottleneck's iterations × its samples per step)."""
-        self.gens = [make_generator(seed * 1_000_003 + int(i), device) for i in indices.tolist()]
+        self.gens = [make_generator(index_seed(seed, int(i)), device) for i in indices.tolist()]
         self.shape, self.device = shape, device
         self.table = None
         if shape[1:] == (1, 1):
@@ -602,6 +602,20 @@ def summarise_agreement(agreement: dict[str, Tensor], channels: int, seeds: int)
             "every_of_any": int(agreement["every"].sum()) / any_robust if any_robust else None,
             "empty_sets": "a pair of seeds whose robust sets are both empty counts as agreement (Jaccard 1) in jaccard_mean; "
                           "pairs_both_empty is the share of such pairs, and jaccard_nonempty_pairs leaves them out"}
+
+
+def noise_seeds(config: IBConfig, k: int) -> list[IBConfig]:
+    """``config`` with the noise seeds ``config.seed``, ``+ 1``, …, ``+ k − 1``: the splits a stability measurement compares."""
+    return [replace(config, seed=config.seed + j) for j in range(k)]
+
+
+def describe_agreement(summary: Mapping[str, Any]) -> str:
+    """One sentence of a :func:`summarise_agreement` summary (the ``split`` printout and the report say it alike)."""
+    nonempty = "—" if summary["jaccard_nonempty_pairs"] is None else f"{summary['jaccard_nonempty_pairs']:.3f}"
+    return (f"stability over {summary['seeds']} noise seeds: mean Jaccard overlap of each image's robust sets "
+            f"{summary['jaccard_mean']:.3f} (a pair of empty sets counts as 1: {summary['pairs_both_empty']:.1%} of pairs; without "
+            f"them {nonempty}); entries robust under every seed {summary['robust_every_seed']:.2%}, under any "
+            f"{summary['robust_any_seed']:.2%}")
 
 
 class ReiterableBatches:

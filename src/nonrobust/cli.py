@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence, cast
 
 from . import __version__
+from .fields import DATA_DIR_HELP
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -40,10 +41,10 @@ def _data_help() -> str:
 # --------------------------------------------------------------------------- shared options
 def add_data_args(p: argparse.ArgumentParser, default_split: str = "test") -> None:
     p.add_argument("--data", required=True, metavar="NAME", help=_data_help())
-    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.add_argument("--split", choices=("train", "test"), default=default_split, help=f"which split (default {default_split})")
-    p.add_argument("--n", "--first", dest="n", type=_positive_int, metavar="N",
-                   help="use only the first N images (--first under torchrun, which takes --n for its own --nnodes)")
+    p.add_argument("--first", "--n", dest="n", type=_positive_int, metavar="N",
+                   help="use only the first N images (in the --order below; --n is an alias, but torchrun takes --n for its own --nnodes)")
     p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize images to PX×PX (folder and tiny-imagenet data)")
     p.add_argument("--order", choices=("balanced", "file"), default="balanced",
                    help="balanced (default: a split stored sorted by class, such as the CIFAR-10 test set of the JPEG copy, is read "
@@ -260,11 +261,9 @@ def cmd_split(args: argparse.Namespace) -> int:
           f"{s['robust_channels_mean']:.1f} robust / {s['nonrobust_channels_mean']:.1f} non-robust of {s['channels']} channels (mean per image)")
     print(f"accuracy from Z {acc['int']:.2%}, from Z_r {acc['robust']:.2%}, from Z_nr {acc['nonrobust']:.2%}")
     if "stability" in s:
-        st = s["stability"]
-        nonempty = "—" if st["jaccard_nonempty_pairs"] is None else f"{st['jaccard_nonempty_pairs']:.3f}"
-        print(f"stability over {st['seeds']} noise seeds: mean Jaccard overlap of the robust sets {st['jaccard_mean']:.3f} "
-              f"(pairs with both sets empty count as 1: {st['pairs_both_empty']:.1%} of pairs; without them {nonempty}); "
-              f"entries robust under every seed {st['robust_every_seed']:.2%}, under any {st['robust_any_seed']:.2%}")
+        from .bottleneck import describe_agreement
+
+        print(describe_agreement(s["stability"]))
     if "mask_labels" in s:
         m = s["mask_labels"]
         print(f"masks made with {m['source']} labels: Z_r predicts them for {m['robust_predicts_mask_label']:.2%} of the images, "
@@ -508,8 +507,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"error: {message}\n")
+        # the one error line, naming where the options are (not the whole usage block before it)
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 _RESUME = "rerun the same command to resume from the last finished batch"
@@ -531,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub_data = p_data.add_subparsers(dest="data_command", metavar="ACTION")
     p = sub_data.add_parser("prepare", help="download (with checksums) or check a data set")
     p.add_argument("name", help="cifar10, cifar100, svhn, tiny-imagenet, folder:PATH or npz:PATH")
-    p.add_argument("--data-dir", metavar="DIR", help="target folder (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.add_argument("--no-download", action="store_true", help="only check that the files are present")
     p.set_defaults(func=cmd_data_prepare)
     p = sub_data.add_parser("info", help="load a data set and print its size and class counts")
@@ -607,9 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train at the paper's settings, then split, tables and figures (resumable; for GPU users)")
     p.add_argument("--preset", required=True, choices=_reproduce_presets(), help="which experiment")
     p.add_argument("--out", required=True, metavar="DIR", help="folder: DIR/train (the run) and DIR/report")
-    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.add_argument("--epochs", type=_positive_int, help="train fewer epochs than the recipe (a smoke test)")
-    p.add_argument("--n", type=_positive_int, help="report on the first N test images only")
+    p.add_argument("--first", "--n", dest="n", type=_positive_int, metavar="N", help="report on the first N test images only (--n: alias)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     add_device_arg(p)
     p.set_defaults(func=cmd_reproduce, resume_hint=_RESUME)
@@ -642,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
                    help="image shape (default: the checkpoint's, or that of --data)")
     p.add_argument("--data", metavar="NAME", help="take the image shape from this data set instead: " + _data_help())
-    p.add_argument("--data-dir", metavar="DIR", help="where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.add_argument("--image-size", type=_positive_int, metavar="PX", help="resize the data's images to PX×PX")
     p.set_defaults(func=cmd_models_layers)
     return parser

@@ -49,10 +49,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import UserError, check
+from .fields import DATA_DIR_HELP, DEFAULT_DATA_ENV
 from .io import assets_dir as _assets_dir, atomic_write
 
 __all__ = [
     "DEFAULT_DATA_ENV",
+    "DATA_DIR_HELP",
     "DATA_CHOICES_HELP",
     "DATASETS",
     "DatasetInfo",
@@ -67,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_ENV = "NONROBUST_DATA"
 SPLITS = ("train", "test")
 ORDERS = ("balanced", "file")
 """The orders a data set can be read in: ``balanced`` (the default: a split stored sorted by class, as the
@@ -353,6 +354,10 @@ def _read_cifar_pickle(path: Path) -> dict[str, object]:
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+"""CIFAR-10's training-set per-channel mean and standard deviation (pixels in [0,1]): the one home of these numbers
+(the data sets' registry and ``--normalize cifar10`` read them here)."""
+
 JPEG_COPY = ("a JPEG-re-encoded copy of CIFAR-10 (its files name JPEG images), not the official PNG-exact files: "
              "numbers can differ slightly from those on the official data set")
 """The provenance of CIFAR files whose images were re-encoded as JPEG (e.g. by ``shared/data/cifar10_from_jpeg.py``)."""
@@ -443,8 +448,8 @@ DATASETS: dict[str, DatasetInfo] = {
             files=(RemoteFile("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
             required=(*_CIFAR10_BATCHES["train"], *_CIFAR10_BATCHES["test"], "batches.meta"),
             flip=True,
-            mean=(0.4914, 0.4822, 0.4465),
-            std=(0.2470, 0.2435, 0.2616),
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
             notes="CIFAR-10 (Krizhevsky 2009), python release: 50,000 train / 10,000 test 32x32 colour images, 10 classes.",
         ),
         DatasetInfo(
@@ -500,8 +505,8 @@ DATASETS: dict[str, DatasetInfo] = {
             files=(),
             required=(),
             flip=True,
-            mean=(0.4914, 0.4822, 0.4465),
-            std=(0.2470, 0.2435, 0.2616),
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
             notes="1,000 CIFAR-10 test images shipped with the package (100 per class, from the JPEG-re-encoded copy; "
                   "scripts/make_cifar10_slice.py); test split only; for demos without a download.",
             bundled=True,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .attacks import Attack, point_sizes, summarise_sizes
 from .errors import check
-from .runtime import make_generator
+from .runtime import index_seed, make_generator
 
 __all__ = ["NormStats", "evaluate_attacks", "batch_generator", "attack_batch"]
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def batch_generator(seed: int, batch_index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator used for batch ``batch_index`` of a seeded run (so a resumed run draws the same numbers)."""
-    return make_generator(seed * 1_000_003 + batch_index, device)
+    return make_generator(index_seed(seed, batch_index), device)
 
 
 def attack_batch(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, *, seed: int, batch: int, start: int,

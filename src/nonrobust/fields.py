@@ -15,7 +15,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
-__all__ = ["KINDS", "setting", "help_of", "kind_of", "default_of"]
+__all__ = ["KINDS", "setting", "help_of", "kind_of", "default_of", "DEFAULT_DATA_ENV", "DATA_DIR_HELP"]
+
+DEFAULT_DATA_ENV = "NONROBUST_DATA"
+"""The environment variable that names the data folder when ``--data-dir`` is not given (see :func:`nonrobust.data.default_data_dir`)."""
+DATA_DIR_HELP = f"where data sets live (default: ${DEFAULT_DATA_ENV}, else ~/.cache/nonrobust/data)"
+"""The one help text of every ``--data-dir`` option and ``data_dir`` setting."""
 
 KINDS = ("positive_int", "positive", "non_negative", "int", "float", "text", "choice", "flag", "list")
 """How a setting's value is read from text: a positive integer, a number > 0, a number ≥ 0, any integer, any

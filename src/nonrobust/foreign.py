@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
+from .data import DATASETS
 from .errors import UserError, check
 from .fields import setting
 
@@ -40,14 +41,15 @@ __all__ = ["NORMALIZATIONS", "ModelOptions", "parse_normalize", "parse_arch_opti
            "load_state_dict_model", "is_robustbench_spec", "load_robustbench", "convert"]
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": (DATASETS["cifar10"].mean, DATASETS["cifar10"].std),
+    "cifar100": (DATASETS["cifar100"].mean, DATASETS["cifar100"].std),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "none": ((0.0,), (1.0,)),
 }
 """Named input normalisations ``(mean, std)`` per channel (``none``: the weights take images in [0,1] as they are).
-``cifar10`` is the training set's per-channel mean and standard deviation; some code bases use std
-(0.2023, 0.1994, 0.2010) instead: pass those numbers explicitly."""
+``cifar10`` and ``cifar100`` are the training sets' per-channel mean and standard deviation, read from the data sets'
+registry (:data:`nonrobust.data.DATASETS`, their one home); some code bases use std (0.2023, 0.1994, 0.2010) for
+CIFAR-10 instead: pass those numbers explicitly."""
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "ema")
 """Keys under which training scripts commonly nest the weights, tried in this order."""

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import UserError, check
 
-__all__ = ["resolve_device", "make_generator", "frozen", "environment", "setup_logging", "Distributed", "launch_device"]
+__all__ = ["resolve_device", "make_generator", "index_seed", "derive_seed", "frozen", "environment", "setup_logging", "Distributed", "launch_device"]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,20 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return gen
 
 
+def index_seed(seed: int, index: int) -> int:
+    """The seed of item ``index`` (a batch, an image) of a seeded run: ``seed · 1,000,003 + index``.
+
+    nonrobust derives seeds in exactly two ways, each with one home: this one for the streams of a run
+    over a data set (batch ``i`` of an attack, image ``i``'s bottleneck noise), so that a stream depends
+    only on the run's seed and the item's index (resumable, shardable); :func:`derive_seed` for named
+    streams of training (the epoch's shuffle, augmentation, attack starts, dropout).
+    """
+    return int(seed) * 1_000_003 + int(index)
+
+
 def derive_seed(*parts: object) -> int:
-    """A 63-bit seed derived from ``parts`` (e.g. the run's seed, a purpose, an epoch, an image's index)."""
+    """A 63-bit seed derived from ``parts`` (training's named streams: the run's seed, a purpose, an epoch, a rank;
+    see :func:`index_seed` for the streams of a run over a data set)."""
     import hashlib
 
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()

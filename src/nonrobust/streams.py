@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, cast
 
@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import CHANGE_FLOOR, Attack, point_sizes, summarise_sizes
-from .bottleneck import IBConfig, ReiterableBatches, distill, distill_population, masked_predictions, seed_agreement, summarise_agreement
+from .bottleneck import (
+    IBConfig, ReiterableBatches, distill, distill_population, masked_predictions, noise_seeds, seed_agreement, summarise_agreement,
+)
 from .errors import check
 from .evaluation import attack_batch
 from .identity import provenance, work_key
@@ -303,16 +305,12 @@ _SplitOutcome = tuple[dict[str, Tensor], Tensor, dict[str, Tensor] | None, Tenso
 """``(predictions, robust channel counts, seed agreement, mask labels)`` of one way of splitting a data set."""
 
 
-def _noise_seeds(config: IBConfig, stability: int) -> list[IBConfig]:
-    return [replace(config, seed=config.seed + j) for j in range(stability)]
-
-
 def _split_population(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict[str, Any], channels: int, *,
                       batch_size: int, device: torch.device | str, progress: bool, stability: int) -> _SplitOutcome:
     """One label-free ``[C]`` split of the whole data set, fitted and saved to ``out`` (not streamed: a rerun fits it again)."""
     n = len(dataset)
     batches = ReiterableBatches(lambda: dataset.batches(batch_size, device=device))
-    fits = [distill_population(split, batches, c, total=math.ceil(n / batch_size), progress=progress) for c in _noise_seeds(config, stability)]
+    fits = [distill_population(split, batches, c, total=math.ceil(n / batch_size), progress=progress) for c in noise_seeds(config, stability)]
     res = fits[0]
     agreement = seed_agreement(torch.stack([f.robust_mask for f in fits])[:, None]) if stability > 1 else None
     res.extra.update({k: v for k, v in meta.items() if k in ("key", "provenance")})
@@ -327,7 +325,7 @@ def _split_population(split: LayerSplit, dataset: "ImageDataset", config: IBConf
 def _split_per_image(split: LayerSplit, dataset: "ImageDataset", config: IBConfig, out: Path, meta: dict[str, Any], channels: int, *,
                      batch_size: int, device: torch.device | str, progress: bool, stability: int) -> _SplitOutcome:
     """Every image's own split, streamed batch by batch into ``out`` (resumable under the work key ``meta["key"]``)."""
-    n, seeds = len(dataset), _noise_seeds(config, stability)
+    n, seeds = len(dataset), noise_seeds(config, stability)
     assert dataset.indices is not None  # set by ImageDataset.__post_init__
     dist = Distributed.current()
     per_image = {k: (torch.float32, (n, channels)) for k in ("sigma", "var_z")}

@@ -75,7 +75,7 @@ from . import models
 from .attacks import PGD, STEP_FACTORS, Ball, optimise, step_size
 from .data import DATASETS, ImageDataset, augment, load_dataset
 from .errors import UserError, check
-from .fields import setting
+from .fields import DATA_DIR_HELP, setting
 from .identity import data_digest, data_record, model_digest, provenance, work_key
 from .io import atomic_write, check_output_folder, load_tensors, read_json, save_tensors, write_json
 from .runtime import Distributed, derive_seed, environment, frozen, make_generator
@@ -142,7 +142,7 @@ class TrainConfig:
     data: str
     method: str = setting("pgd", "training method: standard, pgd, trades, mart or fast")
     arch_options: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = setting(None, "where data sets live (default: $NONROBUST_DATA, else ~/.cache/nonrobust/data)")
+    data_dir: str | None = setting(None, DATA_DIR_HELP)
     train_subset: int | None = setting(None, "train on the first N training images only", "positive_int")
     image_size: int | None = setting(None, "resize images to PX×PX (folder and tiny-imagenet data)", "positive_int")
     epochs: int = setting(30, "epochs (on --resume: train up to this many)", "positive_int")
@@ -432,9 +432,9 @@ class Preset:
 
 
 _REFERENCE = dict(method="pgd", optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=1e-2, schedule="step:20:0.2", epochs=60,
-                  batch_size=100, eps=0.03, alpha=0.0069, steps=10, mean=0.5, std=0.25)
+                  batch_size=100, eps=0.03, alpha=0.0069, steps=10, mean=0.5, std=0.25)  # the reference code's own α (≈ 2.3·eps/steps)
 _MADRY_SGD = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
-_PUBLISHED_LINF = dict(eps=8 / 255, alpha=2 / 255, steps=10)
+_PUBLISHED_LINF = dict(eps=8 / 255, steps=10)  # α: the method's default, 2.5·eps/steps = 2/255 (STEP_FACTORS["madry"])
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("reference", "the reference code (docs/method.md §5): PGD-AT, SGD lr 0.01 without momentum, wd 1e-2, StepLR(20, 0.2), "
@@ -455,16 +455,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "weight_decay": 3.5e-3, "schedule": "multistep:75,90,100:0.1", "epochs": 120, "batch_size": 128}),
     Preset("fast", "fast AT (Wong et al. 2020): FGSM from a uniform random start, eps 8/255, α 10/255, cyclic lr peak 0.2, "
            "15 epochs, momentum 0.9, wd 5e-4",
-           {"method": "fast", "eps": 8 / 255, "alpha": 10 / 255, "steps": 1, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
+           {"method": "fast", "eps": 8 / 255, "steps": 1, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
             "weight_decay": 5e-4, "schedule": "cyclic", "epochs": 15, "batch_size": 128}),
     Preset("cpu-small", "the shipped small_cnn recipe: fast AT on CIFAR-10, eps 8/255, α 10/255, batch 128, cyclic lr peak 0.2, "
            "25 epochs: about 55 minutes on 2 CPU cores (measured ~410 img/s, ~2 min per epoch plus the held-out check)",
-           {"arch": "small_cnn", "data": "cifar10", "method": "fast", "eps": 8 / 255, "alpha": 10 / 255, "steps": 1, "optimizer": "sgd",
+           {"arch": "small_cnn", "data": "cifar10", "method": "fast", "eps": 8 / 255, "steps": 1, "optimizer": "sgd",
             "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cyclic", "epochs": 25, "batch_size": 128}),
     Preset("cpu-vgg16", "the shipped cifar10-vgg16-at recipe: the paper's VGG-16-BN, fast AT on CIFAR-10, eps 8/255, α 10/255, "
            "batch 128, 13 epochs: lr one-cycle 0 → 0.2 → 0 over 8 epochs, then a second descent 0.125 → 0 over 5; channels-last: "
            "3 h 30 min on 2 CPU cores (measured: about 60 img/s unshared)",
-           {"arch": "vgg16", "data": "cifar10", "method": "fast", "eps": 8 / 255, "alpha": 10 / 255, "steps": 1, "optimizer": "sgd",
+           {"arch": "vgg16", "data": "cifar10", "method": "fast", "eps": 8 / 255, "steps": 1, "optimizer": "sgd",
             "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "piecewise:0=0,3=1,8=0,8=0.625,13=0", "epochs": 13,
             "batch_size": 128, "channels_last": True}),
     Preset("standard", "standard training: SGD 0.1 momentum 0.9 wd 5e-4, cosine, 30 epochs, batch 128",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
 from ..attacks import CHANGE_FLOOR
+from ..bottleneck import describe_agreement
 from ..io import atomic_write, load_tensors, write_json
 from .readings import ci, fmt, pct, summary
 
@@ -200,12 +201,8 @@ def _html_table1(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
                      f"{ch['robust']:.2f} robust / {ch['nonrobust']:.2f} non-robust of {ch['total']} channels per image "
                      f"(mean over the {t['n']} clean images)</h3>")
         if "stability" in t:
-            st = t["stability"]
-            nonempty = "—" if st["jaccard_nonempty_pairs"] is None else f"{st['jaccard_nonempty_pairs']:.3f}"
-            parts.append(f"<p class=\"small\">Stability over {st['seeds']} noise seeds: mean Jaccard overlap of each image's robust "
-                         f"sets {st['jaccard_mean']:.3f} (a pair of empty sets counts as 1: {st['pairs_both_empty']:.1%} of pairs; "
-                         f"without them {nonempty}); entries robust under every seed {st['robust_every_seed']:.2%}, under any "
-                         f"{st['robust_any_seed']:.2%}.</p>")
+            sentence = describe_agreement(t["stability"])
+            parts.append(f"<p class=\"small\">{html.escape(sentence[0].upper() + sentence[1:])}.</p>")
         n = t["n"]
         rows = [[k, _c(r["int"], n), _c(r["robust"], n), _c(r["nonrobust"], n)] for k, r in t["rows"].items()]
         if "label_control" in t:
