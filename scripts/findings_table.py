@@ -6,7 +6,7 @@
 
 Each ``--model LABEL=RESULTS[:PRETRAINED]`` is one column: the report's results.json, and optionally
 a shipped model whose metadata holds its AutoAttack / APGD-CE measurement. The paper's column is
-:data:`PAPER` below (CIFAR-10, VGG-16, PGD-AT at γ = 0.03), each entry with where it comes from.
+:data:`nonrobust.paper.VGG16_CIFAR10` (CIFAR-10, VGG-16, PGD-AT at γ = 0.03), each entry with where it comes from.
 Prints a Markdown table; every figure of ours is given with the number of images it was measured on.
 """
 
@@ -17,20 +17,10 @@ import json
 from pathlib import Path
 
 from nonrobust import models
+from nonrobust.paper import VGG16_CIFAR10
 
-PAPER = {
-    "clean": ("79.7%", "Table 1, Int., clean"),
-    "pgd": ("44.7%", "Table 1, Int., PGD (10 steps, γ = 0.03 ≈ 7.65/255)"),
-    "aa": ("not run", "Table 3's 'AA' is APGD-CE alone with 1 restart in the reference code, not AutoAttack"),
-    "t1_clean": ("79.7 / 99.8 / 34.8", "Table 1, clean"),
-    "t1_pgd": ("44.7 / 97.9 / 20.6", "Table 1, PGD"),
-    "t2_pgd": ("94.35%", "Table 2, CIFAR-10 VGG, PGD (as extracted from the paper's text)"),
-    "nrf_vs_pgd": ("≈17% vs ≈47% (NRF unbounded L2)", "Table 3, ADV rows"),
-    "channels": ("not reported per image", "Fig. 5(c) gives channel counts against β"),
-    "stability": ("not reported", "the paper shows one split per image"),
-    "label": ("not reported", "the paper makes every mask with the true label"),
-}
-"""The paper's figures for CIFAR-10 VGG-16 (PGD-AT, γ = 0.03): value and source."""
+PAPER = {key: tuple(figure) for key, figure in VGG16_CIFAR10.items()}
+"""The paper's figures for CIFAR-10 VGG-16 (PGD-AT, γ = 0.03): value and source (:mod:`nonrobust.paper`)."""
 
 ROWS = (
     ("clean", "clean accuracy"),

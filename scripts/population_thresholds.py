@@ -17,7 +17,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from nonrobust import data, models
+from nonrobust import data, loading
 from nonrobust.analyses import feature_accuracy
 from nonrobust.attacks import ATTACKS
 from nonrobust.bottleneck import IBResult, _threshold, robust_channels
@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     results = json.loads((args.report / "results.json").read_text(encoding="utf-8"))
     s = results["settings"]
-    model = models.resolve(s["model"])[0]
+    model = loading.resolve(s["model"])[0]
     split = split_model(model, results["layer"])
     ds = data.load_dataset(s["data"], s["split"], s["data_dir"], n=s["n"], image_size=s["image_size"])
     stored = {ATTACKS[k].label: StoredAdversarial(args.report / "adversarial" / f"{k}.safetensors") for k in s["attacks"]}

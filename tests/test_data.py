@@ -260,14 +260,14 @@ def test_unpickler_allows_only_array_building(tmp_path, target):
     path = tmp_path / "batch"
     path.write_bytes(b"\x80\x02c" + f"{target[0]}\n{target[1]}\n".encode() + b")R.")
     with pytest.raises(UserError, match=f"refusing to unpickle {target[0]}.{target[1]}"):
-        data._read_cifar_pickle(path)
+        data.formats._read_cifar_pickle(path)
 
 
 def test_codecs_encode_only_latin1(tmp_path):
     path = tmp_path / "batch"
     path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x06\x00\x00\x00base64\x86R.")
     with pytest.raises(UserError, match="corrupt"):
-        data._read_cifar_pickle(path)
+        data.formats._read_cifar_pickle(path)
 
 
 # --------------------------------------------------------------------------- folder: and npz:
@@ -556,10 +556,10 @@ def test_augment_is_reproducible_and_keeps_gradients():
 def test_verify_md5(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"hello")
-    data._verify_md5(path, hashlib.md5(b"hello").hexdigest())
+    data.download._verify_md5(path, hashlib.md5(b"hello").hexdigest())
     assert path.exists()
     with pytest.raises(UserError, match="MD5"):
-        data._verify_md5(path, "0" * 32)
+        data.download._verify_md5(path, "0" * 32)
     assert not path.exists()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nonrobust import foreign, models
+from nonrobust import foreign, loading, models
 from nonrobust.errors import UserError
 from nonrobust.foreign import ModelOptions, parse_arch_options, parse_normalize
 
@@ -48,7 +48,7 @@ def test_state_dict_layouts_load_to_the_same_model(tmp_path, layout):
     }[layout]
     path = tmp_path / "w.pt"
     torch.save(wrapped, path)
-    loaded, meta = models.resolve(f"tiny_cnn={path}")
+    loaded, meta = loading.resolve(f"tiny_cnn={path}")
     assert _same_outputs(model, loaded)
     assert meta.arch == "tiny_cnn" and meta.num_classes == 10 and meta.recipe["normalisation"] == "the weights' own normalize buffers"
 
@@ -60,27 +60,27 @@ def test_foreign_normalisation_classes_and_channels(tmp_path):
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("normalize.")}
     torch.save(sd, tmp_path / "w.pth")
     with pytest.raises(UserError, match="--normalize"):
-        models.resolve(f"tiny_cnn={tmp_path / 'w.pth'}")
-    loaded, meta = models.resolve(f"tiny_cnn={tmp_path / 'w.pth'}", options=ModelOptions(normalize="cifar10"))
+        loading.resolve(f"tiny_cnn={tmp_path / 'w.pth'}")
+    loaded, meta = loading.resolve(f"tiny_cnn={tmp_path / 'w.pth'}", options=ModelOptions(normalize="cifar10"))
     assert meta.num_classes == 7 and meta.mean == pytest.approx(list(mean)) and _same_outputs(model, loaded)
     grey = _tiny(in_channels=1, mean=0.5, std=0.25)
     torch.save(grey.state_dict(), tmp_path / "grey.pt")
-    loaded, meta = models.resolve(f"tiny_cnn={tmp_path / 'grey.pt'}", input_shape=(1, 28, 28))
+    loaded, meta = loading.resolve(f"tiny_cnn={tmp_path / 'grey.pt'}", input_shape=(1, 28, 28))
     assert meta.input_shape == (1, 28, 28) and _same_outputs(grey, loaded, (1, 28, 28))
     with pytest.raises(UserError, match="weights do not match .* 7 classes|wrong shape"):
-        models.resolve(f"tiny_cnn={tmp_path / 'w.pth'}", options=ModelOptions(normalize="none", num_classes=5))
+        loading.resolve(f"tiny_cnn={tmp_path / 'w.pth'}", options=ModelOptions(normalize="none", num_classes=5))
 
 
 def test_mismatched_weights_name_missing_and_unexpected_keys(tmp_path):
     torch.save(models.build("small_cnn").state_dict(), tmp_path / "small.pt")
     with pytest.raises(UserError) as err:
-        models.resolve(f"tiny_cnn={tmp_path / 'small.pt'}")
+        loading.resolve(f"tiny_cnn={tmp_path / 'small.pt'}")
     text = str(err.value)
     assert "missing" in text and "unexpected" in text and "first:" in text and "\n" not in text
     with pytest.raises(UserError, match="unknown architecture 'resnet50'"):
-        models.resolve(f"resnet50={tmp_path / 'small.pt'}")
+        loading.resolve(f"resnet50={tmp_path / 'small.pt'}")
     with pytest.raises(UserError, match="no option 'depth'"):
-        models.resolve(f"tiny_cnn={tmp_path / 'small.pt'}", options=ModelOptions(arch_options="depth=34"))
+        loading.resolve(f"tiny_cnn={tmp_path / 'small.pt'}", options=ModelOptions(arch_options="depth=34"))
 
 
 class _Payload:
@@ -103,7 +103,7 @@ def test_files_with_code_are_refused_unexecuted(tmp_path):
     assert marker.exists()
     marker.unlink()
     with pytest.raises(UserError, match="refused: besides tensors it holds"):
-        models.resolve(f"tiny_cnn={evil}")
+        loading.resolve(f"tiny_cnn={evil}")
     assert not marker.exists()  # ... but nothing ran it
     torch.save(_tiny(), tmp_path / "whole.pt")  # a whole pickled model is code too
     with pytest.raises(UserError, match="torch.save\\(model.state_dict\\(\\)"):
@@ -121,10 +121,10 @@ def test_safetensors_state_dict(tmp_path):
 
     model = _tiny()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    loaded, _ = models.resolve(f"tiny_cnn={tmp_path / 'w.safetensors'}")
+    loaded, _ = loading.resolve(f"tiny_cnn={tmp_path / 'w.safetensors'}")
     assert _same_outputs(model, loaded)
     with pytest.raises(UserError, match="pass it as ARCH="):  # the file alone is not a nonrobust checkpoint
-        models.resolve(tmp_path / "w.safetensors")
+        loading.resolve(tmp_path / "w.safetensors")
 
 
 def test_convert_round_trips_to_identical_outputs(tmp_path):
@@ -235,7 +235,7 @@ def test_robustbench_offline_model_dir(robustbench_stand_in, capsys):
         model.normalize.mean.zero_()
         model.normalize.std.fill_(1.0)
     torch.save(model.state_dict(), weights)
-    loaded, meta = models.resolve("robustbench:Toy2024", options=ModelOptions(model_dir=str(robustbench_stand_in)))
+    loaded, meta = loading.resolve("robustbench:Toy2024", options=ModelOptions(model_dir=str(robustbench_stand_in)))
     assert _same_outputs(model, loaded)
     assert meta.arch == "robustbench:Toy2024:cifar10:Linf" and meta.input_shape == (3, 32, 32) and meta.split_layer == "features.5"
     code, out, _ = cli(capsys, "models", "layers", "--model", "robustbench:Toy2024:cifar10:linf", "--model-dir", robustbench_stand_in)
@@ -247,9 +247,9 @@ def test_robustbench_errors(robustbench_stand_in, monkeypatch, capsys):
     assert_one_error_line(code, err, str(robustbench_stand_in / "cifar10" / "Linf" / "Missing2024.pt"))
     assert "no network" in err
     with pytest.raises(UserError, match="threat model must be one of"):
-        models.resolve("robustbench:X:cifar10:L3")
+        loading.resolve("robustbench:X:cifar10:L3")
     with pytest.raises(UserError, match="data set must be one of"):
-        models.resolve("robustbench:X:mnist")
+        loading.resolve("robustbench:X:mnist")
     monkeypatch.setitem(sys.modules, "robustbench", None)  # as if it were not installed
     monkeypatch.setitem(sys.modules, "robustbench.utils", None)
     code, _, err = cli(capsys, "models", "layers", "--model", "robustbench:Toy2024")

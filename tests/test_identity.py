@@ -177,13 +177,13 @@ def _train_argv(world: Path, *extra) -> list:
 
 
 def _kill_after_first_epoch(monkeypatch) -> None:
-    end = training._RunFolder.end_epoch
+    end = training.folder._RunFolder.end_epoch
 
     def stop(self, entry):
         end(self, entry)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training._RunFolder, "end_epoch", stop)
+    monkeypatch.setattr(training.folder._RunFolder, "end_epoch", stop)
 
 
 @pytest.mark.parametrize("change, needle", [

@@ -17,7 +17,8 @@ from nonrobust import models
 from nonrobust.architectures import Normalize
 from nonrobust.errors import UserError
 from nonrobust.io import load_tensors, save_tensors
-from nonrobust.models import ARCHITECTURES, PRETRAINED, CheckpointMeta, build, load, load_with_meta, make_meta, resolve, save
+from nonrobust.loading import resolve
+from nonrobust.models import ARCHITECTURES, PRETRAINED, CheckpointMeta, build, load, load_with_meta, make_meta, save
 
 from helpers import assert_same_tensors  # noqa: E402
 
@@ -292,7 +293,7 @@ def test_pretrained_meta_reads_the_header_only_and_headline(monkeypatch, tmp_pat
     metrics = {"clean_accuracy": {"n": 10000, "value": 0.7215}, "pgd20_accuracy": {"n": 10000, "value": 0.3767},
                "autoattack_accuracy": "not measured", "apgd_ce_accuracy": {"n": 1000, "value": 0.376}}
     spec = replace(PRETRAINED["cifar10-small-std"], name="unit-test-model", asset="unit.safetensors")
-    monkeypatch.setattr(models, "_assets_dir", lambda: tmp_path)
+    monkeypatch.setattr(models.shipped, "_assets_dir", lambda: tmp_path)
     with pytest.raises(UserError, match="not shipped"):
         spec.meta()
     save(model, tmp_path / spec.asset, make_meta(model, metrics=metrics))
@@ -411,7 +412,7 @@ def test_checkpoint_json_is_readable(tmp_path):
 
 def test_pretrained_registry_and_missing_asset(monkeypatch, tmp_path):
     assert {"cifar10-small-at", "cifar10-small-std"} <= set(PRETRAINED)
-    monkeypatch.setattr(models, "_assets_dir", lambda: tmp_path)
+    monkeypatch.setattr(models.shipped, "_assets_dir", lambda: tmp_path)
     for call in (models.pretrained, resolve):
         with pytest.raises(UserError) as excinfo:
             call("cifar10-small-at")
@@ -422,7 +423,7 @@ def test_pretrained_and_resolve_load_shipped_assets(monkeypatch, tmp_path, image
     model = _randomise_buffers(build("tiny_cnn")).eval()
     spec = replace(PRETRAINED["cifar10-small-std"], name="unit-test-model", asset="unit.safetensors")
     monkeypatch.setitem(PRETRAINED, spec.name, spec)
-    monkeypatch.setattr(models, "_assets_dir", lambda: tmp_path)
+    monkeypatch.setattr(models.shipped, "_assets_dir", lambda: tmp_path)
     save(model, tmp_path / spec.asset, make_meta(model, dataset="cifar10"))
     with torch.no_grad():
         expected = model(images)
@@ -434,4 +435,4 @@ def test_pretrained_and_resolve_load_shipped_assets(monkeypatch, tmp_path, image
 
 
 def test_assets_folder_exists():
-    assert (models._assets_dir() / "README.md").is_file()
+    assert (models.shipped._assets_dir() / "README.md").is_file()

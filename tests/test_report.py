@@ -54,8 +54,9 @@ def test_the_page_says_one_thing_per_word_with_uncertainty(tiny_report):
     settings, out, results = tiny_report
     page = (out / "report.html").read_text(encoding="utf-8")
     body = page[page.index("<body>"):]
-    assert body.index("<b>Summary.</b>") < body.index("<h2>")  # the summary comes first
-    assert 3 <= len(__import__("nonrobust.report.readings", fromlist=["summary"]).summary(results)) <= 5
+    assert body.index("<b>Summary</b><ul><li>") < body.index("<h2>")  # the summary comes first, as a list
+    items = __import__("nonrobust.report.readings", fromlist=["summary"]).summary(results)
+    assert 3 <= len(items) <= 6 and items[0].startswith("Table 1's pattern") and items[-1].startswith("Run: ")  # verdicts first
     assert "fooled" not in body.lower()  # two meanings, two words: "turned wrong", "misclassified under attack"
     assert body.count("<b>turned wrong</b>:") == 1 and body.count("<b>misclassified under attack</b>:") == 1
     assert "L2 median (all)" not in body and "L2 median (changed)" in body
@@ -301,7 +302,7 @@ def test_report_in_a_real_browser(tiny_report, tmp_path):
         assert "nonrobust report" in driver.title
         images = driver.find_elements("tag name", "img")
         assert len(images) == 5
-        assert driver.find_element("css selector", ".reading").text.startswith("Summary.")  # the headline is the first thing read
+        assert driver.find_element("css selector", ".reading").text.startswith("Summary")  # the headline is the first thing read
         folded = driver.find_elements("tag name", "details")
         assert len(folded) >= 3 and not any(d.get_attribute("open") for d in folded)  # words, paired tests, settings: folded
         assert "β" in driver.find_element("tag name", "body").text
@@ -434,3 +435,23 @@ def test_channel_threshold_rule_in_the_sigma_and_population_sections(tmp_path):
     results = run_report(ReportSettings(**TINY), tmp_path / "p", only=("table1",), progress=False)
     assert results["population"]["threshold_rule"] == "channel" and results["population"]["threshold"] is None
     assert "T = each channel's own σ_z²" in (tmp_path / "p" / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_header_names_a_users_model_once_and_autoattack_sizes_are_explained():
+    from nonrobust.report.render import _arch_note, _autoattack_note
+
+    assert _arch_note("my_model.py:build", "my_model.py:build") == ""  # a Python-file model: its name is its architecture
+    assert _arch_note("cifar10-small-at", "small_cnn") == " (small_cnn)"
+    rows = [{"label": "PGD-20", "attack": "pgd-20"}, {"label": "APGD-CE", "attack": "apgd-ce"}]
+    assert "APGD-CE returns the clean image" in _autoattack_note({"rows": rows})
+    assert _autoattack_note({"rows": rows[:1]}) == ""
+
+
+def test_results_json_keys_are_the_documented_ones(tiny_report):
+    """ReportResults is the one place results.json's keys are described: every key written is documented there."""
+    from nonrobust.report import ReportResults
+
+    settings, out, results = tiny_report
+    written = set(json.loads((out / "results.json").read_text()))
+    assert written <= set(ReportResults.__annotations__), written - set(ReportResults.__annotations__)
+    assert {"table1", "table2", "table3", "table4", "provenance", "readings"} <= written

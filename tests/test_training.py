@@ -30,7 +30,7 @@ from nonrobust.training import (
     train,
 )
 
-from helpers import assert_same_tensors  # noqa: E402
+from helpers import assert_same_tensors, write_npz  # noqa: E402
 
 CLASSES = ["r", "g", "b"]
 
@@ -235,7 +235,7 @@ def test_crash_between_state_and_derived_files_is_repaired_on_resume(tmp_path, m
     def crash(self, entry):
         raise RuntimeError("crash after the state was committed")
 
-    monkeypatch.setattr(training._RunFolder, "append_metrics", crash)
+    monkeypatch.setattr(training.folder._RunFolder, "append_metrics", crash)
     with pytest.raises(RuntimeError):
         _run(cfg, out, resume=True)
     monkeypatch.undo()
@@ -387,3 +387,57 @@ def test_torchrun_two_process_gloo_run(tmp_path):
     assert models.load_with_meta(out / "best.safetensors")[1].recipe["world_size"] == 2
     with torch.no_grad():
         assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+
+
+_FACTORY = '''
+import torch
+from torch import nn
+
+
+def make():
+    """A user's own model (not in the registry): normalisation inside, images in [0,1] to 3 logits."""
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(6, NUM_CLASSES))
+
+
+NUM_CLASSES = 3
+'''
+
+
+def test_a_users_own_architecture_trains_and_its_checkpoint_loads_back(tmp_path, capsys):
+    """``train --model file.py:function``: from scratch, fine-tuned with --init, and loaded back by --model CHECKPOINT."""
+    from nonrobust import loading
+
+    factory = tmp_path / "mine.py"
+    factory.write_text(_FACTORY)
+    spec = f"{factory}:make"
+    result = _run(_config(arch=spec), tmp_path / "scratch")
+    model, meta = loading.resolve(result["checkpoint"])
+    assert meta.arch == spec and meta.split_layer == "1" and meta.num_classes == 3  # its last BatchNorm: the default split
+    assert_same_tensors(dict(sorted(model.state_dict().items())), dict(sorted(_weights(Path(result["checkpoint"])).items())))
+    with torch.no_grad():
+        acc = float((model(TEST.tensors()[0]).argmax(1) == TEST.labels).float().mean())
+    assert acc == pytest.approx(result["last"]["eval_clean_acc"])  # the held-out figure, recomputed from the checkpoint
+    with pytest.raises(UserError, match="Python factory .*load it with --model"):
+        models.load(result["checkpoint"])  # the registry alone cannot rebuild it, and says what can
+    tuned = _run(_config(arch=spec, init=str(result["checkpoint"]), epochs=1), tmp_path / "tuned")
+    assert tuned["last"]["epoch"] == 1
+    factory.write_text(_FACTORY.replace("NUM_CLASSES = 3", "NUM_CLASSES = 5"))
+    with pytest.raises(UserError, match="returns 5 logits, synthetic has 3 classes"):
+        _run(_config(arch=spec), tmp_path / "wrong")
+    with pytest.raises(UserError, match="is your own model: --arch-option has no effect"):
+        _run(_config(arch=spec, arch_options={"width": 2}), tmp_path / "opts")
+
+
+def test_train_takes_a_python_file_model_on_the_command_line(tmp_path, capsys):
+    """Every command takes every model route: `train --model file.py:function`, then `attack` on its checkpoint."""
+    factory = tmp_path / "mine.py"
+    factory.write_text(_FACTORY.replace("NUM_CLASSES = 3", "NUM_CLASSES = 10"))
+    write_npz(tmp_path / "d.npz", 32, 16)
+    out = tmp_path / "run"
+    assert main(["train", "--model", f"{factory}:make", "--data", f"npz:{tmp_path / 'd.npz'}", "--epochs", "1", "--batch-size", "16",
+                 "--eval-n", "16", "--eval-pgd-steps", "1", "--method", "fast", "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["attack", "--model", str(out / "last.safetensors"), "--data", f"npz:{tmp_path / 'd.npz'}", "--first", "8",
+                 "--attack", "fgsm", "--out", str(tmp_path / "adv.safetensors")]) == 0
+    summary = json.loads((tmp_path / "adv.json").read_text())
+    assert summary["n"] == 8 and summary["attack"]["name"] == "fgsm" and f"{factory}:make" in capsys.readouterr().out + str(summary)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from ._version import __version__
 
 __all__ = ["__version__", "load_model", "load_data", "split_model", "distill", "make_attack", "evaluate_attacks", "run_report"]
 

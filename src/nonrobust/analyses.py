@@ -33,9 +33,9 @@ from .attacks import Attack
 from .bottleneck import IBConfig, IBResult, distill, masked_predictions, noise_seeds, seed_agreement, summarise_agreement
 from .errors import check
 from .evaluation import attack_batch
-from .streams import StoredAdversarial
 from .runtime import frozen
 from .split import LayerSplit
+from .streams import StoredAdversarial
 
 __all__ = ["feature_accuracy", "adversarial_agreement", "pooled_features", "tsne_embedding", "cluster_separation", "beta_sweep",
            "Adversarial"]

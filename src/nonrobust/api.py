@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .attacks import Attack
     from .bottleneck import IBConfig, IBResult
     from .data import ImageDataset
+    from .evaluation import Evaluation
     from .report import ReportSettings
     from .split import LayerSplit
 
@@ -69,7 +70,7 @@ def load_model(model: str | os.PathLike[str], device: str | torch.device = "cpu"
     from dataclasses import fields
 
     from .foreign import ModelOptions
-    from .models import resolve
+    from .loading import resolve
 
     known = [f.name for f in fields(ModelOptions)]
     check(set(options) <= set(known), f"load_model: unknown option(s) {', '.join(sorted(set(options) - set(known)))}: "
@@ -174,7 +175,8 @@ def distill(split: LayerSplit, x: Tensor, y: Tensor, config: IBConfig | None = N
         >>> tuple(res.robust_mask.shape), bool((res.robust_mask ^ res.nonrobust_mask).all())
         ((8, 256), True)
     """
-    from .bottleneck import IBConfig, distill as _distill
+    from .bottleneck import IBConfig
+    from .bottleneck import distill as _distill
     from .errors import check
 
     check(config is None or not settings, "give either config= or the bottleneck's settings, not both")
@@ -185,9 +187,8 @@ def make_attack(name: str, **settings: Any) -> Attack:
     """A registered attack with its defaults, overridden by ``settings`` (method.md §4).
 
     Args:
-        name: ``fgsm``, ``bim``, ``pgd``, ``pgd-20``, ``pgd-l2``, ``cw-inf``, ``cw-l2``, ``autoattack``,
-            ``apgd-ce`` (and the other AutoAttack components), ``nrf``, ``nrf-exact``, ``nrf-linf``,
-            ``nrf2``, ``rf``, ``rf2`` (``nonrobust attack --help`` describes each).
+        name: a name or display label of :data:`nonrobust.attacks.ATTACKS` (``pgd-20`` or ``PGD-20``; README's
+            attack table, generated from the registry, describes each).
         **settings: e.g. ``eps`` (in [0, 1] pixel units), ``steps``, ``alpha``; the NRF family
             needs ``split=`` (:func:`split_model`).
 
@@ -214,8 +215,11 @@ def make_attack(name: str, **settings: Any) -> Attack:
 
 
 def evaluate_attacks(model: nn.Module, data: ImageDataset | Iterable[tuple[Tensor, Tensor]], attacks: Mapping[str, Attack], *,
-                     batch_size: int = 128, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                     batch_size: int = 128, seed: int = 0, progress: bool = False) -> Evaluation:
     """Clean and robust accuracy under each attack, the per-point worst case, and the measured perturbation sizes.
+
+    Every attack runs on every image, as ``nonrobust attack`` runs it (one loop: for one seed and batch size the
+    two give the same per-image results).
 
     Args:
         model: maps images in [0, 1] to logits.
@@ -225,8 +229,11 @@ def evaluate_attacks(model: nn.Module, data: ImageDataset | Iterable[tuple[Tenso
         seed: seeds every random start (batch ``i`` draws from ``(seed, i)``).
 
     Returns:
-        ``{"n", "clean_accuracy", "worst_case_accuracy", "attacks": {name: {"robust_accuracy",
-        "success_rate", "settings", "perturbation", "seconds"}}}``; accuracies are fractions of ``n``.
+        a :class:`~nonrobust.evaluation.Evaluation`: ``{"n", "clean_accuracy", "worst_case_accuracy", "mode",
+        "attacks": {name: {"settings", "robust_accuracy", "success_rate", "perturbation", "perturbation_changed",
+        "perturbation_fooled", "seconds"}}}``; accuracies are fractions of ``n``, ``success_rate`` of the
+        clean-correct images; each ``perturbation*`` is ``{"points", "linf_max", "l2_median", "l2_max", "nan",
+        "min", "max"}`` over every image, the changed ones, and the fooled ones.
 
     Example:
         >>> import nonrobust as nr
@@ -258,7 +265,7 @@ def run_report(settings: ReportSettings | Mapping[str, Any], out_dir: str | os.P
         only: run these sections (``table1`` … ``sigma``) and what they need.
 
     Returns:
-        The results (also written as ``results.json``).
+        The results (also written as ``results.json``); :class:`nonrobust.report.ReportResults` describes every key.
 
     Example:
         >>> import tempfile, nonrobust as nr
@@ -268,7 +275,8 @@ def run_report(settings: ReportSettings | Mapping[str, Any], out_dir: str | os.P
         >>> res["table3"]["rows"][0]["label"], res["table3"]["n"]
         ('FGSM', 12)
     """
-    from .report import ReportSettings, run_report as _run
+    from .report import ReportSettings
+    from .report import run_report as _run
 
     if not isinstance(settings, ReportSettings):
         settings = ReportSettings(**dict(settings))

@@ -36,6 +36,13 @@ text), ``kl="sum"`` sums the KL over units (the paper's text), ``beta``,
 
 Speed: ``Z`` (and the context the head needs) is computed once per batch and
 the optimisation runs through the head only.
+
+Why one module: this is one method, Eq. 3–5 of the paper, and its three protocols
+share every part (the loss, the optimiser of σ, the threshold and the masks). A
+reader checks it against the paper and the reference code side by side, and one
+file keeps every difference between the protocols in view. The measures of
+agreement between noise seeds at the end are small and belong to the method's
+results.
 """
 
 from __future__ import annotations
@@ -175,6 +182,11 @@ class IBResult:
     def nonrobust_mask(self) -> Tensor:
         """bool, the complement of :attr:`robust_mask`."""
         return ~self.robust_mask
+
+    def mask(self, channels: Literal["nonrobust", "robust"]) -> Tensor:
+        """The ``channels`` mask (:attr:`nonrobust_mask` or :attr:`robust_mask`): what an NRF-family attack pushes."""
+        check(channels in ("nonrobust", "robust"), f"channels must be nonrobust or robust, got {channels!r}")
+        return self.nonrobust_mask if channels == "nonrobust" else self.robust_mask
 
     def _expand(self, mask: Tensor, z: Tensor) -> Tensor:
         require_4d(z, self.layer)

@@ -8,6 +8,8 @@ anything. Nothing here touches a model.
 from __future__ import annotations
 
 import io
+import math
+import textwrap
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -105,10 +107,15 @@ def beta_figure(sweep: list[dict[str, Any]], attack: str) -> bytes:
     width = 0.4  # side by side on a log axis, so that 1 robust channel of 256 stays visible
     ax2.bar([x - width / 2 for x in xs], robust, width, color=_COLOURS["robust"], label="robust channels")
     ax2.bar([x + width / 2 for x in xs], nonrobust, width, color=_COLOURS["nonrobust"], label="non-robust channels")
-    ax2.set_yscale("symlog", linthresh=0.1)
-    ax2.set_ylim(0, max(robust + nonrobust) * 2)
-    ax2.set_ylabel("channels (mean per image, log scale)")
-    ax2.legend(fontsize=7)
+    ax2.set_yscale("symlog", linthresh=1)  # linear from 0 to 1 (so no channel can be drawn), logarithmic above
+    top = max(robust + nonrobust + [1.0]) * 6  # room for the legend above the bars
+    ticks = [0.0] + [10.0 ** k for k in range(0, int(math.log10(top)) + 1)]
+    ax2.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax2.set_ylim(0, top)
+    ax2.set_ylabel("channels per image (mean)")
+    ax2.set_title("0 to 1 linear, logarithmic above", fontsize=8)
+    ax2.legend(fontsize=7, ncol=2, loc="upper center")
+    fig.subplots_adjust(wspace=0.3)
     for ax in (ax1, ax2):
         ax.set_xticks(xs, [f"{b:g}" for b in betas])
         ax.set_xlabel("β")
@@ -175,7 +182,9 @@ def featvis_figure(inputs: Tensor, visuals: Tensor, titles: list[list[str]], row
             show(axes[r][k + 1], visuals[r, k])
         for k in range(4):
             axes[r][k].set_xlabel(titles[r][k], fontsize=7)
-        axes[r][0].set_ylabel(row_names[r], fontsize=7)
+        # horizontal and wrapped, left of the row: rotated labels of several words ran into the next row's
+        axes[r][0].set_ylabel(textwrap.fill(row_names[r], 16), fontsize=7, rotation=0, ha="right", va="center", labelpad=6)
     for k, name in enumerate(col_names):
         axes[0][k].set_title(name, fontsize=8)
+    fig.subplots_adjust(left=0.2, wspace=0.15, hspace=0.45)
     return _png(fig)

@@ -1,7 +1,7 @@
 """Models from outside nonrobust: PyTorch state dicts, RobustBench, and their conversion to nonrobust checkpoints.
 
 Three routes bring a model that nonrobust did not save (the fourth, ``file.py:function``, is
-:func:`nonrobust.models.load_python_model`):
+:func:`nonrobust.loading.load_python_model`):
 
 - ``ARCH=weights.pt`` — a state dict of a registered architecture (:data:`nonrobust.models.ARCHITECTURES`)
   saved by ``torch.save``, read with PyTorch's restricted unpickler (``weights_only=True``: tensors
@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
+from . import models
 from .data import DATASETS
 from .errors import UserError, check
 from .fields import setting
+from .split import default_layer
 
 if TYPE_CHECKING:
     from .models import CheckpointMeta
@@ -225,8 +227,6 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _inferred(arch: str, state: Mapping[str, torch.Tensor], options: dict[str, Any]) -> dict[str, int]:
     """The ``num_classes`` and ``in_channels`` the weights were made for, read from the tensors whose shapes depend on them."""
-    from . import models
-
     out = {}
     base = {"num_classes": 10, "in_channels": 3}
     with torch.device("meta"):
@@ -264,7 +264,6 @@ def load_state_dict_model(path: str | os.PathLike[str], arch: str, options: Mode
         UserError: an unknown architecture or option, no normalisation where one is needed, or
             weights that do not fit (the message counts missing, unexpected and wrongly shaped keys).
     """
-    from . import models
     from .runtime import resolve_device
 
     spec = models.arch_spec(arch)
@@ -289,14 +288,14 @@ def load_state_dict_model(path: str | os.PathLike[str], arch: str, options: Mode
     shape = tuple(input_shape) if input_shape else (channels, spec.input_size, spec.input_size)
     meta = models.make_meta(arch, num_classes=num_classes, arch_options=arch_options, mean=mean, std=std, input_shape=shape,
                             recipe={"source": f"state dict {Path(path).name}", "normalisation": source})
-    problem = models._mismatch(expected, state, meta)
+    problem = models.weight_mismatch(expected, state, meta)
     if problem:
         raise UserError(f"{path}: {problem}")
     model = models.build(arch, num_classes, channels, mean, std, **arch_options)
     missing, unexpected = model.load_state_dict(state, strict=False)
     check(not unexpected and all(k.startswith("normalize.") for k in missing), f"{path}: weights do not fit {arch}")
     model = model.eval().to(resolve_device(device))
-    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
+    models.attach(model, meta)
     log.info("loaded %s from state dict %s (normalisation: %s)", meta.describe(), path, source)
     return model, meta
 
@@ -323,7 +322,6 @@ def load_robustbench(spec: str, options: ModelOptions = ModelOptions(), *, data_
         UserError: a malformed spec, RobustBench not installed (with the install command), or a
             checkpoint that is missing and cannot be downloaded (naming the file and where to put it).
     """
-    from . import models
     from .data import default_data_dir
     from .runtime import resolve_device
 
@@ -353,10 +351,10 @@ def load_robustbench(spec: str, options: ModelOptions = ModelOptions(), *, data_
     num_classes, side = _ROBUSTBENCH_DATA[dataset]
     model = model.to(resolve_device(device)).eval()
     meta = models.CheckpointMeta(arch=f"robustbench:{name}:{dataset}:{threat}", num_classes=num_classes, input_shape=(3, side, side),
-                                 mean=[0.0] * 3, std=[1.0] * 3, split_layer=models._last_feature_layer(model) or "?", dataset=dataset,
+                                 mean=[0.0] * 3, std=[1.0] * 3, split_layer=default_layer(model) or "?", dataset=dataset,
                                  recipe={"source": f"RobustBench {name} ({dataset}, {threat}); normalisation is the model's own",
                                          "model_dir": str(model_dir)})
-    model.nonrobust_meta = meta
+    models.attach(model, meta)
     return model, meta
 
 
@@ -373,16 +371,13 @@ def convert(path: str | os.PathLike[str], arch: str, out: str | os.PathLike[str]
     import hashlib
     from dataclasses import asdict, replace
 
-    from . import models
-
     from .identity import provenance
 
     model, meta = load_state_dict_model(path, arch, options, input_shape=input_shape)
-    model.nonrobust_source = f"{arch}={path}"  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
     sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     meta = replace(meta, dataset=dataset, classes=list(classes) if classes else None,
                    recipe={**meta.recipe, "converted_from": str(path), "sha256": sha},
                    provenance=provenance(model=model, data=None, settings={"arch": arch, "options": asdict(options), "source_sha256": sha}))
     models.save(model, out, meta, dtype=dtype)
-    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
+    models.attach(model, meta, source=f"{arch}={path}")
     return model, meta

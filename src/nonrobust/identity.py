@@ -174,7 +174,7 @@ def provenance(*, model: nn.Module | None, data: "ImageDataset | None", settings
     order, indices), the nonrobust / torch / Python versions and the platform, ``seeds`` (name -> seed), the full
     ``settings`` and the command line (:data:`COMMAND`, else ``sys.argv``).
     """
-    from . import __version__
+    from ._version import __version__
 
     out: dict[str, Any] = {
         "schema": SCHEMA, "key": key,

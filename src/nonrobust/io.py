@@ -4,6 +4,10 @@ Every file the toolkit writes goes through :func:`atomic_write`: the data is
 written to a temporary file in the same folder, flushed to disk, then renamed
 over the target. A run killed at any point leaves either the old file or the
 new one, never half of one.
+
+Why one module: every file nonrobust writes goes through these few primitives (atomic writes, locks,
+safetensors with metadata, the streaming file and its two writer modes); they share one set of rules
+(write beside, fsync, rename) that is easiest to check in one place.
 """
 
 from __future__ import annotations
@@ -251,6 +255,116 @@ def _json_default(obj: Any) -> Any:
 _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8", torch.float16: "F16", torch.bool: "BOOL", torch.int32: "I32"}
 
 
+class _OneWriter:
+    """One process writes every row, in order; its progress is ``PATH.progress.json`` (rows finished)."""
+
+    def __init__(self, f: "StreamingTensorFile") -> None:
+        self.f, self.rows_done = f, 0
+
+    def open(self) -> None:
+        """Continue a partial file of this work, or lay out a new one (saying so when one of other work was there)."""
+        state = _read_progress(self.f.progress_path)
+        if state is not None and self.f.partial.is_file() and state.get("world", 1) == 1 and state.get("fingerprint") == self.f.fingerprint:
+            self.rows_done = int(state["rows"])
+            return
+        self.f._start_over(state)
+        self.f._lay_out()
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.f.progress_path, {"fingerprint": self.f.fingerprint, "rows": self.rows_done, "total": self.f.n_rows})
+
+    def pending_starts(self) -> list[int]:
+        return list(range(self.rows_done, self.f.n_rows, self.f.block_rows))
+
+    def expected_start(self) -> int | None:
+        return self.rows_done if self.rows_done < self.f.n_rows else None
+
+    def advance(self, start: int, rows: int) -> None:
+        self.rows_done = start + rows
+
+    @property
+    def rows_written(self) -> int:
+        return self.rows_done
+
+    @property
+    def own_rows(self) -> int:
+        return self.f.n_rows
+
+    def own_files(self) -> tuple[Path, ...]:
+        return self.f.progress_path, self.f.partial
+
+
+class _ShardedWriter:
+    """Rank ``r`` of ``W`` writes the blocks ``i`` with ``i % W == r`` into the one shared partial file; its progress is
+    ``PATH.progress.rankR-of-W.json`` (blocks finished), and rank 0 keeps ``PATH.progress.json`` (the layout's key)."""
+
+    def __init__(self, f: "StreamingTensorFile") -> None:
+        self.f, self.dist, self.blocks_done = f, f.dist, 0
+        starts = range(0, f.n_rows, f.block_rows)
+        self.starts = [s for i, s in enumerate(starts) if self.dist.owns(i)]
+
+    @property
+    def rank_path(self) -> Path:
+        return self.f.path.with_name(f"{self.f.path.name}.progress.rank{self.dist.rank}-of-{self.dist.world}.json")
+
+    def open(self) -> None:
+        """Rank 0 keeps a partial file of this work and this world size, or lays out a new one; then each rank resumes."""
+        f = self.f
+        shared = _read_progress(f.progress_path)
+        if self.dist.main:
+            keep = shared is not None and f.partial.is_file() and shared.get("world") == self.dist.world \
+                and shared.get("fingerprint") == f.fingerprint
+            if not keep:
+                if shared is not None and shared.get("fingerprint") != f.fingerprint:
+                    f._start_over(shared)
+                for old in f.path.parent.glob(f"{f.path.name}.progress.rank*.json"):
+                    old.unlink()
+                f._lay_out()
+                write_json(f.progress_path, {"fingerprint": f.fingerprint, "world": self.dist.world, "total": f.n_rows})
+        self.dist.barrier()  # the file is laid out before any rank writes into it
+        state = _read_progress(self.rank_path)
+        if state is not None and state.get("fingerprint") == f.fingerprint:
+            self.blocks_done = int(state["blocks"])
+
+    def save(self) -> None:
+        write_json(self.rank_path, {"fingerprint": self.f.fingerprint, "blocks": self.blocks_done})
+
+    def pending_starts(self) -> list[int]:
+        return self.starts[self.blocks_done:]
+
+    def expected_start(self) -> int | None:
+        pending = self.pending_starts()
+        return pending[0] if pending else None
+
+    def advance(self, start: int, rows: int) -> None:
+        self.blocks_done += 1
+
+    def _rows(self, starts: list[int]) -> int:
+        return sum(min(self.f.block_rows, self.f.n_rows - s) for s in starts)
+
+    @property
+    def rows_written(self) -> int:
+        return self._rows(self.starts[:self.blocks_done])
+
+    @property
+    def own_rows(self) -> int:
+        return self._rows(self.starts)
+
+    def own_files(self) -> tuple[Path, ...]:
+        return (self.rank_path,)
+
+
+def _read_progress(path: Path) -> dict[str, Any] | None:
+    """A progress record, or ``None`` when there is none (or it cannot be read: then the file starts over)."""
+    if not path.is_file():
+        return None
+    try:
+        return cast("dict[str, Any]", json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
 class StreamingTensorFile:
     """Write a safetensors file block of rows by block of rows, so a long run can stream and resume.
 
@@ -268,6 +382,8 @@ class StreamingTensorFile:
     the blocks ``i`` with ``i % world == r`` into the one shared ``PATH.partial`` at their own
     offsets, and keeps its own ``PATH.progress.rankR-of-W.json``; rank 0 lays the file out and
     renames it when every rank is done. The file is byte for byte the one a single process writes.
+    The layout is this class's; which rows are a writer's and how far it got is its mode's
+    (:class:`_OneWriter` or :class:`_ShardedWriter`).
 
     A partial file left with another ``fingerprint`` (the work key of other work: another model, data or
     setting, see :func:`nonrobust.identity.work_key`) is never continued: it is started over, with a warning.
@@ -303,97 +419,46 @@ class StreamingTensorFile:
         self._data_start = 8 + len(blob)
         self._size = offset
         self._blob = blob
-        self.rows_done = 0  # one process: rows finished, in order
-        self.blocks_done = 0  # sharded: this rank's blocks finished, in order
-        if self.dist.world == 1:
-            state = self._read_progress(self.progress_path)
-            if state is not None and self.partial.is_file() and state.get("world", 1) == 1 and state.get("fingerprint") == self.fingerprint:
-                self.rows_done = int(state["rows"])
-            else:
-                self._start_over(state)
-                self._lay_out()
-                self._write_progress()
-        else:
-            self._open_shared()
+        self._mode: _OneWriter | _ShardedWriter = _OneWriter(self) if self.dist.world == 1 else _ShardedWriter(self)
+        self._mode.open()
 
-    # ------------------------------------------------------------------ layout and progress records
     def _start_over(self, state: dict[str, Any] | None) -> None:
         """Say so when a partial file of other work is left here: it is never continued, only replaced."""
         if state is not None and self.partial.is_file():
             import warnings
 
             warnings.warn(f"{self.path}: started over: the partial result there was computed for other work (another model, "
-                          "other data or another setting), so it is not continued", stacklevel=3)
+                          "other data or another setting), so it is not continued", stacklevel=4)
 
     def _lay_out(self) -> None:
         with atomic_write(self.partial, "wb") as fh:
             fh.write(len(self._blob).to_bytes(8, "little") + self._blob)
             fh.truncate(self._data_start + self._size)
 
-    def _rank_progress_path(self, rank: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.progress.rank{rank}-of-{self.dist.world}.json")
-
-    def _open_shared(self) -> None:
-        """Sharded: rank 0 keeps a partial file of these settings and this world size, or lays out a new one."""
-        shared = self._read_progress(self.progress_path)
-        if self.dist.main:
-            keep = shared is not None and self.partial.is_file() and shared.get("world") == self.dist.world \
-                and shared.get("fingerprint") == self.fingerprint
-            if not keep:
-                if shared is not None and shared.get("fingerprint") != self.fingerprint:
-                    self._start_over(shared)
-                for old in self.path.parent.glob(f"{self.path.name}.progress.rank*.json"):
-                    old.unlink()
-                self._lay_out()
-                write_json(self.progress_path, {"fingerprint": self.fingerprint, "world": self.dist.world, "total": self.n_rows})
-        self.dist.barrier()  # the file is laid out before any rank writes into it
-        state = self._read_progress(self._rank_progress_path(self.dist.rank))
-        if state is not None and state.get("fingerprint") == self.fingerprint:
-            self.blocks_done = int(state["blocks"])
-
-    @staticmethod
-    def _read_progress(path: Path) -> dict[str, Any] | None:
-        if not path.is_file():
-            return None
-        try:
-            return cast("dict[str, Any]", json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, OSError):
-            return None
-
-    def _write_progress(self) -> None:
-        if self.dist.world == 1:
-            write_json(self.progress_path, {"fingerprint": self.fingerprint, "rows": self.rows_done, "total": self.n_rows})
-        else:
-            write_json(self._rank_progress_path(self.dist.rank), {"fingerprint": self.fingerprint, "blocks": self.blocks_done})
-
-    # ------------------------------------------------------------------ which rows are this writer's
-    def _own_starts(self) -> list[int]:
-        starts = range(0, self.n_rows, self.block_rows)
-        return [s for i, s in enumerate(starts) if self.dist.owns(i)] if self.dist.world > 1 else list(starts)
+    @property
+    def rows_done(self) -> int:
+        """Rows finished by this writer (its shard's, sharded), including those of the run it resumed."""
+        return self._mode.rows_written
 
     def pending_starts(self) -> list[int]:
         """The first rows of the blocks this writer still has to write, in order (all of them alone, its shard sharded)."""
-        if self.dist.world == 1:
-            return list(range(self.rows_done, self.n_rows, self.block_rows))
-        return self._own_starts()[self.blocks_done:]
+        return self._mode.pending_starts()
 
     @property
     def resumed_rows(self) -> int:
-        """Rows this writer had finished before it was opened (for progress bars and logs)."""
-        if self.dist.world == 1:
-            return self.rows_done
-        return sum(min(self.block_rows, self.n_rows - s) for s in self._own_starts()[:self.blocks_done])
+        """Rows this writer had finished before it was opened, read right after opening (for progress bars and logs)."""
+        return self._mode.rows_written
 
     @property
     def own_rows(self) -> int:
         """Rows this writer writes in all (every row alone; its shard's sharded)."""
-        return self.n_rows if self.dist.world == 1 else sum(min(self.block_rows, self.n_rows - s) for s in self._own_starts())
+        return self._mode.own_rows
 
     def write(self, start: int, tensors: dict[str, torch.Tensor]) -> None:
         """Store rows ``start … start+k`` of every tensor; blocks must arrive in order (this rank's, sharded)."""
-        expected = self.pending_starts()[:1] if self.dist.world > 1 else [self.rows_done]
-        if [start] != expected:
-            raise ValueError(f"expected rows from {expected[0] if expected else 'nowhere (all written)'}, got {start}")
+        expected = self._mode.expected_start()
+        if start != expected:
+            raise ValueError(f"expected rows from {'nowhere (all written)' if expected is None else expected}, got {start}")
         k = None
         with open(self.partial, "r+b") as fh:
             for name, (offset, row_bytes, dtype) in self._layout.items():
@@ -405,21 +470,17 @@ class StreamingTensorFile:
                 fh.write(t.cpu().numpy().tobytes() if dtype != torch.bool else t.to(torch.uint8).cpu().numpy().tobytes())
             fh.flush()
             os.fsync(fh.fileno())
-        if self.dist.world == 1:
-            self.rows_done = start + (k or 0)
-        else:
-            self.blocks_done += 1
-        self._write_progress()
+        self._mode.advance(start, k or 0)
+        self._mode.save()
 
     @property
     def complete(self) -> bool:
         """Whether this writer has written all its rows."""
-        return self.rows_done >= self.n_rows if self.dist.world == 1 else not self.pending_starts()
+        return not self._mode.pending_starts()
 
     def discard(self) -> None:
         """Remove what a run that failed before finishing any row left (sharded: only this rank's progress record)."""
-        paths = (self.progress_path, self.partial) if self.dist.world == 1 else (self._rank_progress_path(self.dist.rank),)
-        for p in paths:
+        for p in self._mode.own_files():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 
@@ -433,7 +494,7 @@ class StreamingTensorFile:
         try:
             yield self
         except BaseException:
-            if (self.rows_done if self.dist.world == 1 else self.blocks_done) == 0:  # nothing worth resuming
+            if self._mode.rows_written == 0:  # nothing worth resuming
                 self.discard()
             raise
         finally:
@@ -443,7 +504,7 @@ class StreamingTensorFile:
     def finish(self) -> Path:
         """Rename the complete file into place and drop the progress records (sharded: when every rank is done)."""
         if not self.complete:
-            raise ValueError(f"only {self.rows_done if self.dist.world == 1 else self.resumed_rows} of {self.own_rows} rows written")
+            raise ValueError(f"only {self._mode.rows_written} of {self.own_rows} rows written")
         self.dist.barrier()  # every rank has written its blocks
         if self.dist.main:
             os.replace(self.partial, self.path)

@@ -18,15 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .attacks import ATTACK_SETS
 from .errors import check
+from .training.presets import PRESETS
 
 __all__ = ["ReproducePreset", "REPRODUCE_PRESETS", "reproduce"]
 
 log = logging.getLogger(__name__)
 
 _PAPER_REPORT = {"eps": 0.03}  # the paper trains and attacks at γ = 0.03
-_CPU_VGG16_REPORT = {"n": 1000, "attacks": ("fgsm", "bim", "pgd-20", "apgd-ce", "nrf-linf"), "table4_n": 100}
-"""docs/findings' VGG-16 report: what fits about 90 minutes of a 2-core CPU (Table 4's 200-step L2 attacks on the first 100 images: 13 min)."""
+_CPU_VGG16_REPORT = {"n": 1000, "attacks": ATTACK_SETS["report-cpu"].names, "table4_n": 100}
+"""docs/findings' VGG-16 report (:data:`nonrobust.attacks.ATTACK_SETS` ``["report-cpu"]``), with Table 4's 200-step L2
+attacks on the first 100 images."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,11 @@ REPRODUCE_PRESETS: dict[str, ReproducePreset] = {p.name: p for p in [
                     "vgg16", "tiny-imagenet", "reference", image_size=64, report=_PAPER_REPORT),
     ReproducePreset("paper-tinyimagenet-wrn28-10", "WRN-28-10 on Tiny-ImageNet (64×64), the reference code's PGD-AT, full report at eps 0.03",
                     "wrn28_10", "tiny-imagenet", "reference", image_size=64, report=_PAPER_REPORT),
-    ReproducePreset("cpu-vgg16-cifar10", "the shipped cifar10-vgg16-at's recipe (the paper's VGG-16-BN, fast AT, 13 epochs, 3 h 30 min measured "
-                    "on 2 CPU cores), then the report on the first 1,000 test images with every L∞ attack at eps 8/255",
+    ReproducePreset("cpu-vgg16-cifar10", "training preset cpu-vgg16 (" + PRESETS["cpu-vgg16"].description + "), then the report "
+                    "on the first 1,000 test images with the attack set report-cpu at eps 8/255",
                     "vgg16", "cifar10", "cpu-vgg16", report=_CPU_VGG16_REPORT),
-    ReproducePreset("cpu-small-cifar10", "the shipped model's recipe (small_cnn, fast AT, 25 epochs, about 75 min on 2 CPU cores), "
-                    "full report at eps 8/255", "small_cnn", "cifar10", "cpu-small"),
+    ReproducePreset("cpu-small-cifar10", "training preset cpu-small (" + PRESETS["cpu-small"].description + "), then the full "
+                    "report at eps 8/255", "small_cnn", "cifar10", "cpu-small"),
 ]}
 
 

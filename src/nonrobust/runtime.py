@@ -74,7 +74,7 @@ def derive_seed(*parts: object) -> int:
 
 def environment(device: torch.device | None = None) -> dict[str, str]:
     """Versions and machine facts recorded with every result."""
-    from . import __version__
+    from ._version import __version__
 
     env = {
         "nonrobust": __version__,

@@ -23,12 +23,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import CHANGE_FLOOR, Attack, point_sizes, summarise_sizes
+from .attacks import Attack
 from .bottleneck import (
-    IBConfig, ReiterableBatches, distill, distill_population, masked_predictions, noise_seeds, seed_agreement, summarise_agreement,
+    IBConfig,
+    ReiterableBatches,
+    distill,
+    distill_population,
+    masked_predictions,
+    noise_seeds,
+    seed_agreement,
+    summarise_agreement,
 )
 from .errors import check
-from .evaluation import attack_batch
+from .evaluation import POINT_COLUMNS, measure_batch, robust_points, summarise_points
 from .identity import provenance, work_key
 from .io import StreamingTensorFile, check_output_path, exclusive, load_tensors, read_json, write_json
 from .runtime import Distributed
@@ -88,11 +95,8 @@ def attack_to_file(
                    disable=not (progress and dist.main))
         with writer.guard(bar):
             for start, x, y in _pending_batches(dataset, writer, batch_size, device):
-                x_adv = attack_batch(attack, model, x, y, seed=seed, batch=start // batch_size, start=start)
-                with torch.no_grad():
-                    clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
-                writer.write(start, {"x_adv": x_adv, "y": y, "index": dataset.indices[start:start + x.shape[0]],
-                                     "clean_pred": clean_pred, "adv_pred": adv_pred, **point_sizes(x, x_adv)})
+                cols = measure_batch(attack, model, x, y, seed=seed, batch=start // batch_size, start=start)
+                writer.write(start, {**cols, "index": dataset.indices[start:start + x.shape[0]]})
                 bar.update(x.shape[0])
         writer.finish()
         summary = summarise_file(out)
@@ -114,40 +118,18 @@ def _rank_note(dist: Distributed) -> str:
     return f" (rank {dist.rank} of {dist.world}: its shard)" if dist.world > 1 else ""
 
 
-_SIZE_COLUMNS = ("linf", "l2", "nan", "min", "max")  # point_sizes' columns, as attack_to_file stores them
-
-
 def summarise_file(path: str | Path) -> dict[str, Any]:
-    """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`.
-
-    ``perturbation`` measures every image; ``perturbation_changed`` the images the attack
-    changed beyond rounding (L∞ size above :data:`~nonrobust.attacks.CHANGE_FLOOR`: an attack that
-    stops early leaves many unchanged, and their zeros, or float round-trip noise of 1e-7, would pull
-    the median to nothing); ``perturbation_fooled`` only the points the attack turned from correct
-    to wrong (the size of an unbounded attack's successes).
-    Reads only the per-point columns, never the images.
-    """
-    t, settings = load_tensors(path, keys=("y", "clean_pred", "adv_pred", *_SIZE_COLUMNS))
-    clean_ok, adv_ok = t["clean_pred"] == t["y"], t["adv_pred"] == t["y"]
-    fooled = clean_ok & ~adv_ok
-    changed = t["linf"] > CHANGE_FLOOR
-    return {
-        **settings,
-        "clean_accuracy": float(clean_ok.float().mean()),
-        "robust_accuracy": float((clean_ok & adv_ok).float().mean()),
-        "success_rate": float((clean_ok & ~adv_ok).sum() / clean_ok.sum().clamp_min(1)),
-        "perturbation": summarise_sizes(t),
-        "perturbation_changed": summarise_sizes({k: t[k][changed] for k in _SIZE_COLUMNS}),
-        # the points the attack turned from correct to wrong: an unbounded attack's size
-        "perturbation_fooled": summarise_sizes({k: t[k][fooled] for k in _SIZE_COLUMNS}),
-    }
+    """Settings, accuracy and perturbation summary of a file written by :func:`attack_to_file`:
+    :func:`nonrobust.evaluation.summarise_points` of its per-image columns (never its images), with the file's
+    settings and provenance."""
+    t, settings = load_tensors(path, keys=POINT_COLUMNS)
+    return {**settings, **summarise_points(t)}
 
 
 def correct_under_attack(path: str | Path) -> torch.Tensor:
     """Bool ``[N]``: which images of a file written by :func:`attack_to_file` the model classifies correctly both clean
     and attacked (the images counted in its robust accuracy)."""
-    t, _ = load_tensors(path, keys=("y", "clean_pred", "adv_pred"))
-    return (t["clean_pred"] == t["y"]) & (t["adv_pred"] == t["y"])
+    return robust_points(load_tensors(path, keys=("y", "clean_pred", "adv_pred"))[0])
 
 
 class StoredAdversarial:
@@ -223,8 +205,7 @@ def worst_case(paths: Iterable[str | Path]) -> dict[str, Any]:
         t, _ = load_tensors(path, keys=("y", "clean_pred", "adv_pred"))
         check(y0 is None or torch.equal(t["y"], y0), f"{path} holds other images than {paths[0]}")
         y0 = t["y"]
-        this = (t["clean_pred"] == t["y"]) & (t["adv_pred"] == t["y"])
-        ok = this if ok is None else ok & this
+        ok = robust_points(t) if ok is None else ok & robust_points(t)
     assert ok is not None and y0 is not None  # paths is not empty
     return {"n": int(y0.numel()), "worst_case_accuracy": float(ok.float().mean()), "attacks": [str(p) for p in paths]}
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from .readings import headline, readings
 from .render import render_html
-from .run import SECTIONS, run_report
+from .run import SECTIONS, ReportResults, run_report
 from .settings import PROFILES, TABLE3_ATTACKS, TABLE4, ReportSettings, profile
 
-__all__ = ["ReportSettings", "TABLE3_ATTACKS", "TABLE4", "PROFILES", "SECTIONS", "run_report", "profile", "headline", "readings", "render_html"]
+__all__ = ["ReportSettings", "TABLE3_ATTACKS", "TABLE4", "PROFILES", "SECTIONS", "run_report", "ReportResults", "profile", "headline",
+           "readings", "render_html"]

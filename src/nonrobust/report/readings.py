@@ -5,14 +5,11 @@ from __future__ import annotations
 import html
 from typing import Any, cast
 
-
 PAPER_PATTERN = {"robust_keeps": 0.8, "robust_above_chance": 2.0, "nonrobust_loses": 0.5}
 """The thresholds of Table 1's verdict: under attack the robust features keep at least ``robust_keeps`` of their clean
 accuracy (and that clean accuracy is above ``robust_above_chance`` × chance), and the non-robust features keep at most
 ``nonrobust_loses`` of theirs."""
 
-TABLE2_PAPER_RANGE = "56–97%"
-"""The paper's range for Table 2 (non-robust features predicting the adversarial label)."""
 
 
 def fmt(v: Any) -> str:
@@ -82,7 +79,7 @@ def readings(results: dict[str, Any]) -> dict[str, str]:
     if "table1" in results:
         out["table1"] = _reading_table1(results["table1"], ref, chance)
     if "table2" in results:
-        out["table2"] = _reading_table2(results["table2"], ref)
+        out["table2"] = _reading_table2(results["table2"], ref, _paper_table2(results))
     if "table4" in results:
         t4 = results["table4"]
         r = {row["attack"]: row for row in t4["rows"]}
@@ -200,7 +197,18 @@ def _reading_table1(table1: dict[str, Any], ref: str, chance: float) -> str:
     return " ".join(parts)
 
 
-def _reading_table2(table2: dict[str, Any], ref: str) -> str:
+def _paper_table2(results: dict[str, Any]) -> str:
+    """What the paper's Table 2 says for this run's attack, data set and network (else its range), from :mod:`nonrobust.paper`."""
+    from ..paper import table2_figure, table2_range
+
+    attack = next((r["attack"] for r in results.get("table3", {}).get("rows", []) if r["label"] == results["reference_attack"]), "")
+    data = str(results["data"]["name"]).removesuffix("-slice")
+    figure = table2_figure(attack, data, str(results["arch"]))
+    spread = f"its Table 2 spans {table2_range()} over attacks, data sets and networks"
+    return f"the paper reports {figure} for this attack, data set and network ({spread})" if figure else f"the paper: {spread}"
+
+
+def _reading_table2(table2: dict[str, Any], ref: str, paper: str) -> str:
     parts = []
     for protocol, t in table2.items():
         r = t["rows"].get(ref)
@@ -208,7 +216,7 @@ def _reading_table2(table2: dict[str, Any], ref: str) -> str:
             parts.append(f"{protocol}: on the {r['fooled']} images misclassified under {ref}, the non-robust features of the "
                          f"adversarial image predict the adversarial label for {ci(r['nonrobust_agrees'], r['fooled'])} of them and "
                          f"the robust features for {ci(r['robust_agrees'], r['fooled'])}.")
-    return (" ".join(parts) + f" The paper reports {TABLE2_PAPER_RANGE} for the non-robust features.") if parts else f"{ref} misclassified no image."
+    return (" ".join(parts) + f" For the non-robust features {paper}.") if parts else f"{ref} misclassified no image."
 
 
 def _reading_tsne(tsne: dict[str, Any], chance: float) -> str:
@@ -228,37 +236,34 @@ def _reading_tsne(tsne: dict[str, Any], chance: float) -> str:
 
 
 def summary(results: dict[str, Any]) -> list[str]:
-    """The report's headline: 3–5 sentences on what was run and what held, from the measured numbers."""
+    """The report's headline as a short list, verdicts first: Table 1's pattern per protocol, the controls, Table 2,
+    then what was run and how accurate the model is. Every item is measured; at most six."""
     ref = results["reference_attack"]
     chance = 1 / len(results["classes"])
     s = results["settings"]
-    out = [f"{results['arch']} ({s['model']}), split at {results['layer']}, on {results['n']} {results['data']['name']} "
-           f"{results['data']['split']} images" + (f", attacked with {', '.join(r['label'] for r in results['table3']['rows'])}"
-                                                   if "table3" in results else "") + "."]
-    t3 = results.get("table3")
-    if t3:
-        linf = sorted((r for r in t3["rows"] if r["norm"] == "linf"), key=lambda r: r["robust_accuracy"])
-        out.append(f"Clean accuracy {ci(t3['clean_accuracy'], t3['n'])}"
-                   + (f"; the lowest under an L∞ attack is {linf[0]['label']}'s, {ci(linf[0]['robust_accuracy'], t3['n'])}" if linf else "")
-                   + ".")
+    out = []
     if "table1" in results:
-        verdicts = [f"{_verdict(t['rows']['clean'], t['rows'][ref], chance)} under {p} ({t['channels']['robust']:.2f} robust channels "
-                    f"per image; Z_r {pct(t['rows'][ref]['robust'])} under {ref})" for p, t in results["table1"].items() if ref in t["rows"]]
-        if verdicts:
-            out.append("Table 1's pattern (robust features survive the attack, non-robust ones do not) " + "; ".join(verdicts) + ".")
-        extra = []
-        for t in results["table1"].values():
-            if "stability" in t and t["stability"]["jaccard_nonempty_pairs"] is not None:
-                extra.append(f"{t['stability']['seeds']} noise seeds agree on {t['stability']['jaccard_nonempty_pairs']:.2f} of an "
-                             f"image's robust channels (mean Jaccard over pairs with any)")
+        out += [f"Table 1's pattern (robust features survive the attack, non-robust ones do not) {_verdict(t['rows']['clean'], t['rows'][ref], chance)} "
+                f"under the {p} protocol: Z_r {pct(t['rows'][ref]['robust'])} under {ref}, {t['channels']['robust']:.2f} robust channels "
+                "per image." for p, t in results["table1"].items() if ref in t["rows"]]
+        for p, t in results["table1"].items():
             if "label_control" in t:
-                extra.append(f"masks made from a wrong label make Z_r predict that label for "
-                             f"{pct(t['label_control']['robust_predicts_mask_label'])} of the images")
-        if extra:
-            out.append("Per image (" + next(iter(results["table1"])) + " protocol): " + "; ".join(extra) + ".")
+                out.append(f"Label control ({p}): masks made from a wrong label make Z_r predict that label for "
+                           f"{pct(t['label_control']['robust_predicts_mask_label'])} of the images.")
+            if "stability" in t and t["stability"]["jaccard_nonempty_pairs"] is not None:
+                out.append(f"Stability ({p}): {t['stability']['seeds']} noise seeds agree on {t['stability']['jaccard_nonempty_pairs']:.2f} of "
+                           "an image's robust channels (mean Jaccard over pairs with any).")
     if "table2" in results:
         rows = [(p, t["rows"][ref]) for p, t in results["table2"].items() if ref in t["rows"] and t["rows"][ref]["fooled"]]
         if rows:
-            out.append(f"On the images misclassified under {ref}, the non-robust features predict the adversarial label for "
-                       + ", ".join(f"{pct(r['nonrobust_agrees'])} ({p})" for p, r in rows) + f" (paper: {TABLE2_PAPER_RANGE}).")
-    return out[:5]
+            out.append(f"Table 2: on the images misclassified under {ref}, the non-robust features predict the adversarial label for "
+                       + ", ".join(f"{pct(r['nonrobust_agrees'])} ({p})" for p, r in rows) + f"; {_paper_table2(results)}.")
+    run = (f"Run: {results['arch']} ({s['model']}), split at {results['layer']}, on {results['n']} {results['data']['name']} "
+           f"{results['data']['split']} images")
+    t3 = results.get("table3")
+    if t3:
+        linf = sorted((r for r in t3["rows"] if r["norm"] == "linf"), key=lambda r: r["robust_accuracy"])
+        run += (f"; clean accuracy {ci(t3['clean_accuracy'], t3['n'])}"
+                + (f", the lowest under an L∞ attack {linf[0]['label']}'s, {ci(linf[0]['robust_accuracy'], t3['n'])}" if linf else ""))
+    out.append(run + ".")
+    return out[:6]

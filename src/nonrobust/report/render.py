@@ -9,14 +9,14 @@ import io
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import __version__
+from .._version import __version__
 from ..attacks import CHANGE_FLOOR
 from ..bottleneck import describe_agreement
 from ..io import atomic_write, load_tensors, write_json
 from .readings import ci, fmt, pct, summary
 
 if TYPE_CHECKING:
-    from .run import Context
+    from .context import Context
 
 
 def write_outputs(ctx: Context, results: dict[str, Any]) -> None:
@@ -143,6 +143,11 @@ def _paired(table: dict[str, Any]) -> str:
             + _table(["attack A", "attack B", "survive only A", "survive only B", "p"], rows) + "</details>")
 
 
+def _arch_note(model: str, arch: str) -> str:
+    """`` (arch)`` after the model's name, unless the name already says it (a user's ``file.py:function`` model)."""
+    return "" if arch in model or model in arch else f" ({html.escape(arch)})"
+
+
 def render_html(results: dict[str, Any], figs: dict[str, bytes]) -> str:
     """The self-contained report page (no scripts, no external resources)."""
     s = results["settings"]
@@ -150,12 +155,12 @@ def render_html(results: dict[str, Any], figs: dict[str, bytes]) -> str:
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>nonrobust report — {html.escape(str(s['model']))}</title>"
              f"<style>{_CSS}</style></head><body>",
              "<h1>Robust and non-robust features: report</h1>",
-             f"<p>Model <b>{html.escape(str(s['model']))}</b> ({html.escape(str(results['arch']))}), split at layer "
+             f"<p>Model <b>{html.escape(str(s['model']))}</b>{_arch_note(str(s['model']), str(results['arch']))}, split at layer "
              f"<code>{html.escape(results['layer'])}</code>; data <b>{html.escape(results['data']['name'])}</b> "
              f"({html.escape(results['data']['split'])} split, {results['n']} of {results['data']['n_available']} images, shape "
              f"{results['data']['input_shape']}); seed {s['seed']}. Method: Kim, Lee, Ro, <i>Distilling Robust and Non-Robust Features "
              f"in Adversarial Examples by Information Bottleneck</i>, NeurIPS 2021. Total wall time {results['wall_seconds']:.0f} s.</p>"]
-    parts.append('<div class="reading"><b>Summary.</b> ' + " ".join(html.escape(x) for x in summary(results)) + "</div>")
+    parts.append('<div class="reading"><b>Summary</b><ul>' + "".join(f"<li>{html.escape(x)}</li>" for x in summary(results)) + "</ul></div>")
     parts.append("<details><summary>Words used on this page</summary><ul>"
                  + "".join(f"<li><b>{html.escape(w)}</b>: {html.escape(d)}</li>" for w, d in WORDS) + "</ul></details>")
     if results["data"].get("provenance"):
@@ -187,8 +192,20 @@ def _html_table3(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     return ["<h2>Table 3 — accuracy under attack</h2>", _table(_ATTACK_HEADER, _attack_rows(t3)),
             f"<p class=\"small\">Clean accuracy {html.escape(ci(t3['clean_accuracy'], t3['n']))} of {t3['n']} images; per-point "
             f"worst case over the L∞ attacks {pct(t3['worst_case_linf'])}. Perturbation sizes are measured on the images each attack "
-            f"changed and on those it turned wrong (medians over all images are in table3.csv).</p>", _paired(t3),
-            _reading(results, "table3")]
+            f"changed and on those it turned wrong (medians over all images are in table3.csv).{_autoattack_note(t3)}</p>",
+            _paired(t3), _reading(results, "table3")]
+
+
+def _autoattack_note(table: dict[str, Any]) -> str:
+    """Why an AutoAttack-backed row's "changed" sizes do not compare with PGD's, when the table has such a row."""
+    from ..attacks import ATTACKS, AutoAttackRunner
+
+    labels = [r["label"] for r in table["rows"] if r.get("attack") in ATTACKS and ATTACKS[r["attack"]].factory is AutoAttackRunner]
+    if not labels:
+        return ""
+    return (f" {', '.join(labels)} return{'s' if len(labels) == 1 else ''} the clean image for every image not turned wrong, so "
+            "the changed images are the ones turned wrong: compare their L2 median with the other attacks' "
+            "\u201cL2 median (turned wrong)\u201d, not with their \u201cL2 median (changed)\u201d.")
 
 
 def _html_table1(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import torch
-from torch import nn
 
-from ..attacks import ATTACKS, Attack
+from ..attacks import ATTACK_SETS, ATTACKS, Attack
 from ..errors import UserError, check
 from ..identity import data_digest, model_digest, provenance
 from ..io import check_output_folder, exclusive, load_tensors, read_json, save_tensors
+from .context import Context
 from .readings import headline, readings
 from .render import write_outputs
 from .settings import TABLE4, TABLE4_LABELS, ReportSettings, attack_overrides
@@ -26,59 +25,54 @@ if TYPE_CHECKING:
     from ..data import ImageDataset
 
 
-@dataclass
-class Context:
-    settings: ReportSettings
-    out: Path
-    model: nn.Module
-    split: Any
-    ds: Any
-    device: torch.device
-    ib: Any
-    steps: Steps
-    progress: bool
-    notes: list[str] = field(default_factory=list)
-    attack_rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # each attack's Table 3 row, once per run
-    subset: str = ""  # "" for the evaluated images, "-firstN" for a table run on the first N of them
-
-    def first(self, n: int | None) -> "Context":
-        """This context restricted to the first ``n`` evaluated images (itself when ``n`` is None or covers them all)."""
-        if n is None or n >= len(self.ds):
-            return self
-        return replace(self, ds=self.ds.first(n), attack_rows={}, subset=f"-first{n}")
-
-    def batches(self, n: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        ds: ImageDataset = self.ds if n is None else self.ds.first(min(n, len(self.ds)))
-        return ds.batches(self.settings.batch_size, device=self.device)
-
-    def adv_path(self, key: str) -> Path:
-        return self.out / "adversarial" / f"{key}{self.subset}.safetensors"
-
-    @functools.cached_property
-    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """``(x, y, split)``: the first batch and its bottleneck split (per-image protocol), shared by the σ² plot and Fig. 3."""
-        from ..bottleneck import distill
-
-        x, y = next(iter(self.batches()))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return x, y, distill(self.split, x, y, self.ib)
-
-
 SECTIONS = ("table3", "table4", "table1", "table2", "tsne", "featvis", "beta", "sigma")
 """The report's parts; ``nonrobust evaluate NAME`` runs one of them (and what it needs)."""
 
 
+class ReportResults(TypedDict, total=False):
+    """What :func:`run_report` returns and writes as ``results.json``: the one place its keys are described.
+
+    A key is present when its section ran (``only=`` and the settings decide); accuracies are fractions in
+    [0, 1], and every accuracy comes with the ``n`` it was measured on.
+    """
+
+    settings: dict[str, Any]  #: every :class:`ReportSettings` field, as run
+    provenance: dict[str, Any]  #: model and data digests, versions, device, seeds, settings, command (nonrobust.identity)
+    environment: dict[str, Any]  #: versions, platform, threads, device
+    arch: str  #: the model's architecture (registry name, or the spec of a user's model)
+    layer: str  #: the split layer
+    classes: list[str]  #: class names
+    data: dict[str, Any]  #: name, split, order, n_available, input_shape, indices
+    n: int  #: images evaluated
+    model_metrics: dict[str, Any]  #: the figures stored in the checkpoint's metadata (clean, PGD-20, APGD-CE, …)
+    reference_attack: str  #: the label of the attack the figures and Tables 1–2 use (ATTACK_SETS["figure-attack"])
+    table3: dict[str, Any]  #: n, clean_accuracy, rows (one per attack: label, attack, norm, eps, robust_accuracy, sizes …), paired
+    table4: dict[str, Any]  #: Table 3's layout for NRF, NRF2, RF, RF2 on the first table4_n images
+    population: dict[str, Any]  #: the label-free population split: robust channels, threshold, images it was fitted on
+    table1: dict[str, Any]  #: per protocol: rows[input] = {int, robust, nonrobust}, channels, stability, label_control
+    table2: dict[str, Any]  #: per protocol: rows[attack label] = {fooled, nonrobust_agrees, robust_agrees}
+    tsne: dict[str, Any]  #: Fig. 2: the attack, images, and the class separation of each embedding
+    featvis: dict[str, Any]  #: Fig. 3: the images and the head's prediction under each visualisation
+    beta_sweep: list[dict[str, Any]]  #: Fig. 5: per β, rows like Table 1's and the channel counts
+    sigma: dict[str, Any]  #: σ² against T on the first batch
+    readings: dict[str, str]  #: one plain-language reading per section
+    headline: dict[str, Any]  #: the few numbers the command prints
+    notes: list[str]  #: what was trimmed or left out, and why
+    steps: dict[str, Any]  #: each step's wall time and whether it came from the cache
+    wall_seconds: float  #: wall time of this run
+
+
 def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str, ...] | None = None,
                progress: bool = True) -> dict[str, Any]:
-    """Run every analysis for ``settings`` into ``out_dir`` and write the report; returns ``results.json``'s content.
+    """Run every analysis for ``settings`` into ``out_dir`` and write the report; returns ``results.json``'s content,
+    whose keys :class:`ReportResults` describes.
 
     ``only`` restricts the run to some of :data:`SECTIONS` (plus the attacks they need).
 
     Raises :class:`UserError` for bad settings, data or model, and when another
     report is writing into ``out_dir``.
     """
-    from .. import data, models
+    from .. import data, loading, models
     from ..bottleneck import IBConfig
     from ..checks import warn_about_model
     from ..runtime import Distributed, environment, launch_device
@@ -94,7 +88,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     dist = Distributed.current()
     full = data.load_dataset(settings.data, settings.split, settings.data_dir, image_size=settings.image_size, order=settings.order)
     ds = full.first(settings.n) if settings.n and settings.n < len(full) else full
-    model, meta = models.resolve(settings.model, device=device, input_shape=ds.input_shape, options=settings.model_options,
+    model, meta = loading.resolve(settings.model, device=device, input_shape=ds.input_shape, options=settings.model_options,
                                  data_dir=settings.data_dir)
     models.check_compatible(model, meta, ds.input_shape, ds.num_classes, device, classes=ds.classes)
     layer = settings.layer or meta.split_layer
@@ -155,8 +149,8 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
 
 
 def _reference_attack(attacks: tuple[str, ...]) -> str:
-    """The attack figures use as "the" attack: PGD-20 when run, else the first L∞ one, else the first."""
-    for key in ("pgd-20", "bim", "fgsm", "nrf-linf", "apgd-ce", "autoattack"):
+    """The attack figures use as "the" attack: :data:`nonrobust.attacks.ATTACK_SETS` ``["figure-attack"]``."""
+    for key in ATTACK_SETS["figure-attack"].names:
         if key in attacks:
             return key
     return attacks[0]
@@ -264,7 +258,7 @@ def _feature_table(ctx: Context, which: str, stored: dict[str, Any], protocol: s
     from ..analyses import adversarial_agreement, feature_accuracy
 
     analysis = feature_accuracy if which == "table1" else adversarial_agreement
-    kwargs = {"population": population["result"]} if protocol == "population" else {"config": ctx.ib}
+    kwargs: dict[str, Any] = {"population": population["result"]} if protocol == "population" else {"config": ctx.ib}
     if which == "table1" and protocol != "population":
         kwargs.update(stability=ctx.settings.stability, label_control=ctx.settings.label_control)
     params = {"protocol": protocol, "ib": asdict(ctx.ib), "attacks": {k: v.describe() for k, v in stored.items()},
@@ -333,8 +327,8 @@ def _tsne(ctx: Context, pgd: str) -> dict[str, Any]:
 def _featvis(ctx: Context, pgd: str) -> dict[str, Any]:
     """Fig. 3 on the first images of the first batch that the attack fooled (masks from each input's own batch)."""
     from ..bottleneck import distill, masked_predictions
-    from ..streams import StoredAdversarial
     from ..featvis import FeatVisConfig, invert_features
+    from ..streams import StoredAdversarial
 
     s = ctx.settings
     path = ctx.steps.file("featvis")

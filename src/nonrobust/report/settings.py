@@ -14,10 +14,8 @@ from ..foreign import ModelOptions
 PER_IMAGE_PROTOCOLS = ("paper", "batch-free")
 """The bottleneck protocols Tables 1 and 2 show next to ``population``."""
 
-TABLE3_ATTACKS = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "apgd-ce", "fab", "nrf-linf", "nrf")
-"""The registered attacks (:data:`nonrobust.attacks.ATTACKS`) Table 3 can run, with their registered settings and labels.
-The L∞ ones take the report's ``eps`` (PGD-20 and NRF-L∞ both run 20 steps of eps/4, so they compare);
-CW-L2 and the NRF L2 family share c 0.1, Adam lr 0.1 and the report's ``l2_steps``."""
+TABLE3_ATTACKS = ATTACK_SETS["report"].names
+"""The registered attacks Table 3 can run: :data:`nonrobust.attacks.ATTACK_SETS` ``["report"]``."""
 
 TABLE4 = ATTACK_SETS["table4"].names
 """Table 4's attacks: :data:`nonrobust.attacks.ATTACK_SETS` ``["table4"]``."""
@@ -77,7 +75,7 @@ class ReportSettings:
     seed: int = setting(0, "seed of every random draw", "int")
     device: str = "auto"
     layer: str | None = setting(None, "split layer (default: the model's own, see `nonrobust models layers`)")
-    attacks: tuple[str, ...] = ("fgsm", "bim", "pgd-20", "cw-l2", "autoattack", "fab", "nrf-linf", "nrf")
+    attacks: tuple[str, ...] = ATTACK_SETS["report-full"].names
     table4: bool = True
     table4_n: int | None = setting(None, "run Table 4 on the first N evaluated images only (default: all; its 200-step L2 "
                                    "attacks are the report's slowest part)", "positive_int")
@@ -106,7 +104,8 @@ class ReportSettings:
     def __post_init__(self) -> None:
         if isinstance(self.model_options, dict):  # e.g. read back from results.json
             object.__setattr__(self, "model_options", ModelOptions(**self.model_options))
-        object.__setattr__(self, "attacks", tuple(_registered(a) for a in self.attacks))  # labels (PGD-20) name attacks too
+        attacks = (ATTACK_SETS[a].names if a in ATTACK_SETS else (_registered(a),) for a in self.attacks)  # a set's name: its attacks
+        object.__setattr__(self, "attacks", tuple(dict.fromkeys(a for names in attacks for a in names)))  # labels name attacks too
         unknown = [a for a in self.attacks if a not in TABLE3_ATTACKS]
         check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
         check(len(self.attacks) > 0, "a report needs at least one attack")
@@ -123,7 +122,7 @@ class ReportSettings:
         check(all(b >= 0 for b in self.betas), "every β must be ≥ 0")
 
 
-_QUICK: dict[str, Any] = dict(n=200, attacks=("fgsm", "bim", "pgd-20", "cw-l2", "apgd-ce", "nrf-linf", "nrf"), l2_steps=50, table4_n=64,
+_QUICK: dict[str, Any] = dict(n=200, attacks=ATTACK_SETS["report-quick"].names, l2_steps=50, table4_n=64,
                               population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200,
                               featvis_images=2, featvis_steps=96, table4=True)
 
@@ -132,7 +131,7 @@ def _default(name: str) -> Any:
     return default_of(ReportSettings, name)
 
 
-_QUICK_TRIMMED = ("AutoAttack trimmed to its first component, APGD-CE (an upper bound on AutoAttack accuracy); FAB left out",
+_QUICK_TRIMMED = (ATTACK_SETS["report-quick"].description.split(": ", 1)[1],  # what the set leaves out of Table 3
                   f"CW-L2 and the NRF L2 family run {_QUICK['l2_steps']} Adam steps instead of {_default('l2_steps')}",
                   f"Table 4 on the first {_QUICK['table4_n']} of the {_QUICK['n']} images",
                   f"population split: {_QUICK['population_iterations']} Adam steps on up to {_QUICK['population_n']} images; "

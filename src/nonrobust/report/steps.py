@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, cast
 
 from ..errors import UserError
-from ..runtime import Distributed
 from ..identity import work_key
 from ..io import read_json, write_json
+from ..runtime import Distributed
 
 log = logging.getLogger("nonrobust.report")
 

@@ -1,190 +1,31 @@
-"""The architecture registry, model building, checkpoints and pretrained models.
-
-A checkpoint is one safetensors file: the weights are ``model.state_dict()``
-(normalisation buffers included) and the header's JSON metadata is a
-:class:`CheckpointMeta` — everything needed to rebuild the model (arch,
-options, classes, normalisation) and to know what it is (dataset, split layer,
-training recipe, metrics, versions). Nothing is ever unpickled.
-
-Typical use::
-
-    model = build("small_cnn", num_classes=10)
-    ...train...
-    save(model, "runs/small.safetensors", make_meta(model, dataset="cifar10", metrics={"clean": 0.81}))
-    model, meta = resolve("runs/small.safetensors", device="cuda")   # or resolve("cifar10-small-at")
-"""
+"""Checkpoints: one safetensors file of weights and :class:`CheckpointMeta`, saved with a digest of its tensors that loading checks."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, cast
 
 import torch
 from torch import nn
 
-from . import __version__
-from . import architectures as arch_lib
-from .errors import UserError
-from .io import assets_dir as _assets_dir, load_tensors, save_tensors
-from .runtime import resolve_device
-
-__all__ = [
-    "ArchSpec",
-    "ARCHITECTURES",
-    "arch_spec",
-    "build",
-    "BuildRecord",
-    "CheckpointMeta",
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "make_meta",
-    "save",
-    "load",
-    "load_with_meta",
-    "PretrainedSpec",
-    "PRETRAINED",
-    "pretrained",
-    "headline",
-    "resolve",
-    "is_python_spec",
-    "load_python_model",
-    "check_compatible",
-    "unwrap",
-    "tensors_digest",
-]
+from .. import architectures as arch_lib
+from .._version import __version__
+from ..errors import UserError
+from ..io import load_tensors, save_tensors
+from ..runtime import resolve_device
+from .registry import BuildRecord, arch_spec, build
 
 log = logging.getLogger(__name__)
 
+
 CHECKPOINT_FORMAT = "nonrobust-checkpoint"
 CHECKPOINT_VERSION = 1
-
-_COMMON_ARGS = ("num_classes", "in_channels", "mean", "std")
-
-
-# --------------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """A registered architecture.
-
-    Attributes:
-        name: registry key.
-        factory: ``factory(num_classes, in_channels=3, mean=None, std=None, **options) -> nn.Module``.
-        default_layer: module name (``model.named_modules()``) of the default split layer ``l``.
-        input_size: native image side in pixels (e.g. 32 for CIFAR).
-        notes: channels and spatial shape at ``default_layer`` and where the choice comes from.
-        paper: whether the paper (Kim, Lee, Ro 2021) used this architecture.
-    """
-
-    name: str
-    factory: Callable[..., nn.Module]
-    default_layer: str
-    input_size: int
-    notes: str
-    paper: bool
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The factory's own keyword options and their defaults (empty if it has none)."""
-        params = inspect.signature(self.factory).parameters
-        return {k: p.default for k, p in params.items() if k not in _COMMON_ARGS}
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    spec.name: spec
-    for spec in (
-        ArchSpec(
-            "vgg16", arch_lib.vgg16, "features.41", 32,
-            "BatchNorm after the 13th conv, before its ReLU: 512 ch, 2x2 at 32 px (index 41, the reference code's VGG split)",
-            paper=True,
-        ),
-        ArchSpec(
-            "wrn28_10", arch_lib.wrn28_10, "bn1", 32,
-            "final BatchNorm before the last ReLU: 64*widen ch (640), 8x8 at 32 px (the reference code's WRN split)",
-            paper=True,
-        ),
-        ArchSpec(
-            "preact_resnet18", arch_lib.preact_resnet18, "bn", 32,
-            "final BatchNorm before the last ReLU: 512 ch, 4x4 at 32 px (chosen like the WRN split)",
-            paper=False,
-        ),
-        ArchSpec(
-            "small_cnn", arch_lib.small_cnn, "features.23", 32,
-            "BatchNorm after the 7th (last) conv, before its ReLU: 8*width ch (256), 2x2 at 32 px; CPU-sized, not from the paper",
-            paper=False,
-        ),
-        ArchSpec(
-            "tiny_cnn", arch_lib.tiny_cnn, "features.5", 32,
-            "BatchNorm after the 2nd conv, before its ReLU: 16 ch, 16x16 at 32 px; for unit tests only",
-            paper=False,
-        ),
-    )
-}
-
-
-def arch_spec(arch: str) -> ArchSpec:
-    """The :class:`ArchSpec` registered as ``arch``; :class:`UserError` listing the names if there is none."""
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch]
-
-
-@dataclass(frozen=True)
-class BuildRecord:
-    """How :func:`build` made a model; attached to it as ``model.nonrobust_build`` (read by :func:`make_meta`)."""
-
-    arch: str
-    options: dict[str, Any]
-    num_classes: int
-
-
-def build(
-    arch: str,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    mean: float | Sequence[float] | None = None,
-    std: float | Sequence[float] | None = None,
-    **options: Any,
-) -> nn.Module:
-    """A freshly initialised model of a registered architecture, in training mode, on the current default device.
-
-    Args:
-        arch: a name in :data:`ARCHITECTURES`.
-        num_classes: number of logits.
-        in_channels: image channels ``C`` (1 for grey-scale).
-        mean, std: per-channel normalisation (one number or ``C`` numbers);
-            default 0.5 and 0.25, i.e. ``(x - 0.5) / 0.25``.
-        **options: the architecture's own options (``ARCHITECTURES[arch].options``),
-            e.g. ``width=32`` for ``small_cnn`` or ``depth=10, widen=1, dropout=0.3`` for ``wrn28_10``.
-
-    Returns:
-        A module mapping images ``[N, C, H, W]`` in ``[0, 1]`` to logits ``[N, num_classes]``,
-        with ``model.nonrobust_build`` (a :class:`BuildRecord`) set.
-
-    Raises:
-        UserError: unknown architecture or option, or an invalid value.
-    """
-    spec = arch_spec(arch)
-    known = spec.options
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        choices = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
-        raise UserError(f"architecture {arch} has no option {unknown[0]!r}: its options are {choices}")
-    resolved = {**known, **options}
-    model = spec.factory(num_classes, in_channels, mean, std, **resolved)
-    model.nonrobust_build = BuildRecord(arch, resolved, num_classes)  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
-    return model
-
-
 # --------------------------------------------------------------------------- checkpoint metadata
 
 
@@ -305,6 +146,17 @@ class CheckpointMeta:
         return f"arch {self.arch}{opts} with {self.num_classes} classes and {self.input_shape[0]}-channel input"
 
 
+def attach(model: nn.Module, meta: CheckpointMeta | None, source: str | None = None) -> nn.Module:
+    """Record on ``model`` what it is: ``model.nonrobust_meta = meta`` (when given) and ``nonrobust_source``, the name or
+    path it was given as (when known). The one place that sets them; returns ``model``."""
+    plain = unwrap(model)
+    if meta is not None:
+        object.__setattr__(plain, "nonrobust_meta", meta)  # plain attributes, not submodules or buffers
+    if source is not None:
+        object.__setattr__(plain, "nonrobust_source", source)
+    return model
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
     while True:
@@ -336,6 +188,10 @@ def make_meta(model_or_arch: nn.Module | str, **fields: Any) -> CheckpointMeta:
     unknown = sorted(set(fields) - valid)
     if unknown:
         raise UserError(f"make_meta: unknown field {unknown[0]!r}: fields are {', '.join(sorted(valid))}")
+    if isinstance(model_or_arch, nn.Module) and _python_arch(getattr(unwrap(model_or_arch), "nonrobust_meta", None)):
+        own = cast(CheckpointMeta, unwrap(model_or_arch).nonrobust_meta)  # a user's factory: what it is comes from its meta
+        kept = ("format", "version", "arch", "arch_options", "num_classes", "input_shape", "mean", "std", "split_layer", "recipe")
+        return CheckpointMeta.from_dict({**{k: getattr(own, k) for k in kept}, **fields}, source="make_meta")
     if isinstance(model_or_arch, nn.Module):
         model = unwrap(model_or_arch)
         record = getattr(model, "nonrobust_build", None)
@@ -369,13 +225,22 @@ def make_meta(model_or_arch: nn.Module | str, **fields: Any) -> CheckpointMeta:
 # --------------------------------------------------------------------------- save / load
 
 
+def _python_arch(meta: Any) -> bool:
+    """Whether ``meta`` (a :class:`CheckpointMeta` or anything) describes a model of a user's Python factory
+    (``arch`` = ``path/to/file.py:function``), whose skeleton only that file can build."""
+    return isinstance(meta, CheckpointMeta) and bool(re.fullmatch(r".+\.py:[A-Za-z_]\w*", meta.arch))
+
+
 def _skeleton(meta: CheckpointMeta) -> nn.Module:
     """The model ``meta`` describes, built on the meta device (no memory, no initialisation cost)."""
+    if _python_arch(meta):
+        raise UserError(f"its architecture is the Python factory {meta.arch}: load it with --model PATH (nonrobust.loading.resolve), "
+                        "which runs that file to build the model")
     with torch.device("meta"):
         return build(meta.arch, meta.num_classes, meta.input_shape[0], meta.mean, meta.std, **meta.arch_options)
 
 
-def _mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> str | None:
+def weight_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> str | None:
     """A one-line account of how the tensors ``got`` differ from a model's ``expected`` state dict, or ``None``."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
@@ -415,13 +280,18 @@ def save(model: nn.Module, path: str | os.PathLike[str], meta: CheckpointMeta, *
     meta = CheckpointMeta.from_dict(asdict(meta), source="save")
     model = unwrap(model)
     state = model.state_dict()
-    skeleton = _skeleton(meta)
-    problem = _mismatch(skeleton.state_dict(), state, meta)
+    if _python_arch(meta):  # a user's factory: the model is its own reference (no registry skeleton exists)
+        own = getattr(model, "nonrobust_meta", None)
+        if not (isinstance(own, CheckpointMeta) and own.arch == meta.arch):
+            raise UserError(f"save: meta describes the Python factory {meta.arch}, the model does not come from it: "
+                            "make the metadata with make_meta(model)")
+    skeleton = model if _python_arch(meta) else _skeleton(meta)
+    problem = weight_mismatch(skeleton.state_dict(), state, meta)
     if problem:
         raise UserError(f"save: the model's {problem}: make the metadata with make_meta(model)")
     if meta.split_layer not in dict(skeleton.named_modules()):
         raise UserError(f"save: split_layer {meta.split_layer!r} is not a layer of {meta.arch}: see nonrobust.models.ARCHITECTURES")
-    for key in ("mean", "std"):
+    for key in ("mean", "std") if "normalize.mean" in state else ():  # a user's model normalises its own way
         buffer = state[f"normalize.{key}"].detach().cpu().flatten()
         if not torch.allclose(buffer, torch.tensor(getattr(meta, key), dtype=buffer.dtype, device="cpu")):
             raise UserError(f"save: meta.{key} {getattr(meta, key)} differs from the model's normalisation {buffer.tolist()}: make the metadata with "
@@ -478,8 +348,13 @@ def _looks_like_npz(path: str | os.PathLike[str]) -> bool:
     return bool(names) and all(name.endswith(".npy") for name in names)
 
 
-def load_with_meta(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+def load_with_meta(path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                   factory: Callable[[CheckpointMeta], nn.Module] | None = None) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model saved at ``path``; return it (eval mode, on ``device``) and its metadata.
+
+    The weights go into the model the architecture registry builds; for a model trained from a user's Python
+    factory (``arch`` = ``path/to/file.py:function``) into ``factory(meta)``, which
+    :func:`nonrobust.loading.resolve` passes (it runs that file); without one such a checkpoint is refused.
 
     ``device`` is anything :func:`nonrobust.runtime.resolve_device` accepts
     (``"cpu"``, ``"cuda:1"``, ``"auto"``). The weights are loaded strictly;
@@ -509,11 +384,11 @@ def load_with_meta(path: str | os.PathLike[str], device: str | torch.device = "c
         raise UserError(f"{path}: its tensors do not match the digest stored with them (the file is corrupted): "
                         "copy, download or write it again")
     try:
-        model = _skeleton(meta)
+        model = factory(meta) if factory is not None and _python_arch(meta) else _skeleton(meta)
     except UserError as exc:
         raise UserError(f"{path}: cannot rebuild the model: {exc}") from None
     expected = model.state_dict()
-    problem = _mismatch(expected, tensors, meta)
+    problem = weight_mismatch(expected, tensors, meta)
     if problem:
         raise UserError(f"{path}: checkpoint {problem}")
     if meta.split_layer not in dict(model.named_modules()):
@@ -521,10 +396,10 @@ def load_with_meta(path: str | os.PathLike[str], device: str | torch.device = "c
     tensors = {k: v.to(expected[k].dtype) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     model.eval().to(device)
-    for key in ("mean", "std"):
+    for key in ("mean", "std") if hasattr(model, "normalize") else ():  # a user's model normalises its own way
         if not torch.allclose(getattr(model.normalize, key).flatten().cpu(), torch.tensor(getattr(meta, key), device="cpu")):
             log.warning("%s: normalisation %s in the weights differs from the metadata; the weights' values are used", path, key)
-    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
+    attach(model, meta)
     log.debug("loaded %s from %s onto %s", meta.describe(), path, device)
     return model, meta
 
@@ -532,235 +407,6 @@ def load_with_meta(path: str | os.PathLike[str], device: str | torch.device = "c
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """:func:`load_with_meta` without the metadata (it is still on ``model.nonrobust_meta``)."""
     return load_with_meta(path, device)[0]
-
-
-# --------------------------------------------------------------------------- pretrained models
-
-
-@dataclass(frozen=True)
-class PretrainedSpec:
-    """A named checkpoint shipped in ``nonrobust/assets``.
-
-    Attributes:
-        name: the name :func:`pretrained` and :func:`resolve` accept.
-        asset: the checkpoint's file name in ``nonrobust/assets``.
-        description: what it is (arch, data, training).
-    """
-
-    name: str
-    asset: str
-    description: str
-
-    def available(self) -> bool:
-        """Whether this build ships the checkpoint."""
-        return (_assets_dir() / self.asset).is_file()
-
-    def path(self) -> Path:
-        """The shipped checkpoint's file; :class:`UserError` if this build does not ship it."""
-        path = _assets_dir() / self.asset
-        if not path.is_file():
-            raise UserError(f"pretrained model {self.name!r} is registered but its asset {self.asset} is not shipped in this build: "
-                            "train one and pass its checkpoint path instead")
-        return path
-
-    def meta(self) -> CheckpointMeta:
-        """The shipped checkpoint's metadata, read from its header alone (no weights are loaded).
-
-        Raises:
-            UserError: the asset is not shipped in this build, or is not a nonrobust checkpoint.
-        """
-        path = self.path()
-        return CheckpointMeta.from_dict(load_tensors(path, keys=())[1], source=str(path))
-
-
-_HEADLINE_METRICS = (("clean_accuracy", "clean"), ("pgd20_accuracy", "PGD-20"), ("autoattack_accuracy", "AutoAttack"),
-                     ("apgd_ce_accuracy", "APGD-CE"))
-"""The measured accuracies :func:`headline` names, as (metadata key, label); each entry is ``{"n": images, "value": accuracy}``."""
-
-
-def headline(meta: CheckpointMeta) -> str:
-    """One line of a checkpoint's measured accuracies, e.g. ``clean 72.2% (n=10000), PGD-20 37.7% (n=10000)``; ``""`` if none."""
-    parts = []
-    for key, label in _HEADLINE_METRICS:
-        entry = meta.metrics.get(key)
-        if isinstance(entry, Mapping) and isinstance(entry.get("value"), (int, float)):
-            parts.append(f"{label} {entry['value']:.1%} (n={entry.get('n', '?')})")
-    return ", ".join(parts)
-
-
-PRETRAINED: dict[str, PretrainedSpec] = {
-    spec.name: spec
-    for spec in (
-        PretrainedSpec("cifar10-small-at", "cifar10-small-at.safetensors", "small_cnn on CIFAR-10, fast adversarial training (L-inf, eps 8/255)"),
-        PretrainedSpec("cifar10-small-std", "cifar10-small-std.safetensors", "small_cnn on CIFAR-10, standard training"),
-        PretrainedSpec("cifar10-vgg16-at", "cifar10-vgg16-at.safetensors",
-                       "the paper's VGG-16-BN on CIFAR-10, fast adversarial training (L-inf, eps 8/255); float16 weights"),
-    )
-}
-
-
-def _pretrained_with_meta(name: str, device: str | torch.device) -> tuple[nn.Module, CheckpointMeta]:
-    if name not in PRETRAINED:
-        raise UserError(f"unknown pretrained model {name!r}: choose one of {', '.join(PRETRAINED) or '(none)'}")
-    return load_with_meta(PRETRAINED[name].path(), device)
-
-
-def pretrained(name: str, device: str | torch.device = "cpu") -> nn.Module:
-    """The shipped model ``name`` (a key of :data:`PRETRAINED`), in eval mode on ``device``, with ``nonrobust_meta`` set.
-
-    Raises:
-        UserError: unknown name, or its asset is not shipped in this build.
-    """
-    return _pretrained_with_meta(name, device)[0]
-
-
-def resolve(model_arg: str | os.PathLike[str], device: str | torch.device = "cpu",
-            input_shape: tuple[int, int, int] | None = None, options: Any = None,
-            data_dir: str | os.PathLike[str] | None = None) -> tuple[nn.Module, CheckpointMeta]:
-    """Turn a command-line model argument into ``(model, meta)``; the model is in eval mode on ``device``.
-
-    ``model_arg`` is one of (tried in this order):
-
-    - a :data:`PRETRAINED` name (it wins over a file of the same name: write ``./name`` for the file);
-    - ``robustbench:NAME[:DATASET[:THREAT]]`` (:func:`nonrobust.foreign.load_robustbench`);
-    - ``path/to/file.py:function`` for a model the user brings (:func:`load_python_model`; runs
-      that file's code, needs ``input_shape``);
-    - the path of a nonrobust ``.safetensors`` checkpoint (:func:`load_with_meta`);
-    - ``ARCH=weights.pt``, a state dict of a registered architecture
-      (:func:`nonrobust.foreign.load_state_dict_model`; nothing in the file runs).
-
-    ``options`` is a :class:`nonrobust.foreign.ModelOptions` (class count, normalisation,
-    architecture options, RobustBench folder) for the foreign routes; ``data_dir`` is where the
-    RobustBench folder defaults to.
-
-    Raises:
-        UserError: none of the above (the message lists the forms), or the route's own errors.
-    """
-    from . import foreign
-
-    options = options or foreign.ModelOptions()
-    arg = str(model_arg)
-    route = model_route(arg)
-    given = [name for name in ROUTE_OPTIONS if route is not None and getattr(options, name) is not None and route not in ROUTE_OPTIONS[name]]
-    if given:
-        assert route is not None  # only a route can be given options it does not take
-        flag = "--" + given[0].replace("_", "-")
-        raise UserError(f"{flag} has no effect on {ROUTE_NAMES[route]} ({arg}): it is for "
-                        f"{' and '.join(ROUTE_NAMES[r] for r in sorted(ROUTE_OPTIONS[given[0]]))}; drop it")
-    model: nn.Module | None
-    meta: CheckpointMeta | None
-    if route == "pretrained":
-        model, meta = _pretrained_with_meta(arg, device)
-    elif route == "robustbench":
-        model, meta = foreign.load_robustbench(arg, options, data_dir=data_dir, device=device)
-    elif route == "python":
-        if input_shape is None:
-            raise UserError(f"{arg}: a model from a Python file needs the input shape: pass --input-shape C H W (or --data)")
-        model, meta = load_python_model(arg, input_shape, device)
-    elif route == "checkpoint":
-        model, meta = load_with_meta(arg, device)
-    elif route == "state_dict":
-        arch, _, path = arg.partition("=")
-        model, meta = foreign.load_state_dict_model(path, arch, options, input_shape=input_shape, device=device)
-    else:
-        model = meta = None
-    if model is not None:
-        assert meta is not None  # every route returns both
-        unwrap(model).nonrobust_source = arg  # type: ignore[assignment]  # the name or path the model was given as, for provenance (identity is its content)
-        return model, meta
-    names = ", ".join(PRETRAINED) or "(none)"
-    raise UserError(f"{arg!r}: no such file, and not a pretrained model name ({names}): pass a nonrobust .safetensors checkpoint, "
-                    "one of those names, ARCH=weights.pt, robustbench:NAME or path/to/file.py:function")
-
-
-ROUTE_NAMES = {"pretrained": "a shipped model", "robustbench": "a RobustBench model", "python": "a model from a Python file",
-               "checkpoint": "a nonrobust checkpoint", "state_dict": "an ARCH=weights.pt state dict"}
-"""The routes :func:`resolve` takes a model by (:func:`model_route`), as error messages name them."""
-ROUTE_OPTIONS: dict[str, set[str]] = {"num_classes": {"state_dict"}, "normalize": {"state_dict"}, "arch_options": {"state_dict"},
-                                      "model_dir": {"robustbench"}}
-"""The routes on which each :class:`nonrobust.foreign.ModelOptions` field has an effect; elsewhere it is refused."""
-
-
-def model_route(model_arg: str | os.PathLike[str]) -> str | None:
-    """Which route :func:`resolve` takes ``model_arg`` by: a :data:`ROUTE_NAMES` key, or ``None`` for none of them."""
-    from . import foreign
-
-    arg = str(model_arg)
-    if arg in PRETRAINED:
-        return "pretrained"
-    if foreign.is_robustbench_spec(arg):
-        return "robustbench"
-    if is_python_spec(arg):
-        return "python"
-    if Path(arg).is_file():
-        return "checkpoint"
-    if foreign.is_state_dict_spec(arg):
-        return "state_dict"
-    return None
-
-
-# --------------------------------------------------------------------------- models users bring
-_PY_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
-
-
-def is_python_spec(model_arg: str) -> bool:
-    """Whether ``model_arg`` names a factory in a Python file (``path/to/file.py:function``)."""
-    return bool(_PY_SPEC.match(str(model_arg)))
-
-
-def load_python_model(spec: str, input_shape: tuple[int, int, int], device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """Build a model a user brings: ``path/to/file.py:function``.
-
-    Imports the file (this *runs its code*: only for files you trust) and calls
-    ``function()``, which must return an ``nn.Module`` mapping images in [0,1] of
-    shape ``[B, *input_shape]`` to logits (normalisation inside the module). The
-    model may set ``nonrobust_split_layer`` (a module name); otherwise the last
-    ``BatchNorm2d`` (else ``Conv2d``) is the default split layer. Returns the model
-    in eval mode on ``device`` and metadata describing it (``arch`` is the spec).
-    """
-    import importlib.util
-
-    m = _PY_SPEC.match(str(spec))
-    if m is None:
-        raise UserError(f"{spec!r}: expected path/to/file.py:function")
-    path = Path(m["file"])
-    if not path.is_file():
-        raise UserError(f"{path}: no such Python file")
-    module_spec = importlib.util.spec_from_file_location(f"nonrobust_user_{path.stem}", path)
-    assert module_spec is not None and module_spec.loader is not None  # a .py file always has a spec and a loader
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise UserError(f"{path}: importing it failed: {type(exc).__name__}: {exc}") from None
-    factory = getattr(module, m["func"], None)
-    if not callable(factory):
-        raise UserError(f"{path} has no function {m['func']!r}")
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise UserError(f"{spec}: {m['func']}() returned {type(model).__name__}, not a torch.nn.Module")
-    model = model.to(resolve_device(device) if isinstance(device, str) else device).eval()
-    layer = getattr(model, "nonrobust_split_layer", None) or _last_feature_layer(model)
-    with torch.no_grad():
-        try:
-            logits = model(torch.zeros(1, *input_shape, device=next(model.parameters(), torch.zeros(0, device="cpu")).device))
-        except Exception as exc:
-            raise UserError(f"{spec}: the model fails on images of shape {list(input_shape)}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not (isinstance(logits, torch.Tensor) and logits.dim() == 2):
-        raise UserError(f"{spec}: the model must return logits [B, K], got {type(logits).__name__} {list(getattr(logits, 'shape', []))}")
-    c = input_shape[0]
-    meta = CheckpointMeta(arch=str(spec), num_classes=int(logits.shape[1]), input_shape=cast("tuple[int, int, int]", tuple(input_shape)),
-                          mean=[0.0] * c, std=[1.0] * c, split_layer=layer or "?",
-                          recipe={"source": "user-supplied Python factory; normalisation is the model's own"})
-    model.nonrobust_meta = meta  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
-    return model, meta
-
-
-def _last_feature_layer(model: nn.Module) -> str | None:
-    names = [n for n, mod in model.named_modules() if isinstance(mod, nn.BatchNorm2d)]
-    names = names or [n for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d)]
-    return names[-1] if names else None
 
 
 def check_compatible(model: nn.Module, meta: CheckpointMeta, input_shape: tuple[int, int, int], num_classes: int,

@@ -1,0 +1,96 @@
+"""The models shipped with the package, by name (:data:`PRETRAINED`), with their measured figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..io import assets_dir as _assets_dir
+from ..io import load_tensors
+from .checkpoints import CheckpointMeta, load_with_meta
+
+# --------------------------------------------------------------------------- pretrained models
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """A named checkpoint shipped in ``nonrobust/assets``.
+
+    Attributes:
+        name: the name :func:`pretrained` and :func:`resolve` accept.
+        asset: the checkpoint's file name in ``nonrobust/assets``.
+        description: what it is (arch, data, training).
+    """
+
+    name: str
+    asset: str
+    description: str
+
+    def available(self) -> bool:
+        """Whether this build ships the checkpoint."""
+        return (_assets_dir() / self.asset).is_file()
+
+    def path(self) -> Path:
+        """The shipped checkpoint's file; :class:`UserError` if this build does not ship it."""
+        path = _assets_dir() / self.asset
+        if not path.is_file():
+            raise UserError(f"pretrained model {self.name!r} is registered but its asset {self.asset} is not shipped in this build: "
+                            "train one and pass its checkpoint path instead")
+        return path
+
+    def meta(self) -> CheckpointMeta:
+        """The shipped checkpoint's metadata, read from its header alone (no weights are loaded).
+
+        Raises:
+            UserError: the asset is not shipped in this build, or is not a nonrobust checkpoint.
+        """
+        path = self.path()
+        return CheckpointMeta.from_dict(load_tensors(path, keys=())[1], source=str(path))
+
+
+_HEADLINE_METRICS = (("clean_accuracy", "clean"), ("pgd20_accuracy", "PGD-20"), ("autoattack_accuracy", "AutoAttack"),
+                     ("apgd_ce_accuracy", "APGD-CE"))
+"""The measured accuracies :func:`headline` names, as (metadata key, label); each entry is ``{"n": images, "value": accuracy}``."""
+
+
+def headline(meta: CheckpointMeta) -> str:
+    """One line of a checkpoint's measured accuracies, e.g. ``clean 72.2% (n=10000), PGD-20 37.7% (n=10000)``; ``""`` if none."""
+    parts = []
+    for key, label in _HEADLINE_METRICS:
+        entry = meta.metrics.get(key)
+        if isinstance(entry, Mapping) and isinstance(entry.get("value"), (int, float)):
+            parts.append(f"{label} {entry['value']:.1%} (n={entry.get('n', '?')})")
+    return ", ".join(parts)
+
+
+PRETRAINED: dict[str, PretrainedSpec] = {
+    spec.name: spec
+    for spec in (
+        PretrainedSpec("cifar10-small-at", "cifar10-small-at.safetensors", "small_cnn on CIFAR-10, fast adversarial training (L-inf, eps 8/255)"),
+        PretrainedSpec("cifar10-small-std", "cifar10-small-std.safetensors", "small_cnn on CIFAR-10, standard training"),
+        PretrainedSpec("cifar10-vgg16-at", "cifar10-vgg16-at.safetensors",
+                       "the paper's VGG-16-BN on CIFAR-10, fast adversarial training (L-inf, eps 8/255); float16 weights"),
+    )
+}
+
+
+def pretrained_with_meta(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """:func:`pretrained` with its metadata."""
+    if name not in PRETRAINED:
+        raise UserError(f"unknown pretrained model {name!r}: choose one of {', '.join(PRETRAINED) or '(none)'}")
+    return load_with_meta(PRETRAINED[name].path(), device)
+
+
+def pretrained(name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The shipped model ``name`` (a key of :data:`PRETRAINED`), in eval mode on ``device``, with ``nonrobust_meta`` set.
+
+    Raises:
+        UserError: unknown name, or its asset is not shipped in this build.
+    """
+    return pretrained_with_meta(name, device)[0]
+
