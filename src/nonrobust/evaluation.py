@@ -59,15 +59,17 @@ of :func:`nonrobust.attacks.point_sizes`. Files of :func:`nonrobust.streams.atta
 
 
 def measure_batch(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, *, seed: int, batch: int, start: int,
-                  positions: Tensor | None = None) -> dict[str, Tensor]:
+                  positions: Tensor | None = None, clean_pred: Tensor | None = None) -> dict[str, Tensor]:
     """One batch attacked and measured: the body of the one evaluation loop, whether its sink is memory or a file.
 
-    The attack runs by :func:`attack_batch` (same arguments). Returns ``x_adv`` (``[B, C, H, W]`` in [0,1])
-    and the :data:`POINT_COLUMNS`, each ``[B]``.
+    The attack runs by :func:`attack_batch` (same arguments). ``clean_pred`` (int64 ``[B]``) is the model's
+    prediction on ``x`` when the caller has it already (several attacks on one batch); else it is computed.
+    Returns ``x_adv`` (``[B, C, H, W]`` in [0,1]) and the :data:`POINT_COLUMNS`, each ``[B]``.
     """
     x_adv = attack_batch(attack, model, x, y, seed=seed, batch=batch, start=start, positions=positions)
     with torch.no_grad():
-        clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+        clean_pred = model(x).argmax(1) if clean_pred is None else clean_pred
+        adv_pred = model(x_adv).argmax(1)
     return {"x_adv": x_adv, "y": y, "clean_pred": clean_pred, "adv_pred": adv_pred, **point_sizes(x, x_adv)}
 
 
@@ -177,7 +179,8 @@ def evaluate_attacks(
     bar = tqdm(total=total, desc="attacks", unit="img", disable=not progress, leave=False)
     for i, (x, y) in enumerate(batches):
         with torch.no_grad():
-            ok = model(x).argmax(1) == y
+            clean_pred = model(x).argmax(1)  # once per batch, shared by every attack
+        ok = clean_pred == y
         start, n = n, n + x.shape[0]
         clean += int(ok.sum())
         robust_all = ok.clone()
@@ -186,7 +189,8 @@ def evaluate_attacks(
             if idx.numel() == 0:
                 continue
             t0 = time.perf_counter()
-            cols = measure_batch(attack, model, x[idx], y[idx], seed=seed, batch=i, start=start, positions=idx)
+            cols = measure_batch(attack, model, x[idx], y[idx], seed=seed, batch=i, start=start, positions=idx,
+                                 clean_pred=clean_pred[idx])
             seconds[name] += time.perf_counter() - t0
             still = robust_points(cols)
             correct[name] += int(still.sum())
@@ -196,9 +200,11 @@ def evaluate_attacks(
         bar.update(x.shape[0])
     bar.close()
     check(n > 0, "no images to evaluate")
+    every = {name: {k: torch.cat([c[k] for c in columns[name]]) if columns[name] else torch.empty(0, device="cpu")
+                    for k in POINT_COLUMNS} for name in attacks}
     results: dict[str, AttackResult] = {}
     for name, attack in attacks.items():
-        cols = {k: torch.cat([c[k] for c in columns[name]]) if columns[name] else torch.empty(0, device="cpu") for k in POINT_COLUMNS}
+        cols = every[name]
         entry: AttackResult = {"settings": attack.describe(), "robust_accuracy": correct[name] / n,
                                "success_rate": (clean - correct[name]) / clean if clean else None}
         if cascade:
@@ -212,5 +218,5 @@ def evaluate_attacks(
     out: Evaluation = {"n": n, "clean_accuracy": clean / n, "attacks": results, "worst_case_accuracy": worst / n,
                        "mode": "cascade" if cascade else "individual"}
     if points:
-        out["points"] = {name: {k: torch.cat([c[k] for c in columns[name]]) for k in POINT_COLUMNS} for name in attacks}
+        out["points"] = every
     return out

@@ -10,7 +10,6 @@ of them on it, so the import graph has no cycle.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import cast
 
@@ -107,7 +106,7 @@ def model_route(model_arg: str | os.PathLike[str]) -> str | None:
 
 
 # --------------------------------------------------------------------------- models users bring
-_PY_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
+_PY_SPEC = models.checkpoints.PYTHON_SPEC
 
 
 def _from_factory(meta: models.CheckpointMeta) -> nn.Module:

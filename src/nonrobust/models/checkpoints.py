@@ -225,10 +225,14 @@ def make_meta(model_or_arch: nn.Module | str, **fields: Any) -> CheckpointMeta:
 # --------------------------------------------------------------------------- save / load
 
 
+PYTHON_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
+"""A factory of a user's model in a Python file, ``path/to/file.py:function``: the ``--model`` route and a checkpoint's ``arch``."""
+
+
 def _python_arch(meta: Any) -> bool:
     """Whether ``meta`` (a :class:`CheckpointMeta` or anything) describes a model of a user's Python factory
     (``arch`` = ``path/to/file.py:function``), whose skeleton only that file can build."""
-    return isinstance(meta, CheckpointMeta) and bool(re.fullmatch(r".+\.py:[A-Za-z_]\w*", meta.arch))
+    return isinstance(meta, CheckpointMeta) and bool(PYTHON_SPEC.match(meta.arch))
 
 
 def _skeleton(meta: CheckpointMeta) -> nn.Module:

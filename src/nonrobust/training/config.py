@@ -119,15 +119,15 @@ class TrainConfig:
         steps = self.steps or spec.fixed_steps or 10
         from ..loading import is_python_spec
 
-        info = None if is_python_spec(self.arch) else DATASETS.get(str(self.data).lower())  # a user's model normalises itself
-        flips = DATASETS[str(self.data).lower()].flip if str(self.data).lower() in DATASETS else True
+        known = DATASETS.get(str(self.data).lower())
+        info = None if is_python_spec(self.arch) else known  # a user's model normalises itself
         return dataclasses.replace(
             self,
             steps=steps,
             alpha=self.alpha if self.alpha is not None else step_size(self.eps, steps, spec.alpha_factor),
             beta=self.beta if self.beta is not None else spec.beta,
             inner=self.inner or spec.inners[0],
-            flip=self.flip if self.flip is not None else flips,
+            flip=self.flip if self.flip is not None else (known.flip if known else True),
             mean=self.mean if self.mean is not None else (list(info.mean) if info else None),
             std=self.std if self.std is not None else (list(info.std) if info else None),
         )
