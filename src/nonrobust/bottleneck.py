@@ -66,7 +66,8 @@ from .runtime import derive_seed, frozen, index_seed, make_generator
 from .split import LayerSplit, require_4d
 
 __all__ = ["IBConfig", "IBResult", "distill", "distill_population", "masked_predictions", "gaussian_kl", "ReiterableBatches",
-           "seed_agreement", "summarise_agreement", "describe_agreement", "noise_seeds", "robust_channels", "threshold_quantile", "PROTOCOLS", "LABEL_SOURCES"]
+           "seed_agreement", "summarise_agreement", "wrong_labels", "apply_mask", "describe_agreement", "noise_seeds", "robust_channels",
+           "threshold_quantile", "PROTOCOLS", "LABEL_SOURCES"]
 
 log = logging.getLogger(__name__)
 
@@ -188,22 +189,13 @@ class IBResult:
         check(channels in ("nonrobust", "robust"), f"channels must be nonrobust or robust, got {channels!r}")
         return self.nonrobust_mask if channels == "nonrobust" else self.robust_mask
 
-    def _expand(self, mask: Tensor, z: Tensor) -> Tensor:
-        require_4d(z, self.layer)
-        m = mask.to(device=z.device, dtype=z.dtype)
-        if m.dim() == 1:
-            check(m.shape[0] == z.shape[1], f"mask has {m.shape[0]} channels, features have {z.shape[1]}")
-            return m.view(1, -1, 1, 1)
-        check(m.shape == z.shape[:2], f"mask of shape {list(m.shape)} does not fit features {list(z.shape)}")
-        return m[:, :, None, None]
-
     def robust(self, z: Tensor) -> Tensor:
         """``Z_r = i_r · Z``: non-robust channels zeroed. ``z`` is ``[B, C, H, W]``."""
-        return z * self._expand(self.robust_mask, z)
+        return apply_mask(z, self.robust_mask, self.layer)
 
     def nonrobust(self, z: Tensor) -> Tensor:
         """``Z_nr = i_nr · Z``: robust channels zeroed."""
-        return z * self._expand(self.nonrobust_mask, z)
+        return apply_mask(z, self.nonrobust_mask, self.layer)
 
     def counts(self) -> dict[str, float]:
         """Numbers of robust and non-robust channels (mean per image for per-image protocols)."""
@@ -235,6 +227,20 @@ class IBResult:
             raise UserError(f"{path}: not a bottleneck split file (written by `nonrobust split`)")
         return cls(meta["layer"], IBConfig(**meta["config"]), t["sigma"], t["var_z"], t["threshold"],
                    t["robust_mask"].bool(), meta.get("loss", float("nan")), meta.get("extra", {}), t.get("labels"))
+
+
+def apply_mask(z: Tensor, mask: Tensor, layer: str = "") -> Tensor:
+    """``i · Z``: the channels of features ``z`` ``[B, C, H, W]`` where the bool ``mask`` is False set to zero.
+
+    ``mask`` is one mask per image, ``[B, C]``, or one for every image, ``[C]``.
+    """
+    require_4d(z, layer)
+    m = mask.to(device=z.device, dtype=z.dtype)
+    if m.dim() == 1:
+        check(m.shape[0] == z.shape[1], f"mask has {m.shape[0]} channels, features have {z.shape[1]}")
+        return z * m.view(1, -1, 1, 1)
+    check(m.shape == z.shape[:2], f"mask of shape {list(m.shape)} does not fit features {list(z.shape)}")
+    return z * m[:, :, None, None]
 
 
 def gaussian_kl(var_z: Tensor, sigma_sq: Tensor) -> Tensor:
@@ -354,11 +360,20 @@ def _targets(split: LayerSplit, z: Tensor, ctx: tuple[Any, ...], y: Tensor, conf
         logits: Tensor = split.head(z, ctx)
     if config.labels == "predicted":
         return logits.argmax(1)
-    k = logits.shape[1]
-    check(k >= 2, "random-wrong labels need at least 2 classes")
-    shift = torch.stack([torch.randint(1, k, (), device="cpu", generator=make_generator(derive_seed(config.seed, "wrong-label", int(i)), "cpu"))
+    return wrong_labels(y, logits.shape[1], seed=config.seed, indices=indices)
+
+
+def wrong_labels(y: Tensor, classes: int, *, seed: int, indices: Tensor) -> Tensor:
+    """For each image a seeded label other than its own: the ``random-wrong`` labels of :attr:`IBConfig.labels`.
+
+    Image ``i``'s wrong label is ``(y[i] + s) mod classes`` with ``s`` uniform in ``1 … classes − 1`` from its own
+    generator, seeded by ``(seed, "wrong-label", indices[i])``: the same label whichever batch the image is in.
+    ``y`` is int64 ``[B]``, ``indices`` the images' data-set indices ``[B]``; returns int64 ``[B]`` on ``y``'s device.
+    """
+    check(classes >= 2, "random-wrong labels need at least 2 classes")
+    shift = torch.stack([torch.randint(1, classes, (), device="cpu", generator=make_generator(derive_seed(seed, "wrong-label", int(i)), "cpu"))
                          for i in indices.tolist()]).to(y.device)
-    return (y + shift) % k
+    return (y + shift) % classes
 
 
 def _threshold(var_z: Tensor, config: IBConfig) -> Tensor:
@@ -640,17 +655,18 @@ class ReiterableBatches:
         return iter(self.make())
 
 
-def masked_predictions(split: LayerSplit, result: IBResult, x: Tensor) -> dict[str, Tensor]:
+def masked_predictions(split: LayerSplit, result: IBResult | Tensor, x: Tensor) -> dict[str, Tensor]:
     """Predicted classes from ``f_l+(Z)``, ``f_l+(Z_r)`` and ``f_l+(Z_nr)`` for images ``x``.
 
-    ``result`` holds masks for exactly these images (per-image protocols) or one
-    ``[C]`` split (``population``). Returns ``{"int", "robust", "nonrobust"}``,
-    each ``int64 [B]``.
+    ``result`` holds masks for exactly these images (per-image protocols) or one ``[C]`` split
+    (``population``); or it is a robust mask itself, bool ``[B, C]`` or ``[C]`` (the controls of
+    :mod:`nonrobust.sanity`). Returns ``{"int", "robust", "nonrobust"}``, each ``int64 [B]``.
     """
+    robust = result.robust_mask if isinstance(result, IBResult) else result.bool()
     with frozen(split.model), torch.no_grad():
         z, ctx = split.features_and_context(x)
         return {
             "int": split.head(z, ctx).argmax(1),
-            "robust": split.head(result.robust(z), ctx).argmax(1),
-            "nonrobust": split.head(result.nonrobust(z), ctx).argmax(1),
+            "robust": split.head(apply_mask(z, robust, split.layer), ctx).argmax(1),
+            "nonrobust": split.head(apply_mask(z, ~robust, split.layer), ctx).argmax(1),
         }

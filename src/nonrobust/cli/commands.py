@@ -127,8 +127,14 @@ def _print_headline(results: dict[str, Any], out: Path) -> None:
     for name, acc in h["robust_accuracy"].items():
         print(f"  {name:<16} {acc:.1%}")
     ref = h["reference_attack"]
+    from ..report.readings import label_caveat, sanity_summary
+
+    chance = 1 / len(results["classes"])
     for protocol, row in h["table1"].items():
-        print(f"  Table 1 ({protocol}) under {ref}: Int {row['int']:.1%}, R {row['robust']:.1%}, NR {row['nonrobust']:.1%}")
+        print(f"  Table 1 ({protocol}) under {ref}: Int {row['int']:.1%}, R {row['robust']:.1%}, NR {row['nonrobust']:.1%}"
+              f"{label_caveat(results['table1'][protocol], chance)}")
+    if results.get("sanity"):
+        print(f"  {sanity_summary(results['sanity'], ref, chance)}")
     for protocol, r in h["table2"].items():
         if r["nonrobust_agrees"] is not None:
             print(f"  Table 2 ({protocol}): NR features predict {ref}'s label on {r['nonrobust_agrees']:.1%} of the {r['fooled']} "

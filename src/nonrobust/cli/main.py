@@ -140,7 +140,8 @@ def _add_evaluate(sub: Any) -> None:
     """The ``evaluate`` command."""
     p = sub.add_parser("evaluate", help="run one analysis of the report (and the attacks it needs) into DIR")
     p.add_argument("section", choices=_report_sections(), help="table1, table2 (feature accuracy, agreement), table3, table4 (attacks), "
-                   "tsne (Fig. 2), featvis (Fig. 3), beta (Fig. 5), sigma (σ² against T)")
+                   "sanity (the controls: random masks, label oracle, model randomisation, adaptive attacks, layers), tsne (Fig. 2), "
+                   "featvis (Fig. 3), beta (Fig. 5), sigma (σ² against T)")
     add_model_arg(p)
     add_data_args(p)
     add_report_args(p)

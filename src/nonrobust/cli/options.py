@@ -224,7 +224,7 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
 
 _REPORT_OPTIONS = ("table4_n", "eps", "l2_steps", "layer", "protocol", "beta", "ib_iterations", "threshold", "stability", "label_control",
                    "population_n", "population_iterations", "population_threshold", "betas", "beta_n", "tsne_n", "featvis_images",
-                   "featvis_steps")  # ReportSettings fields that are report options
+                   "featvis_steps", "sanity_n", "sanity_layers", "randomisation_blocks", "adaptive_attacks")  # ReportSettings fields that are report options
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:

@@ -78,8 +78,12 @@ def readings(results: dict[str, Any]) -> dict[str, str]:
     chance = 1 / len(results["classes"])
     if "table1" in results:
         out["table1"] = _reading_table1(results["table1"], ref, chance)
+        if results.get("sanity"):  # a figure a control explains away is read with that control
+            out["table1"] += " " + sanity_summary(results["sanity"], ref, chance)
     if "table2" in results:
         out["table2"] = _reading_table2(results["table2"], ref, _paper_table2(results))
+    if results.get("sanity"):
+        out.update({f"sanity_{k}": v for k, v in sanity_readings(results["sanity"], ref, chance).items()})
     if "table4" in results:
         t4 = results["table4"]
         r = {row["attack"]: row for row in t4["rows"]}
@@ -109,6 +113,30 @@ def readings(results: dict[str, Any]) -> dict[str, str]:
         out["featvis"] = ("Images optimised so that their features at the split layer match the input's Z, Z_r or Z_nr (feature "
                           "inversion). Under each, the class the head after the layer predicts from that target.")
     return out
+
+
+def label_control_verdict(t: dict[str, Any]) -> tuple[str, float]:
+    """What Table 1's label control (masks from a seeded wrong label ŷ) says, by an exact sign test of "Z_r predicts ŷ"
+    against "Z_r predicts y" on the same images: ``("mask label" | "true label" | "neither", p)``."""
+    from ..stats import SIGNIFICANCE, mcnemar
+
+    lc, n = t["label_control"], t["n"]
+    k_mask, k_true = round(lc["robust_predicts_mask_label"] * n), round(lc["robust_predicts_true_label"] * n)
+    p_value = mcnemar(k_mask, k_true)  # the two outcomes exclude each other on every image: a sign test
+    return ("neither" if p_value >= SIGNIFICANCE else "mask label" if k_mask > k_true else "true label"), p_value
+
+
+def label_caveat(t: dict[str, Any], chance: float) -> str:
+    """What a per-image Table 1's own label control says next to its Z_r (``""`` without one): every place that shows
+    Z_r's accuracy says it (the report's summary, Table 1's reading, ``split``'s printout)."""
+    if "label_control" not in t:
+        return ""
+    verdict, p_value = label_control_verdict(t)
+    share = pct(t["label_control"]["robust_predicts_mask_label"])
+    if verdict == "mask label":
+        return (f"; but its own label control explains it away: masks made from a wrong label make Z_r predict that label for {share} "
+                f"of the images (p = {p_value:.2g}), so Z_r's accuracy is the label read back through the mask")
+    return f"; its label control: masks from a wrong label make Z_r predict that label for {share} (chance {pct(chance)})"
 
 
 def _verdict(clean: dict[str, Any], attacked: dict[str, Any], chance: float) -> str:
@@ -145,7 +173,6 @@ def _reading_table3(t3: dict[str, Any]) -> str:
 
 def _reading_table1(table1: dict[str, Any], ref: str, chance: float) -> str:
     """One comparative reading of Table 1 over the protocols shown."""
-    from ..stats import SIGNIFICANCE, mcnemar
     shown = {p: t for p, t in table1.items() if ref in t["rows"]}
     if not shown:
         return ""
@@ -173,14 +200,11 @@ def _reading_table1(table1: dict[str, Any], ref: str, chance: float) -> str:
         if "label_control" in t:
             lc = t["label_control"]
             n = t["n"]
-            k_mask, k_true = round(lc["robust_predicts_mask_label"] * n), round(lc["robust_predicts_true_label"] * n)
-            p_value = mcnemar(k_mask, k_true)  # the two outcomes exclude each other on every image: a sign test
-            if p_value >= SIGNIFICANCE:
-                verdict = "neither label significantly more often than the other"
-            elif k_mask > k_true:
-                verdict = "the label the mask was made with, so the robust mask encodes the label"
-            else:
-                verdict = "the true label more than the mask's label, so the robust mask carries features of the image"
+            which, p_value = label_control_verdict(t)
+            verdict = {"neither": "neither label significantly more often than the other",
+                       "mask label": "the label the mask was made with, so the robust mask encodes the label and the Z_r figures "
+                                     "above are that label read back, not features that survive the attack",
+                       "true label": "the true label more than the mask's label, so the robust mask carries features of the image"}[which]
             parts.append(f"Control ({p}): with masks made from a random wrong label ŷ, Z_r predicts ŷ for "
                          f"{ci(lc['robust_predicts_mask_label'], n)} of the images and the true label for "
                          f"{ci(lc['robust_predicts_true_label'], n)} (chance {pct(chance)}): it follows {verdict} "
@@ -237,7 +261,7 @@ def _reading_tsne(tsne: dict[str, Any], chance: float) -> str:
 
 def summary(results: dict[str, Any]) -> list[str]:
     """The report's headline as a short list, verdicts first: Table 1's pattern per protocol, the controls, Table 2,
-    then what was run and how accurate the model is. Every item is measured; at most six."""
+    then what was run and how accurate the model is. Every item is measured; at most seven, the run last."""
     ref = results["reference_attack"]
     chance = 1 / len(results["classes"])
     s = results["settings"]
@@ -245,11 +269,10 @@ def summary(results: dict[str, Any]) -> list[str]:
     if "table1" in results:
         out += [f"Table 1's pattern (robust features survive the attack, non-robust ones do not) {_verdict(t['rows']['clean'], t['rows'][ref], chance)} "
                 f"under the {p} protocol: Z_r {pct(t['rows'][ref]['robust'])} under {ref}, {t['channels']['robust']:.2f} robust channels "
-                "per image." for p, t in results["table1"].items() if ref in t["rows"]]
+                f"per image{label_caveat(t, chance)}." for p, t in results["table1"].items() if ref in t["rows"]]
+        if results.get("sanity"):
+            out.append(sanity_summary(results["sanity"], ref, chance))
         for p, t in results["table1"].items():
-            if "label_control" in t:
-                out.append(f"Label control ({p}): masks made from a wrong label make Z_r predict that label for "
-                           f"{pct(t['label_control']['robust_predicts_mask_label'])} of the images.")
             if "stability" in t and t["stability"]["jaccard_nonempty_pairs"] is not None:
                 out.append(f"Stability ({p}): {t['stability']['seeds']} noise seeds agree on {t['stability']['jaccard_nonempty_pairs']:.2f} of "
                            "an image's robust channels (mean Jaccard over pairs with any).")
@@ -265,5 +288,114 @@ def summary(results: dict[str, Any]) -> list[str]:
         linf = sorted((r for r in t3["rows"] if r["norm"] == "linf"), key=lambda r: r["robust_accuracy"])
         run += (f"; clean accuracy {ci(t3['clean_accuracy'], t3['n'])}"
                 + (f", the lowest under an L∞ attack {linf[0]['label']}'s, {ci(linf[0]['robust_accuracy'], t3['n'])}" if linf else ""))
-    out.append(run + ".")
-    return out[:6]
+    return [*out[:6], run + "."]
+
+
+def _better(pair: dict[str, Any], a: str, b: str) -> str:
+    """``a`` against ``b`` by an exact McNemar test (``pair`` from :func:`nonrobust.stats.paired_counts`, ``a_only`` counting ``a``)."""
+    from ..stats import SIGNIFICANCE
+
+    counts = f"exact McNemar p = {pair['p']:.2g}: {pair['a_only']} images right only under {a}, {pair['b_only']} only under {b}"
+    if pair["p"] >= SIGNIFICANCE:
+        return f"not significantly different ({counts})"
+    return f"{'higher' if pair['a_only'] > pair['b_only'] else 'lower'} ({counts})"
+
+
+def sanity_readings(sanity: dict[str, Any], ref: str, chance: float) -> dict[str, str]:
+    """One verdict sentence (or a few) per sanity check, from its numbers; keys are :data:`nonrobust.sanity.CHECKS`."""
+    from ..stats import SIGNIFICANCE
+
+    out: dict[str, str] = {}
+    n = sanity["n"]
+    ib = sanity["ib"]["rows"]
+    inp = ref if ref in ib else "clean"
+    rs = sanity["random_subset"]
+    gap = ib[inp]["robust"] - rs["rows"][inp]["robust"]
+    pop, rpop = rs["population_split"]["rows"][inp], rs["population"]["rows"][inp]
+    out["random_subset"] = (
+        f"Under {inp}, the IB split's Z_r classifies {ci(ib[inp]['robust'], n)} and a uniformly random mask of the same size per image "
+        f"{ci(rs['rows'][inp]['robust'], n)}: the random mask is {_better(rs['versus'][inp]['robust'], 'the random mask', 'the IB mask')}, "
+        f"so the bottleneck's choice of channels {'beats' if gap > 0 and rs['versus'][inp]['robust']['p'] < SIGNIFICANCE else 'does not beat'} "
+        f"chance (difference {100 * gap:+.1f} points). Label-free: the population split's Z_r {ci(pop['robust'], n)} against a random mask of its "
+        f"size {ci(rpop['robust'], n)} ({_better(rs['population']['versus'][inp]['robust'], 'the random mask', 'the population split')}).")
+    lo = sanity["label_oracle"]
+    true, wrong, ib_wrong = lo["true"]["rows"][inp], lo["wrong"]["predicts_mask_label"]["clean"], lo["ib_wrong"]["predicts_mask_label"]["clean"]
+    pair = lo["true"]["versus"][inp]["robust"]
+    verdict = ("the bottleneck adds nothing measurable to a label-conditioned choice" if pair["p"] >= SIGNIFICANCE
+               else "the label alone, with no bottleneck, gives more" if pair["a_only"] > pair["b_only"]
+               else "the bottleneck adds to what the label alone gives")
+    out["label_oracle"] = (
+        f"A choice with no bottleneck at all, per image the IB mask's number of channels contributing most (gradient × activation) to "
+        f"the true label's logit, gives Z_r {ci(true['robust'], n)} under {inp} against the IB split's {pct(ib[inp]['robust'])}: "
+        f"the oracle is {_better(pair, 'the oracle', 'the IB mask')}, so {verdict}. Made with the label control's wrong label ŷ, the "
+        f"oracle makes Z_r predict ŷ for {ci(wrong['robust'], n)} of the clean images, the wrong-label IB masks for "
+        f"{ci(ib_wrong['robust'], n)} ({_better(lo['wrong']['predicts_mask_label_versus']['clean']['robust'], 'the oracle', 'the IB')}).")
+    mr = sanity.get("model_randomisation")
+    if mr and mr["stages"]:
+        m = mr["n"]
+        head = mr["stages"][0]
+        cascade = [st for st in mr["stages"] if st["variant"] == "cascading"]
+        last = cascade[-1]
+        reads = head["rows"]["clean"]["robust"] > 2 * chance and head["versus_trained"]["clean"]["robust"]["p"] >= SIGNIFICANCE
+        out["model_randomisation"] = (
+            f"With the head re-initialised (the whole layer now classifies {pct(head['rows']['clean']['int'])} of the clean images), the "
+            f"split rerun with the true labels gives Z_r {ci(head['rows']['clean']['robust'], m)} clean and "
+            f"{ci(head['rows'].get(inp, head['rows']['clean'])['robust'], m)} under {inp} (transfer), with "
+            f"{head['channels']['robust']:.1f} robust channels per image and a mean Jaccard overlap of {head['jaccard_mean']:.2f} with the "
+            f"trained model's masks; with every layer re-initialised ({last['name']}), Z_r {ci(last['rows']['clean']['robust'], m)} clean, "
+            f"{last['channels']['robust']:.1f} channels, Jaccard {last['jaccard_mean']:.2f}. "
+            + ("A split whose Z_r stays accurate when the weights that made the features are destroyed reads the label back "
+               "through the mask: it is not a property of the trained features." if reads or last["rows"]["clean"]["robust"] > 2 * chance
+               else "The split changes when the trained weights are destroyed, as a split that means something about them must.")
+            + " Independent stages (one block alone): "
+            + "; ".join(f"{st['name']}: Z_r {pct(st['rows']['clean']['robust'])} clean" for st in mr["stages"] if st["variant"] == "independent")
+            + ".")
+    ad = sanity.get("adaptive")
+    if ad:
+        m = ad["n"]
+        parts = []
+        for kind, words in (("population", "the label-free population mask"), ("per_image", "each image's mask, held at its clean value")):
+            for label, r in ad[kind]["rows"].items():
+                parts.append(f"with {words}, Z_r keeps {ci(r['transfer'], m)} under the full model's {ad['transfer_of'][label]} "
+                             f"(transfer) and {ci(r['adaptive'], m)} under {label} against its own path "
+                             f"({_better(r['paired'], 'transfer', 'the adaptive attack')}; worst case of the two per image "
+                             f"{pct(r['worst_case'])})")
+        robust = all(r["worst_case"] >= PAPER_PATTERN["robust_keeps"] * ad[k]["clean"] for k in ("population", "per_image")
+                     for r in ad[k]["rows"].values())
+        out["adaptive"] = ("Attacking Z_r itself, x ↦ f_l+(i_r · f_l(x)), at the same budget (the per-image case is the attacker who "
+                           "knows the mask): " + "; ".join(parts) + ". "
+                           + (f"Z_r keeps at least {PAPER_PATTERN['robust_keeps']:.0%} of its clean accuracy (worst case of both attacks per image) "
+                              "against an attacker who knows the mask." if robust else
+                              "Z_r is not robust against an attacker who knows the mask: its robustness under transfer is that of "
+                              "the attack not aiming at it."))
+    layers = sanity.get("layers")
+    if layers:
+        bits = []
+        for layer, r in layers.items():
+            pi, po = r["per_image"], r["population"]
+            row = pi["rows"].get(inp, pi["rows"]["clean"])
+            lc = pi.get("label_control", {})
+            bits.append(f"{layer} ({'×'.join(map(str, r['shape']))}): Z_r {pct(pi['rows']['clean']['robust'])} clean and "
+                        f"{pct(row['robust'])} under {inp} with {pi['channels']['robust']:.1f} robust channels per image, "
+                        f"following a wrong label {pct(lc.get('robust_predicts_mask_label'))}; population split Z_r "
+                        f"{pct(po['rows'].get(inp, po['rows']['clean'])['robust'])} under {inp}")
+        out["layers"] = "Per layer (per-image protocol, its label control, and the population split): " + "; ".join(bits) + "."
+    return out
+
+
+def sanity_summary(sanity: dict[str, Any], ref: str, chance: float) -> str:
+    """The controls in one summary item: random mask, label oracle and the adaptive attacker beside the IB split's Z_r."""
+    ib = sanity["ib"]["rows"]
+    inp = ref if ref in ib else "clean"
+    parts = [f"Controls (under {inp}): IB split's Z_r {pct(ib[inp]['robust'])}, a random mask of its size "
+             f"{pct(sanity['random_subset']['rows'][inp]['robust'])}, the label oracle (no bottleneck) "
+             f"{pct(sanity['label_oracle']['true']['rows'][inp]['robust'])}"]
+    ad = sanity.get("adaptive")
+    if ad and ad["per_image"]["rows"]:
+        label, r = min(ad["per_image"]["rows"].items(), key=lambda kv: kv[1]["adaptive"])
+        parts.append(f"against an attacker who knows each image's mask ({label}) Z_r keeps {pct(r['adaptive'])} "
+                     f"(transfer: {pct(r['transfer'])}; worst case of the two {pct(r['worst_case'])})")
+    mr = sanity.get("model_randomisation")
+    if mr and mr["stages"]:
+        parts.append(f"with the head re-initialised Z_r still classifies {pct(mr['stages'][0]['rows']['clean']['robust'])} of the clean images")
+    return "; ".join(parts) + "."

@@ -232,6 +232,80 @@ def _html_table1(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     return parts + [_img(figs["table1"], "Table 1 as bars"), _reading(results, "table1")]
 
 
+def _html_sanity(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
+    """The sanity checks: each check's table and its verdict."""
+    sn, ref = results["sanity"], results["reference_attack"]
+    n, inp = sn["n"], ref if ref in sn["ib"]["rows"] else "clean"
+    reading = results["readings"]
+    parts = ["<h2>Sanity checks</h2>",
+             "<p class=\"small\">Each check compares the bottleneck's split with something that should do worse if the split means "
+             "what the paper says (random masks, a label-conditioned choice with no bottleneck, re-initialised weights, an attacker "
+             "who knows the mask, other layers). Masks from the clean images as in Table 1; p: exact McNemar test against the IB "
+             "split on the same images.</p>", "<h3>Random subset and label oracle</h3>"]
+    lo, rs = sn["label_oracle"], sn["random_subset"]
+
+    def row(name: str, table: dict[str, Any], rows: str = "rows", versus: str | None = "versus") -> list[Any]:
+        r = table[rows]
+        test = table.get(versus or "", {}).get(inp, {}).get("robust")
+        return [name, _c(r["clean"]["robust"], n), _c(r["clean"].get("nonrobust"), n), _c(r[inp]["robust"], n),
+                _c(r[inp].get("nonrobust"), n), f"{test['p']:.2g}" if test else "—"]
+
+    ch = sn["channels"]
+    parts.append(_table(["robust mask (channels per image)", "R clean [95% CI]", "NR clean", f"R {inp}", f"NR {inp}", f"p vs IB (R {inp})"], [
+        row(f"IB split ({ch['ib']:.1f})", sn["ib"], versus=None),
+        row(f"random subset of the IB mask's size ({ch['random_subset']:.1f})", rs),
+        row(f"label oracle, true label ({ch['oracle_true']:.1f})", lo["true"]),
+        row(f"IB, wrong label ŷ: predicts ŷ ({ch['ib_wrong']:.1f})", lo["ib_wrong"], "predicts_mask_label", None),
+        row(f"label oracle, wrong label ŷ: predicts ŷ ({ch['oracle_wrong']:.1f})", lo["wrong"], "predicts_mask_label", "predicts_mask_label_versus"),
+        row(f"population split ({ch['population']:.0f})", rs["population_split"], versus=None),
+        row(f"random mask of the population split's size ({ch['random_population']:.0f})", rs["population"]),
+    ]))
+    parts += [f'<p class="reading">{html.escape(reading.get(k, ""))}</p>' for k in ("sanity_random_subset", "sanity_label_oracle") if reading.get(k)]
+    mr = sn.get("model_randomisation")
+    if mr:
+        m = mr["n"]
+        parts.append(f"<h3>Model randomisation ({m} images; attacks: the trained model's examples)</h3>")
+        parts.append(_table(["re-initialised", "Int. clean", "R clean [95% CI]", f"R {inp}", "robust ch.", "Jaccard with trained masks",
+                             "p vs trained (R clean)"],
+                            [[st["name"], _c(st["rows"]["clean"]["int"], m), _c(st["rows"]["clean"]["robust"], m),
+                              _c(st["rows"].get(inp, st["rows"]["clean"])["robust"], m), f"{st['channels']['robust']:.1f}",
+                              f"{st['jaccard_mean']:.3f}", f"{st['versus_trained']['clean']['robust']['p']:.2g}"] for st in mr["stages"]]))
+        if reading.get("sanity_model_randomisation"):
+            parts.append(f'<p class="reading">{html.escape(reading["sanity_model_randomisation"])}</p>')
+    ad = sn.get("adaptive")
+    if ad:
+        m = ad["n"]
+        parts.append(f"<h3>Adaptive attacks on Z_r's own path ({m} images)</h3>")
+        rows = []
+        for kind in ("population", "per_image"):
+            for label, r in ad[kind]["rows"].items():
+                size = r["perturbation"]
+                rows.append([f"{kind.replace('_', '-')} mask", label, f"L∞ ≤ {r['eps']:.4f}" if r.get("eps") else r["norm"],
+                             _c(ad[kind]["clean"], m), _c(r["transfer"], m), _c(r["adaptive"], m), _c(r["worst_case"], m), f"{r['paired']['p']:.2g}",
+                             size.get("linf_max"), size.get("l2_median")])
+        parts.append(_table(["mask", "attack", "budget", "Z_r clean", "Z_r, full model's attack (transfer)", "Z_r, attack on Z_r",
+                             "Z_r, worst of the two", "p", "L∞ max", "L2 median"], rows))
+        if reading.get("sanity_adaptive"):
+            parts.append(f'<p class="reading">{html.escape(reading["sanity_adaptive"])}</p>')
+    layers = sn.get("layers")
+    if layers:
+        parts.append("<h3>Layers</h3>")
+        rows = []
+        for layer, r in layers.items():
+            pi, po = r["per_image"], r["population"]
+            m, lc = pi["n"], pi.get("label_control", {})
+            at = inp if inp in pi["rows"] else "clean"
+            rows.append([layer, "×".join(map(str, r["shape"])), f"{pi['channels']['robust']:.1f}", _c(pi["rows"]["clean"]["int"], m),
+                         _c(pi["rows"]["clean"]["robust"], m), _c(pi["rows"]["clean"]["nonrobust"], m), _c(pi["rows"][at]["int"], m),
+                         _c(pi["rows"][at]["robust"], m), _c(pi["rows"][at]["nonrobust"], m), _c(lc.get("robust_predicts_mask_label"), m),
+                         f"{po['channels']['robust']:.0f}", _c(po["rows"][at]["robust"], m), _c(po["rows"][at]["nonrobust"], m)])
+        parts.append(_table(["layer", "C×H×W", "robust ch.", "Int clean", "R clean", "NR clean", f"Int {inp}", f"R {inp}", f"NR {inp}",
+                             "wrong-label masks: R predicts ŷ", "population robust ch.", f"population R {inp}", f"population NR {inp}"], rows))
+        if reading.get("sanity_layers"):
+            parts.append(f'<p class="reading">{html.escape(reading["sanity_layers"])}</p>')
+    return parts
+
+
 def _html_table2(results: dict[str, Any], figs: dict[str, Any]) -> list[str]:
     parts = ["<h2>Table 2 — do non-robust features predict the adversarial label?</h2>",
              "<p class=\"small\">On the images misclassified under each attack; masks from the adversarial images (with the "
@@ -294,6 +368,6 @@ def _html_population(results: dict[str, Any], figs: dict[str, Any]) -> list[str]
 
 
 _SECTION_HTML: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
-    "table3": _html_table3, "table1": _html_table1, "table2": _html_table2, "table4": _html_table4, "tsne": _html_tsne,
+    "table3": _html_table3, "table1": _html_table1, "sanity": _html_sanity, "table2": _html_table2, "table4": _html_table4, "tsne": _html_tsne,
     "featvis": _html_featvis, "beta_sweep": _html_beta, "sigma": _html_sigma, "population": _html_population,
 }

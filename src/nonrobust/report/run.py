@@ -22,10 +22,11 @@ from .settings import TABLE4, TABLE4_LABELS, ReportSettings, attack_overrides
 from .steps import Steps
 
 if TYPE_CHECKING:
+    from ..bottleneck import IBConfig
     from ..data import ImageDataset
 
 
-SECTIONS = ("table3", "table4", "table1", "table2", "tsne", "featvis", "beta", "sigma")
+SECTIONS = ("table3", "table4", "table1", "table2", "sanity", "tsne", "featvis", "beta", "sigma")
 """The report's parts; ``nonrobust evaluate NAME`` runs one of them (and what it needs)."""
 
 
@@ -51,6 +52,7 @@ class ReportResults(TypedDict, total=False):
     population: dict[str, Any]  #: the label-free population split: robust channels, threshold, images it was fitted on
     table1: dict[str, Any]  #: per protocol: rows[input] = {int, robust, nonrobust}, channels, stability, label_control
     table2: dict[str, Any]  #: per protocol: rows[attack label] = {fooled, nonrobust_agrees, robust_agrees}
+    sanity: dict[str, Any]  #: the controls (nonrobust.sanity): random_subset, label_oracle, model_randomisation, adaptive, layers
     tsne: dict[str, Any]  #: Fig. 2: the attack, images, and the class separation of each embedding
     featvis: dict[str, Any]  #: Fig. 3: the images and the head's prediction under each visualisation
     beta_sweep: list[dict[str, Any]]  #: Fig. 5: per β, rows like Table 1's and the channel counts
@@ -82,6 +84,8 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
     wanted = set(SECTIONS) if only is None else set(only)
     unknown = sorted(wanted - set(SECTIONS))
     check(not unknown, f"unknown report section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    if "sanity" in wanted:
+        wanted.add("table1")  # the controls are read beside the IB split's own Table 1
     t_start = time.perf_counter()
     # everything a user can get wrong is checked before the folder is touched
     device = launch_device(settings.device)  # under torchrun: this rank's device, in the process group
@@ -130,6 +134,8 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
             for which in ("table1", "table2"):
                 if which in wanted:
                     results[which] = {p: _feature_table(ctx, which, stored, p, population) for p in (settings.protocol, "population")}
+            if "sanity" in wanted:
+                results["sanity"] = _sanity(ctx, full, stored, population)
         if "sigma" in wanted:
             results["sigma"] = _sigma(ctx)
         if "beta" in wanted:
@@ -214,10 +220,9 @@ def _stored(ctx: Context, keys: tuple[str, ...]) -> dict[str, Any]:
     return {ATTACKS[k].label: StoredAdversarial(ctx.adv_path(k)) for k in keys}
 
 
-def _population(ctx: Context, full: ImageDataset) -> dict[str, Any]:
-    """Fit (or reuse) the population split on images other than the evaluated ones where there are some."""
+def _population_fit(ctx: Context, full: ImageDataset) -> tuple[ImageDataset, str]:
+    """The images the population split is fitted on (others than the evaluated ones where there are some), and where they are from."""
     from .. import data
-    from ..bottleneck import IBResult, ReiterableBatches, distill_population
 
     s = ctx.settings
     source = "train split"
@@ -235,10 +240,25 @@ def _population(ctx: Context, full: ImageDataset) -> dict[str, Any]:
         else:
             fit = ctx.ds
             source = "the evaluated images themselves (the data set has no others)"
-            ctx.notes.append("The population split was fitted on the evaluated images, because the data set has no other images; "
-                             "its masks are label-free at use time but were not learned on held-out data.")
-    fit = fit.first(min(s.population_n, len(fit)))
-    config = replace(ctx.ib, protocol="population", iterations=s.population_iterations, threshold=s.population_threshold)
+            note = ("The population split was fitted on the evaluated images, because the data set has no other images; "
+                    "its masks are label-free at use time but were not learned on held-out data.")
+            if note not in ctx.notes:  # the layer sweep asks again
+                ctx.notes.append(note)
+    return fit.first(min(s.population_n, len(fit))), source
+
+
+def _population_config(ctx: Context) -> IBConfig:
+    s = ctx.settings
+    return replace(ctx.ib, protocol="population", iterations=s.population_iterations, threshold=s.population_threshold)
+
+
+def _population(ctx: Context, full: ImageDataset) -> dict[str, Any]:
+    """Fit (or reuse) the population split on :func:`_population_fit`'s images."""
+    from ..bottleneck import IBResult, ReiterableBatches, distill_population
+
+    s = ctx.settings
+    fit, source = _population_fit(ctx, full)
+    config = _population_config(ctx)
     path = ctx.out / "population.safetensors"
 
     def compute() -> dict[str, Any]:
@@ -266,6 +286,50 @@ def _feature_table(ctx: Context, which: str, stored: dict[str, Any], protocol: s
               "options": {k: v for k, v in kwargs.items() if k not in ("population", "config")}}
     return ctx.steps.run(f"{which}-{protocol}", params, lambda: analysis(
         ctx.model, ctx.split, ctx.batches(), stored, seed=ctx.settings.seed, total=len(ctx.ds), progress=ctx.progress, **kwargs))
+
+
+def _sanity(ctx: Context, full: ImageDataset, stored: dict[str, Any], population: dict[str, Any]) -> dict[str, Any]:
+    """The sanity checks (:mod:`nonrobust.sanity`), each a cached step; the costlier ones on the first ``sanity_n`` images."""
+    from .. import sanity
+
+    s = ctx.settings
+    n = min(s.sanity_n or len(ctx.ds), len(ctx.ds))
+    attacks = {k: v.describe() for k, v in stored.items()}
+    path = ctx.steps.file("sanity-controls")
+    pop = population["result"]
+
+    def controls() -> dict[str, Any]:
+        summary, tensors = sanity.mask_controls(ctx.model, ctx.split, ctx.batches(), stored, config=ctx.ib, population=pop,
+                                                seed=s.seed, total=len(ctx.ds), progress=ctx.progress)
+        save_tensors(path, {k: v.to(torch.uint8) for k, v in tensors.items()})
+        return summary
+
+    common = {"ib": asdict(ctx.ib), "attacks": attacks, "population": population["summary"]}
+    out = dict(ctx.steps.run("sanity-controls", common, controls, files=(path,)))
+    reference = {k: v.bool()[:n] for k, v in load_tensors(path)[0].items()}
+    ref = ATTACKS[_reference_attack(s.attacks)].label
+    out["model_randomisation"] = ctx.steps.run(
+        "sanity-randomisation", {**common, "n": n, "blocks": s.randomisation_blocks},
+        lambda: sanity.model_randomisation(ctx.model, ctx.split.layer, lambda: ctx.batches(n), stored, config=ctx.ib, reference=reference,
+                                           blocks=s.randomisation_blocks, seed=s.seed, progress=ctx.progress))
+    own = {ATTACKS[k].label: _make_attack(ctx, k) for k in s.adaptive_attacks}
+    out["adaptive"] = ctx.steps.run(
+        "sanity-adaptive", {**common, "n": n, "adaptive": {k: a.describe() for k, a in own.items()}},
+        lambda: sanity.adaptive_attacks(ctx.model, ctx.split, ctx.batches(n), own, stored, population_mask=pop.robust_mask,
+                                        image_masks=reference["ib_mask"], seed=s.seed, total=n, progress=ctx.progress))
+    layers = list(s.sanity_layers) or sanity.sweep_layers(ctx.model, ctx.split.layer, next(ctx.batches(1))[0])
+    fit, _ = _population_fit(ctx, full)
+    config = _population_config(ctx)
+    out["layers"] = ctx.steps.run(
+        "sanity-layers", {**common, "n": n, "layers": layers, "population_config": asdict(config), "fit": data_digest(fit),
+                          "attack": ref},
+        lambda: sanity.layer_sweep(ctx.model, layers, lambda: ctx.batches(n), {ref: stored[ref]}, config=ctx.ib, population_config=config,
+                                   fit=lambda: fit.batches(s.batch_size, device=ctx.device), seed=s.seed, progress=ctx.progress))
+    out["n_costly"] = n
+    if n < len(ctx.ds):
+        ctx.notes.append(f"Model randomisation, the adaptive attacks and the layer sweep ran on the first {n} of the {len(ctx.ds)} images "
+                         "(--sanity-n), the random-subset and label-oracle checks on all of them.")
+    return out
 
 
 def _sigma(ctx: Context) -> dict[str, Any]:

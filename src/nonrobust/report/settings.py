@@ -60,6 +60,8 @@ class ReportSettings:
         betas, beta_n: Fig. 5's β values and number of images.
         tsne_n: images in Fig. 2.
         featvis_images, featvis_steps: images and optimisation steps of Fig. 3.
+        sanity_n, sanity_layers, randomisation_blocks, adaptive_attacks: the sanity checks (:mod:`nonrobust.sanity`):
+            images of the costlier checks, the layer sweep's layers, model randomisation's blocks, the adaptive attacks.
         trimmed: what a trimmed run left out, for the record.
     """
 
@@ -99,6 +101,13 @@ class ReportSettings:
     tsne_n: int = setting(1000, "images of the t-SNE (Fig. 2)", "positive_int")
     featvis_images: int = setting(3, "images of the feature visualisation (Fig. 3), 0 to skip", "int")
     featvis_steps: int = setting(512, "optimisation steps of the feature visualisation", "positive_int")
+    sanity_n: int | None = setting(None, "images of the costlier sanity checks (model randomisation, adaptive attacks, layers); "
+                                   "default: all evaluated images", "positive_int")
+    sanity_layers: tuple[str, ...] = setting((), "layers of the sanity checks' layer sweep, comma-separated (default: the split "
+                                             "layer and up to two earlier layers of its type at larger feature maps)")
+    randomisation_blocks: int = setting(3, "blocks below the split that model randomisation re-initialises in turn", "positive_int")
+    adaptive_attacks: tuple[str, ...] = setting(("pgd-20", "apgd-ce"), "attacks run against Z_r's own path (the adaptive check), "
+                                                "comma-separated L∞ attacks")
     trimmed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -106,6 +115,14 @@ class ReportSettings:
             object.__setattr__(self, "model_options", ModelOptions(**self.model_options))
         attacks = (ATTACK_SETS[a].names if a in ATTACK_SETS else (_registered(a),) for a in self.attacks)  # a set's name: its attacks
         object.__setattr__(self, "attacks", tuple(dict.fromkeys(a for names in attacks for a in names)))  # labels name attacks too
+        for name in ("sanity_layers", "adaptive_attacks"):  # a comma-separated option, or a list read back from results.json
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value))
+        object.__setattr__(self, "adaptive_attacks", tuple(_registered(a) for a in self.adaptive_attacks))
+        bad = [a for a in self.adaptive_attacks if a not in ATTACKS or ATTACKS[a].norm != "linf" or ATTACKS[a].needs_split]
+        check(not bad, f"adaptive attack(s) {', '.join(bad)} unknown or not a plain L∞ attack: choose from "
+              + ", ".join(k for k in TABLE3_ATTACKS if ATTACKS[k].norm == "linf" and not ATTACKS[k].needs_split))
+        check(self.randomisation_blocks >= 1, f"randomisation_blocks must be ≥ 1, got {self.randomisation_blocks}")
         unknown = [a for a in self.attacks if a not in TABLE3_ATTACKS]
         check(not unknown, f"unknown report attack(s) {', '.join(unknown)}: choose from {', '.join(TABLE3_ATTACKS)}")
         check(len(self.attacks) > 0, "a report needs at least one attack")
@@ -117,7 +134,7 @@ class ReportSettings:
                      "featvis_steps"):
             check(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         check(self.featvis_images >= 0, "featvis_images must be ≥ 0")
-        for name in ("n", "table4_n"):
+        for name in ("n", "table4_n", "sanity_n"):
             check(getattr(self, name) is None or getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         check(all(b >= 0 for b in self.betas), "every β must be ≥ 0")
 
