@@ -44,7 +44,7 @@ __all__ = ["feature_accuracy", "adversarial_agreement", "pooled_features", "tsne
 Adversarial = Attack | StoredAdversarial  # an attack to run, or its examples computed before
 
 
-def _adversarial(source: Adversarial, model: nn.Module, x: Tensor, y: Tensor, batch: int, start: int, seed: int) -> Tensor:
+def adversarial_batch(source: Adversarial, model: nn.Module, x: Tensor, y: Tensor, batch: int, start: int, seed: int) -> Tensor:
     """Batch ``batch`` (images ``start …``) under ``source``: read from its file or attacked now."""
     if isinstance(source, StoredAdversarial):
         return source.rows(start, y)
@@ -131,7 +131,7 @@ def feature_accuracy(
         robust_channels += float(res.robust_mask.float().sum(-1).mean()) * x.shape[0]
         channels = res.robust_mask.shape[-1]
         for name in names:
-            x_in = x if name == "clean" else _adversarial(attacks[name], model, x, y, i, n, seed)
+            x_in = x if name == "clean" else adversarial_batch(attacks[name], model, x, y, i, n, seed)
             for k, pred in masked_predictions(split, res, x_in).items():
                 correct[name][k] += int((pred == y).sum())
         n += x.shape[0]
@@ -183,7 +183,7 @@ def adversarial_agreement(
     bar = tqdm(total=total, desc=f"Table 2 ({protocol})", unit="img", disable=not progress, leave=False)
     for i, (x, y) in enumerate(batches):
         for name, attack in attacks.items():
-            x_adv = _adversarial(attack, model, x, y, i, n, seed)
+            x_adv = adversarial_batch(attack, model, x, y, i, n, seed)
             with torch.no_grad():
                 adv_pred = model(x_adv).argmax(1)
             fooled = adv_pred != y
@@ -232,7 +232,7 @@ def pooled_features(
         res = _masks(split, x, y, config, population, torch.arange(n, n + x.shape[0], device="cpu"))
         out["y"].append(y.cpu())
         for name in ["clean", *attacks]:
-            x_in = x if name == "clean" else _adversarial(attacks[name], model, x, y, i, n, seed)
+            x_in = x if name == "clean" else adversarial_batch(attacks[name], model, x, y, i, n, seed)
             with frozen(split.model), torch.no_grad():  # eval mode, as the masks were computed
                 z = split.features(x_in)
             for part, masked in (("robust", res.robust(z)), ("nonrobust", res.nonrobust(z))):

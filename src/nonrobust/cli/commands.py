@@ -71,6 +71,20 @@ def cmd_split(args: argparse.Namespace) -> int:
         m = s["mask_labels"]
         print(f"masks made with {m['source']} labels: Z_r predicts them for {m['robust_predicts_mask_label']:.2%} of the images, "
               f"Z_nr for {m['nonrobust_predicts_mask_label']:.2%}")
+    if config.protocol != "population" and config.labels == "true":  # what Z_r's figure is worth: the controls beside it
+        from ..io import load_tensors
+        from ..sanity import mask_baselines
+
+        masks = load_tensors(args.out, keys=("robust_mask",))[0]["robust_mask"]
+        b = mask_baselines(split, ds.batches(args.batch_size, device=device), masks, seed=config.seed)
+        print(f"controls on the same images: Z_r of a random mask of each image's size {b['random_subset']:.2%}, of the label oracle "
+              f"(each image's channels contributing most to its true label's logit, no bottleneck) {b['label_oracle']:.2%}; "
+              f"the model itself {b['int']:.2%}")
+        if b["robust"] > b["int"] or b["label_oracle"] >= b["robust"]:
+            print("caution: the masks are made with the true labels"
+                  + (", and Z_r is more accurate than the model itself: it reads the label back" if b["robust"] > b["int"] else "")
+                  + (", and a label-conditioned choice with no bottleneck does as well" if b["label_oracle"] >= b["robust"] else "")
+                  + "; Z_r's accuracy is not evidence of robust features (`nonrobust evaluate sanity` runs every control)")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
     return 0
 

@@ -292,13 +292,14 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 
 def _better(pair: dict[str, Any], a: str, b: str) -> str:
-    """``a`` against ``b`` by an exact McNemar test (``pair`` from :func:`nonrobust.stats.paired_counts`, ``a_only`` counting ``a``)."""
+    """``a`` against ``b`` by an exact McNemar test (``pair`` from :func:`nonrobust.stats.paired_counts`, ``a_only`` counting ``a``):
+    ``"a is higher than b (exact McNemar p = …: …)"``, or that they do not differ significantly."""
     from ..stats import SIGNIFICANCE
 
     counts = f"exact McNemar p = {pair['p']:.2g}: {pair['a_only']} images right only under {a}, {pair['b_only']} only under {b}"
     if pair["p"] >= SIGNIFICANCE:
-        return f"not significantly different ({counts})"
-    return f"{'higher' if pair['a_only'] > pair['b_only'] else 'lower'} ({counts})"
+        return f"{a} and {b} do not differ significantly ({counts})"
+    return f"{a} is {'higher' if pair['a_only'] > pair['b_only'] else 'lower'} than {b} ({counts})"
 
 
 def sanity_readings(sanity: dict[str, Any], ref: str, chance: float) -> dict[str, str]:
@@ -314,10 +315,10 @@ def sanity_readings(sanity: dict[str, Any], ref: str, chance: float) -> dict[str
     pop, rpop = rs["population_split"]["rows"][inp], rs["population"]["rows"][inp]
     out["random_subset"] = (
         f"Under {inp}, the IB split's Z_r classifies {ci(ib[inp]['robust'], n)} and a uniformly random mask of the same size per image "
-        f"{ci(rs['rows'][inp]['robust'], n)}: the random mask is {_better(rs['versus'][inp]['robust'], 'the random mask', 'the IB mask')}, "
+        f"{ci(rs['rows'][inp]['robust'], n)}: {_better(rs['versus'][inp]['robust'], 'the random mask', 'the IB mask')}, "
         f"so the bottleneck's choice of channels {'beats' if gap > 0 and rs['versus'][inp]['robust']['p'] < SIGNIFICANCE else 'does not beat'} "
         f"chance (difference {100 * gap:+.1f} points). Label-free: the population split's Z_r {ci(pop['robust'], n)} against a random mask of its "
-        f"size {ci(rpop['robust'], n)} ({_better(rs['population']['versus'][inp]['robust'], 'the random mask', 'the population split')}).")
+        f"size {ci(rpop['robust'], n)}: {_better(rs['population']['versus'][inp]['robust'], 'the random mask', 'the population split')}.")
     lo = sanity["label_oracle"]
     true, wrong, ib_wrong = lo["true"]["rows"][inp], lo["wrong"]["predicts_mask_label"]["clean"], lo["ib_wrong"]["predicts_mask_label"]["clean"]
     pair = lo["true"]["versus"][inp]["robust"]
@@ -327,16 +328,18 @@ def sanity_readings(sanity: dict[str, Any], ref: str, chance: float) -> dict[str
     out["label_oracle"] = (
         f"A choice with no bottleneck at all, per image the IB mask's number of channels contributing most (gradient × activation) to "
         f"the true label's logit, gives Z_r {ci(true['robust'], n)} under {inp} against the IB split's {pct(ib[inp]['robust'])}: "
-        f"the oracle is {_better(pair, 'the oracle', 'the IB mask')}, so {verdict}. Made with the label control's wrong label ŷ, the "
+        f"{_better(pair, 'the oracle', 'the IB mask')}, so {verdict}. Made with the label control's wrong label ŷ, the "
         f"oracle makes Z_r predict ŷ for {ci(wrong['robust'], n)} of the clean images, the wrong-label IB masks for "
-        f"{ci(ib_wrong['robust'], n)} ({_better(lo['wrong']['predicts_mask_label_versus']['clean']['robust'], 'the oracle', 'the IB')}).")
+        f"{ci(ib_wrong['robust'], n)}: {_better(lo['wrong']['predicts_mask_label_versus']['clean']['robust'], 'the oracle', 'the IB')}.")
     mr = sanity.get("model_randomisation")
     if mr and mr["stages"]:
         m = mr["n"]
         head = mr["stages"][0]
         cascade = [st for st in mr["stages"] if st["variant"] == "cascading"]
         last = cascade[-1]
-        reads = head["rows"]["clean"]["robust"] > 2 * chance and head["versus_trained"]["clean"]["robust"]["p"] >= SIGNIFICANCE
+        # a stage whose whole layer is at chance while its Z_r is not: the mask alone carries the label
+        reading_back = [st for st in mr["stages"] if st["rows"]["clean"]["int"] <= 2 * chance < st["rows"]["clean"]["robust"]]
+        best = max(reading_back or mr["stages"], key=lambda st: st["rows"]["clean"]["robust"])
         out["model_randomisation"] = (
             f"With the head re-initialised (the whole layer now classifies {pct(head['rows']['clean']['int'])} of the clean images), the "
             f"split rerun with the true labels gives Z_r {ci(head['rows']['clean']['robust'], m)} clean and "
@@ -344,9 +347,13 @@ def sanity_readings(sanity: dict[str, Any], ref: str, chance: float) -> dict[str
             f"{head['channels']['robust']:.1f} robust channels per image and a mean Jaccard overlap of {head['jaccard_mean']:.2f} with the "
             f"trained model's masks; with every layer re-initialised ({last['name']}), Z_r {ci(last['rows']['clean']['robust'], m)} clean, "
             f"{last['channels']['robust']:.1f} channels, Jaccard {last['jaccard_mean']:.2f}. "
-            + ("A split whose Z_r stays accurate when the weights that made the features are destroyed reads the label back "
-               "through the mask: it is not a property of the trained features." if reads or last["rows"]["clean"]["robust"] > 2 * chance
-               else "The split changes when the trained weights are destroyed, as a split that means something about them must.")
+            + (f"In {len(reading_back)} of {len(mr['stages'])} stages the re-initialised model itself classifies at most twice chance "
+               f"({pct(2 * chance)}) of the clean images while its Z_r classifies more (best: {best['name']}, Z_r "
+               f"{pct(best['rows']['clean']['robust'])}): a split whose Z_r is accurate when the weights that "
+               "made the features are destroyed reads the label back through the mask, not a property of the trained features."
+               if reading_back else
+               "In no stage is Z_r above twice chance once the model itself is at chance: the split changes when the trained "
+               "weights are destroyed, as a split that means something about them must.")
             + " Independent stages (one block alone): "
             + "; ".join(f"{st['name']}: Z_r {pct(st['rows']['clean']['robust'])} clean" for st in mr["stages"] if st["variant"] == "independent")
             + ".")
