@@ -203,7 +203,7 @@ def test_settings_are_checked():
         ReportSettings(**{**TINY, "eps": 0.0})
     demo = profile("demo")
     assert demo.trimmed and demo.model == "cifar10-small-at" and demo.data == "cifar10-slice"
-    assert set(SECTIONS) == {"table1", "table2", "table3", "table4", "tsne", "featvis", "beta", "sigma"}
+    assert set(SECTIONS) == {"table1", "table2", "table3", "table4", "sanity", "tsne", "featvis", "beta", "sigma"}
 
 
 def test_folder_lock(tmp_path):

@@ -135,7 +135,7 @@ def run_report(settings: ReportSettings, out_dir: str | Path, *, only: tuple[str
                 if which in wanted:
                     results[which] = {p: _feature_table(ctx, which, stored, p, population) for p in (settings.protocol, "population")}
             if "sanity" in wanted:
-                results["sanity"] = _sanity(ctx, full, stored, population)
+                results["sanity"] = _sanity(ctx, full, stored, population, results["table1"])
         if "sigma" in wanted:
             results["sigma"] = _sigma(ctx)
         if "beta" in wanted:
@@ -288,7 +288,7 @@ def _feature_table(ctx: Context, which: str, stored: dict[str, Any], protocol: s
         ctx.model, ctx.split, ctx.batches(), stored, seed=ctx.settings.seed, total=len(ctx.ds), progress=ctx.progress, **kwargs))
 
 
-def _sanity(ctx: Context, full: ImageDataset, stored: dict[str, Any], population: dict[str, Any]) -> dict[str, Any]:
+def _sanity(ctx: Context, full: ImageDataset, stored: dict[str, Any], population: dict[str, Any], table1: dict[str, Any]) -> dict[str, Any]:
     """The sanity checks (:mod:`nonrobust.sanity`), each a cached step; the costlier ones on the first ``sanity_n`` images."""
     from .. import sanity
 
@@ -320,11 +320,14 @@ def _sanity(ctx: Context, full: ImageDataset, stored: dict[str, Any], population
     layers = list(s.sanity_layers) or sanity.sweep_layers(ctx.model, ctx.split.layer, next(ctx.batches(1))[0])
     fit, _ = _population_fit(ctx, full)
     config = _population_config(ctx)
+    # on all the images, the split layer's two tables are the report's own Table 1 (same masks, same settings)
+    known = {ctx.split.layer: {"per_image": table1[s.protocol], "population": table1["population"]}} if n == len(ctx.ds) else None
     out["layers"] = ctx.steps.run(
         "sanity-layers", {**common, "n": n, "layers": layers, "population_config": asdict(config), "fit": data_digest(fit),
                           "attack": ref},
         lambda: sanity.layer_sweep(ctx.model, layers, lambda: ctx.batches(n), {ref: stored[ref]}, config=ctx.ib, population_config=config,
-                                   fit=lambda: fit.batches(s.batch_size, device=ctx.device), seed=s.seed, progress=ctx.progress))
+                                   fit=lambda: fit.batches(s.batch_size, device=ctx.device), seed=s.seed, progress=ctx.progress,
+                                   known=known))
     out["n_costly"] = n
     if n < len(ctx.ds):
         ctx.notes.append(f"Model randomisation, the adaptive attacks and the layer sweep ran on the first {n} of the {len(ctx.ds)} images "

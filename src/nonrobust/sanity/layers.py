@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -51,12 +51,16 @@ def layer_sweep(
     fit: Batches,
     seed: int = 0,
     progress: bool = True,
+    known: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Table 1 at several layers: the per-image protocol with its label control, and the population split.
 
     Per layer: :func:`~nonrobust.analyses.feature_accuracy` with ``config`` and ``label_control=True``
     (``per_image``), a population split fitted on ``fit`` (``population``, with its robust channel count), the
     feature map's shape, and every accuracy's 95% interval (``ci95``).
+
+    ``known`` gives layers whose two tables were computed before on the same images with the same settings (the
+    report's own Table 1 at its split layer): they are taken as they are.
 
     Returns:
         ``{layer: {"shape": [C, H, W], "per_image": table, "population": table}}``.
@@ -67,6 +71,9 @@ def layer_sweep(
         x0 = next(iter(batches()))[0]
         with frozen(model), torch.no_grad():
             shape = list(split.features(x0[:1]).shape[1:])
+        if known and layer in known:
+            out[layer] = {"shape": shape, **{k: with_intervals(v) for k, v in known[layer].items()}}
+            continue
         per_image = feature_accuracy(model, split, batches(), attacks, config=config, seed=seed, label_control=True, progress=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
