@@ -215,3 +215,23 @@ def test_split_prints_the_controls_next_to_z_r(capsys, tmp_path):
     z_r = next(i for i, line in enumerate(lines) if "from Z_r" in line)
     assert lines[z_r + 1].startswith("controls on the same images: Z_r of a random mask of each image's size")
     assert "label oracle" in lines[z_r + 1] and "the model itself" in lines[z_r + 1]
+
+
+FINDINGS = ("cifar10-vgg16-at", "cifar10-small-at", "cifar10-small-std")
+
+
+def test_readme_sanity_table_is_the_committed_results():
+    """README's controls table is scripts/sanity_table.py of the committed docs/findings/*-sanity.results.json."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("sanity_table", root / "scripts" / "sanity_table.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    paths = [root / "docs" / "findings" / f"{name}-sanity.results.json" for name in FINDINGS]
+    assert script.table(paths) in (root / "README.md").read_text(encoding="utf-8"), "README's sanity table is stale: rerun it"
+    for path in paths:  # every check, on the model it names
+        results = json.loads(path.read_text(encoding="utf-8"))
+        assert set(sanity.CHECKS) <= set(results["sanity"]) and results["settings"]["model"] == path.name.removesuffix("-sanity.results.json")

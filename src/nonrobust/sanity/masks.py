@@ -25,9 +25,9 @@ def random_subset_masks(sizes: Tensor, channels: int, *, seed: int, indices: Ten
     ``sizes`` is int ``[B]`` in ``0 … channels``; returns bool ``[B, channels]`` on ``sizes``' device.
     """
     check(bool(((sizes >= 0) & (sizes <= channels)).all()), f"mask sizes must lie in 0…{channels}")
-    out = torch.zeros(sizes.shape[0], channels, dtype=torch.bool)
+    out = torch.zeros(sizes.shape[0], channels, dtype=torch.bool, device="cpu")  # drawn on the CPU: the same masks on any device
     for row, (k, i) in enumerate(zip(sizes.tolist(), indices.tolist(), strict=True)):
-        perm = torch.randperm(channels, generator=make_generator(derive_seed(seed, "random-subset", int(i)), "cpu"))
+        perm = torch.randperm(channels, generator=make_generator(derive_seed(seed, "random-subset", int(i)), "cpu"), device="cpu")
         out[row, perm[: int(k)]] = True
     return out.to(sizes.device)
 
@@ -35,8 +35,8 @@ def random_subset_masks(sizes: Tensor, channels: int, *, seed: int, indices: Ten
 def random_population_mask(size: int, channels: int, *, seed: int) -> Tensor:
     """One random robust mask ``[channels]`` with exactly ``size`` channels, seeded by ``(seed, "random-population")``."""
     check(0 <= size <= channels, f"mask size must lie in 0…{channels}, got {size}")
-    perm = torch.randperm(channels, generator=make_generator(derive_seed(seed, "random-population"), "cpu"))
-    out = torch.zeros(channels, dtype=torch.bool)
+    perm = torch.randperm(channels, generator=make_generator(derive_seed(seed, "random-population"), "cpu"), device="cpu")
+    out = torch.zeros(channels, dtype=torch.bool, device="cpu")
     out[perm[:size]] = True
     return out
 
