@@ -141,7 +141,8 @@ class ReportSettings:
 
 _QUICK: dict[str, Any] = dict(n=200, attacks=ATTACK_SETS["report-quick"].names, l2_steps=50, table4_n=64,
                               population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200,
-                              featvis_images=2, featvis_steps=96, table4=True, sanity_n=100, randomisation_blocks=2)
+                              featvis_images=2, featvis_steps=96, table4=True, sanity_n=64, randomisation_blocks=2,
+                              adaptive_attacks=("pgd-20",))
 
 
 def _default(name: str) -> Any:
@@ -156,7 +157,7 @@ _QUICK_TRIMMED = (ATTACK_SETS["report-quick"].description.split(": ", 1)[1],  # 
                   f"feature visualisation: {_QUICK['featvis_images']} images, {_QUICK['featvis_steps']} steps instead of "
                   f"{_default('featvis_steps')}",
                   f"sanity checks: model randomisation ({_QUICK['randomisation_blocks']} blocks instead of {_default('randomisation_blocks')}), "
-                  f"the adaptive attacks and the layer sweep on the first {_QUICK['sanity_n']} images")
+                  f"the adaptive attacks ({', '.join(_QUICK['adaptive_attacks'])} only) and the layer sweep on the first {_QUICK['sanity_n']} images")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"settings": _QUICK, "trimmed": (f"the first {_QUICK['n']} images", *_QUICK_TRIMMED)},
