@@ -246,6 +246,29 @@ def test_population_protocol_reproduces_a_plain_reference_loop():
     assert torch.allclose(ours.sigma, F.softplus(lam.detach()), rtol=1e-4, atol=1e-5)
 
 
+def test_population_fit_keeps_its_features_and_gives_what_iterating_again_gives(monkeypatch):
+    """Within the cache budget the model's lower part runs once per image (the σ_z² pass), not once per Adam step;
+    with no budget the batches are iterated again, and both fits are the same."""
+    from nonrobust import bottleneck
+
+    torch.manual_seed(0)
+    split = split_model(models.build("tiny_cnn").eval(), "features.5")
+    x, y = torch.rand(12, 3, 8, 8), torch.randint(0, 10, (12,))
+    batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 12, 4)]
+    config = IBConfig(protocol="population", iterations=10, seed=3)
+    calls = []
+    lower = split.model.features[0]
+    hook = lower.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    kept = distill_population(split, batches, config, progress=False)
+    assert sum(calls) == 12  # each image once
+    calls.clear()
+    monkeypatch.setattr(bottleneck, "POPULATION_CACHE_BYTES", 0)
+    again = distill_population(split, batches, config, progress=False)
+    hook.remove()
+    assert sum(calls) == 12 + 10 * 4  # the σ_z² pass, then one mini-batch of 4 per step
+    assert torch.equal(kept.sigma, again.sigma) and torch.equal(kept.robust_mask, again.robust_mask)
+
+
 @pytest.mark.parametrize("noise", ["unit", "channel"])
 def test_summed_kl_matches_a_hand_written_loss(noise):
     """kl="sum" (the paper's text): each image's loss is CE + β·Σ over its units of ½[σ_z²/σ² + log(σ²/σ_z²) − 1];

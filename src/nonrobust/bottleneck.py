@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("paper", "batch-free", "population")
 LABEL_SOURCES = ("true", "predicted", "random-wrong")
 VAR_EPS = 1e-10  # added to σ² and σ_z², as the reference code does
+POPULATION_CACHE_BYTES = 512 * 2**20  # the population fit keeps its features (and head context) in memory up to this size
 
 
 def threshold_quantile(rule: str) -> float | None:
@@ -526,10 +527,14 @@ def distill_population(
 ) -> IBResult:
     """The ``population`` protocol: one σ per channel for a whole data set.
 
-    ``batches`` yields ``(x [B,C,H,W] in [0,1], y [B])`` and is iterated twice: once
-    to collect σ_z² (the mean over images of each channel's spatial variance),
-    then cycled through for ``config.iterations`` Adam steps, one mini-batch per
-    step (labels are used here, never at use time). Memory does not grow with
+    ``batches`` yields ``(x [B,C,H,W] in [0,1], y [B])``, the same images each time it is
+    iterated. One pass collects σ_z² (the mean over images of each channel's spatial
+    variance); then the mini-batches are cycled through for ``config.iterations`` Adam
+    steps, one per step (labels are used here, never at use time). The first pass keeps
+    each batch's features while they total at most :data:`POPULATION_CACHE_BYTES`, so a
+    fit on a few thousand images runs the model's lower part once per image instead of
+    once per step (the result is the same: the features are computed by the same frozen
+    model); beyond that the batches are iterated again and memory does not grow with
     the data set.
 
     Returns:
@@ -540,14 +545,22 @@ def distill_population(
         raise TypeError("batches must be re-iterable (a list, or an object whose __iter__ starts over), not a one-shot iterator")
     model = split.model
     var_sum, n = None, 0
+    cache: list[tuple[Tensor, tuple[Any, ...], Tensor]] | None = []
+    cached_bytes = 0
     with frozen(model), torch.no_grad():
-        for x, _ in tqdm(batches, desc="σ_z²", total=total, unit="batch", disable=not progress, leave=False):
+        for x, y in tqdm(batches, desc="σ_z²", total=total, unit="batch", disable=not progress, leave=False):
             _check_images(x)
-            z = split.features(x)
+            z, ctx = split.features_and_context(x)
             _check_features(z, split)
             v = spatial_variance(z).sum(0)
             var_sum = v if var_sum is None else var_sum + v
             n += x.shape[0]
+            if cache is not None:
+                cached_bytes += _nbytes((z, ctx))
+                if cached_bytes <= POPULATION_CACHE_BYTES:
+                    cache.append((z, ctx, y))
+                else:
+                    cache = None  # too large to keep: the Adam steps iterate the batches again
     check(n > 0, "no images for the population bottleneck")
     assert var_sum is not None  # n > 0: the loop above ran
     var_pop = var_sum / n
@@ -556,13 +569,20 @@ def distill_population(
     opt = _Adam(lam, config.lr)
     step = 0
     bar = tqdm(total=config.iterations, desc="population σ", disable=not progress, leave=False)
+    def features() -> Iterator[tuple[Tensor, tuple[Any, ...], Tensor]]:
+        if cache is not None:
+            yield from cache
+            return
+        for x, y in batches:
+            with torch.no_grad():
+                z, ctx = split.features_and_context(x)
+            yield z, ctx, y
+
     with frozen(model):
         while step < config.iterations:
             seen = False
-            for x, y in batches:
+            for z, ctx, y in features():
                 seen = True
-                with torch.no_grad():
-                    z, ctx = split.features_and_context(x)
                 shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
                 targets = _targets(split, z, ctx, y.to(z.device), config, torch.arange(z.shape[0], device="cpu"))
                 loss_fn = _IBLoss(split, z, ctx, targets, spatial_variance(z), config)
@@ -585,6 +605,15 @@ def distill_population(
     robust = robust_channels(sigma, threshold)
     _warn_degenerate(robust)
     return IBResult(split.layer, config, sigma, var_pop, threshold, robust, last, {"n": n})
+
+
+def _nbytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (tensors, or tuples and lists of them, nested)."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
 
 
 def seed_agreement(masks: Tensor) -> dict[str, Tensor]:
