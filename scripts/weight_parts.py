@@ -1,0 +1,121 @@
+"""Split a weights file into parts of at most 16 MiB, and join them back, checked by SHA-256.
+
+A GPU machine lent for a training run returns files of limited size; this carries a float16
+checkpoint back in parts and proves the joined file is byte-for-byte the one that was split.
+
+    python scripts/weight_parts.py split MODEL.safetensors --out PARTS_DIR [--max-mib 16]
+    python scripts/weight_parts.py join PARTS_DIR/MODEL.safetensors.parts.json --out MODEL.safetensors
+
+``split`` writes ``NAME.part000``, ``NAME.part001``, … and ``NAME.parts.json`` (the file's name, size and
+SHA-256, and each part's name, size and SHA-256). ``join`` checks every part against the manifest, joins
+them into a temporary file beside ``--out``, checks the whole file's size and SHA-256, and only then moves it
+into place (atomically), so a missing, short or altered part never leaves a wrong file behind. Exit 1 with a
+one-line error on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MIB = 2**20
+CHUNK = 4 * MIB
+
+
+class PartsError(Exception):
+    """A part or the joined file does not match the manifest."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], max_bytes: int = 16 * MIB) -> Path:
+    """Write ``path`` as parts of at most ``max_bytes`` (≥ 1) under ``out_dir``; returns the manifest's path."""
+    src, out = Path(path), Path(out_dir)
+    if max_bytes < 1:
+        raise PartsError(f"parts must hold at least one byte, got {max_bytes}")
+    if not src.is_file():
+        raise PartsError(f"{src}: no such file")
+    out.mkdir(parents=True, exist_ok=True)
+    parts: list[dict[str, Any]] = []
+    with src.open("rb") as f:
+        while True:
+            block = f.read(max_bytes)
+            if not block and parts:
+                break
+            name = f"{src.name}.part{len(parts):03d}"
+            (out / name).write_bytes(block)
+            parts.append({"name": name, "bytes": len(block), "sha256": hashlib.sha256(block).hexdigest()})
+            if len(block) < max_bytes:
+                break
+    manifest = {"file": src.name, "bytes": src.stat().st_size, "sha256": _sha256(src), "parts": parts}
+    target = out / f"{src.name}.parts.json"
+    target.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return target
+
+
+def join(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Join the parts named in the manifest into ``out`` after checking each part and the whole; returns ``out``."""
+    mpath, target = Path(manifest_path), Path(out)
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        parts, size, digest = manifest["parts"], int(manifest["bytes"]), str(manifest["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PartsError(f"{mpath}: not a parts manifest ({exc})") from None
+    for part in parts:
+        p = mpath.parent / part["name"]
+        if not p.is_file():
+            raise PartsError(f"{p}: part missing")
+        if p.stat().st_size != part["bytes"] or _sha256(p) != part["sha256"]:
+            raise PartsError(f"{p}: part does not match its SHA-256 in {mpath.name} (re-copy it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write((mpath.parent / part["name"]).read_bytes())
+        joined = Path(tmp)
+        if joined.stat().st_size != size or _sha256(joined) != digest:
+            raise PartsError(f"the joined file does not match {mpath.name}'s size and SHA-256")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("split", help="split a file into parts")
+    s.add_argument("file")
+    s.add_argument("--out", required=True, help="folder of the parts and the manifest")
+    s.add_argument("--max-mib", type=float, default=16.0, help="largest part, in MiB (default 16)")
+    j = sub.add_parser("join", help="join parts back, checked")
+    j.add_argument("manifest")
+    j.add_argument("--out", required=True, help="the joined file")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "split":
+            print(split(args.file, args.out, int(args.max_mib * MIB)))
+        else:
+            print(join(args.manifest, args.out))
+    except PartsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
