@@ -68,8 +68,9 @@ def test_every_mask_partitions_the_channels(channels, k, seed):
     for mask in (sanity.random_subset_masks(sizes, channels, seed=seed, indices=torch.arange(3)), sanity.top_k_masks(scores, sizes),
                  sanity.random_population_mask(k, channels, seed=seed)):
         assert torch.equal(apply_mask(z, mask) + apply_mask(z, ~mask), z)
-        m = mask.expand(3, -1)
-        assert not (m & ~m).any() and (m | ~m).all() and m.sum(1).tolist() == [k] * 3
+        kept_r, kept_nr = apply_mask(torch.ones_like(z), mask) != 0, apply_mask(torch.ones_like(z), ~mask) != 0
+        assert not (kept_r & kept_nr).any() and (kept_r | kept_nr).all()  # each unit in exactly one of Z_r, Z_nr
+        assert kept_r[:, :, 0, 0].sum(1).tolist() == [k] * 3
 
 
 def test_label_oracle_on_a_linear_head_picks_the_top_k_of_weight_times_activation():
