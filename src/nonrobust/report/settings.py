@@ -141,7 +141,7 @@ class ReportSettings:
 
 _QUICK: dict[str, Any] = dict(n=200, attacks=ATTACK_SETS["report-quick"].names, l2_steps=50, table4_n=64,
                               population_n=800, population_iterations=100, betas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0), beta_n=128, tsne_n=200,
-                              featvis_images=2, featvis_steps=96, table4=True, sanity_n=64, randomisation_blocks=2,
+                              featvis_images=2, featvis_steps=96, table4=True, sanity_n=32, randomisation_blocks=2,
                               adaptive_attacks=("pgd-20",))
 
 
