@@ -296,7 +296,8 @@ def _better(pair: dict[str, Any], a: str, b: str) -> str:
     ``"a is higher than b (exact McNemar p = …: …)"``, or that they do not differ significantly."""
     from ..stats import SIGNIFICANCE
 
-    counts = f"exact McNemar p = {pair['p']:.2g}: {pair['a_only']} image{'' if pair['a_only'] == 1 else 's'} right only under {a}, {pair['b_only']} only under {b}"
+    images = "image" if pair["a_only"] == 1 else "images"
+    counts = f"exact McNemar p = {pair['p']:.2g}: {pair['a_only']} {images} right only under {a}, {pair['b_only']} only under {b}"
     if pair["p"] >= SIGNIFICANCE:
         return f"{a} and {b} do not differ significantly ({counts})"
     return f"{a} is {'higher' if pair['a_only'] > pair['b_only'] else 'lower'} than {b} ({counts})"
