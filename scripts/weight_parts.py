@@ -7,10 +7,10 @@ checkpoint back in parts and proves the joined file is byte-for-byte the one tha
     python scripts/weight_parts.py join PARTS_DIR/MODEL.safetensors.parts.json --out MODEL.safetensors
 
 ``split`` writes ``NAME.part000``, ``NAME.part001``, … and ``NAME.parts.json`` (the file's name, size and
-SHA-256, and each part's name, size and SHA-256). ``join`` checks every part against the manifest, joins
-them into a temporary file beside ``--out``, checks the whole file's size and SHA-256, and only then moves it
-into place (atomically), so a missing, short or altered part never leaves a wrong file behind. Exit 1 with a
-one-line error on any mismatch.
+SHA-256, and each part's name, size and SHA-256). ``join`` reads each part once, checks it against the
+manifest and appends it to a temporary file beside ``--out`` (:func:`nonrobust.io.atomic_write`); only when
+every part and the whole file's size and SHA-256 match is it moved into place, so a missing, short or altered
+part never leaves a wrong file behind. Exit 1 with a one-line error on any mismatch.
 """
 
 from __future__ import annotations
@@ -20,24 +20,17 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from nonrobust.errors import UserError
+from nonrobust.io import atomic_write, write_json
+
 MIB = 2**20
-CHUNK = 4 * MIB
 
 
 class PartsError(Exception):
     """A part or the joined file does not match the manifest."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], max_bytes: int = 16 * MIB) -> Path:
@@ -49,19 +42,22 @@ def split(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], max_byt
         raise PartsError(f"{src}: no such file")
     out.mkdir(parents=True, exist_ok=True)
     parts: list[dict[str, Any]] = []
+    whole = hashlib.sha256()
     with src.open("rb") as f:
         while True:
             block = f.read(max_bytes)
             if not block and parts:
                 break
             name = f"{src.name}.part{len(parts):03d}"
-            (out / name).write_bytes(block)
+            with atomic_write(out / name) as part:
+                part.write(block)
             parts.append({"name": name, "bytes": len(block), "sha256": hashlib.sha256(block).hexdigest()})
+            whole.update(block)
             if len(block) < max_bytes:
                 break
-    manifest = {"file": src.name, "bytes": src.stat().st_size, "sha256": _sha256(src), "parts": parts}
+    manifest = {"file": src.name, "bytes": src.stat().st_size, "sha256": whole.hexdigest(), "parts": parts}
     target = out / f"{src.name}.parts.json"
-    target.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    write_json(target, manifest)
     return target
 
 
@@ -73,25 +69,20 @@ def join(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
         parts, size, digest = manifest["parts"], int(manifest["bytes"]), str(manifest["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PartsError(f"{mpath}: not a parts manifest ({exc})") from None
-    for part in parts:
-        p = mpath.parent / part["name"]
-        if not p.is_file():
-            raise PartsError(f"{p}: part missing")
-        if p.stat().st_size != part["bytes"] or _sha256(p) != part["sha256"]:
-            raise PartsError(f"{p}: part does not match its SHA-256 in {mpath.name} (re-copy it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                f.write((mpath.parent / part["name"]).read_bytes())
-        joined = Path(tmp)
-        if joined.stat().st_size != size or _sha256(joined) != digest:
+    with atomic_write(target) as f:  # removed again if anything below raises
+        whole, written = hashlib.sha256(), 0
+        for part in parts:
+            p = mpath.parent / part["name"]
+            if not p.is_file():
+                raise PartsError(f"{p}: part missing")
+            block = p.read_bytes()
+            if len(block) != part["bytes"] or hashlib.sha256(block).hexdigest() != part["sha256"]:
+                raise PartsError(f"{p}: part does not match its SHA-256 in {mpath.name} (re-copy it)")
+            f.write(block)
+            whole.update(block)
+            written += len(block)
+        if written != size or whole.hexdigest() != digest:
             raise PartsError(f"the joined file does not match {mpath.name}'s size and SHA-256")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(split(args.file, args.out, int(args.max_mib * MIB)))
         else:
             print(join(args.manifest, args.out))
-    except PartsError as exc:
+    except (PartsError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
