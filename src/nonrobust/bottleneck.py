@@ -545,8 +545,15 @@ def distill_population(
         raise TypeError("batches must be re-iterable (a list, or an object whose __iter__ starts over), not a one-shot iterator")
     model = split.model
     var_sum, n = None, 0
-    cache: list[tuple[Tensor, tuple[Any, ...], Tensor]] | None = []
+    cache: list[tuple[tuple[int, ...], _IBLoss]] | None = []  # each batch's noise shape and loss, made once
     cached_bytes = 0
+
+    def prepared(z: Tensor, ctx: tuple[Any, ...], y: Tensor) -> tuple[tuple[int, ...], _IBLoss]:
+        """One mini-batch's noise shape and loss (its targets and the KL's constant parts), for every step it serves."""
+        shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
+        targets = _targets(split, z, ctx, y.to(z.device), config, torch.arange(z.shape[0], device="cpu"))
+        return shape, _IBLoss(split, z, ctx, targets, spatial_variance(z), config)
+
     with frozen(model), torch.no_grad():
         for x, y in tqdm(batches, desc="σ_z²", total=total, unit="batch", disable=not progress, leave=False):
             _check_images(x)
@@ -558,7 +565,7 @@ def distill_population(
             if cache is not None:
                 cached_bytes += _nbytes((z, ctx))
                 if cached_bytes <= POPULATION_CACHE_BYTES:
-                    cache.append((z, ctx, y))
+                    cache.append(prepared(z, ctx, y))
                 else:
                     cache = None  # too large to keep: the Adam steps iterate the batches again
     check(n > 0, "no images for the population bottleneck")
@@ -569,26 +576,23 @@ def distill_population(
     opt = _Adam(lam, config.lr)
     step = 0
     bar = tqdm(total=config.iterations, desc="population σ", disable=not progress, leave=False)
-    def features() -> Iterator[tuple[Tensor, tuple[Any, ...], Tensor]]:
+
+    def losses() -> Iterator[tuple[tuple[int, ...], _IBLoss]]:
         if cache is not None:
             yield from cache
             return
         for x, y in batches:
             with torch.no_grad():
-                z, ctx = split.features_and_context(x)
-            yield z, ctx, y
+                yield prepared(*split.features_and_context(x), y)
 
     with frozen(model):
         while step < config.iterations:
             seen = False
-            for z, ctx, y in features():
+            for shape, loss_fn in losses():
                 seen = True
-                shape = (z.shape[0], z.shape[1], 1, 1) if config.noise == "channel" else tuple(z.shape)
-                targets = _targets(split, z, ctx, y.to(z.device), config, torch.arange(z.shape[0], device="cpu"))
-                loss_fn = _IBLoss(split, z, ctx, targets, spatial_variance(z), config)
                 g: Tensor | int = 0
                 for _ in range(config.samples):  # the mean gradient over the step's noise draws
-                    eps = torch.randn(shape, generator=gen, device=z.device)
+                    eps = torch.randn(shape, generator=gen, device=lam.device)
                     g = g + loss_fn.grad(lam, eps, per_image=False)
                 assert isinstance(g, Tensor)  # config.samples ≥ 1
                 opt.step(g / config.samples if config.samples > 1 else g)
