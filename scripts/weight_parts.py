@@ -87,13 +87,13 @@ def join(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # --ou is not --out
     sub = ap.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("split", help="split a file into parts")
+    s = sub.add_parser("split", help="split a file into parts", allow_abbrev=False)
     s.add_argument("file")
     s.add_argument("--out", required=True, help="folder of the parts and the manifest")
     s.add_argument("--max-mib", type=float, default=16.0, help="largest part, in MiB (default 16)")
-    j = sub.add_parser("join", help="join parts back, checked")
+    j = sub.add_parser("join", help="join parts back, checked", allow_abbrev=False)
     j.add_argument("manifest")
     j.add_argument("--out", required=True, help="the joined file")
     args = ap.parse_args(argv)

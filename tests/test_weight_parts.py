@@ -54,3 +54,11 @@ def test_sixteen_mib_is_the_default_bound(tmp_path):
     src.write_bytes(b"\0" * (16 * 2**20 + 5))
     parts = json.loads(wp.split(src, tmp_path / "p").read_text())["parts"]
     assert [p["bytes"] for p in parts] == [16 * 2**20, 5]
+
+
+def test_an_abbreviated_option_is_an_error(tmp_path):
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"abc")
+    with pytest.raises(SystemExit) as exc:
+        wp.main(["split", str(src), "--ou", str(tmp_path / "p")])
+    assert exc.value.code == 2 and not (tmp_path / "p").exists()
