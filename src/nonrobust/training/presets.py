@@ -61,9 +61,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "piecewise:0=0,3=1,8=0,8=0.625,13=0", "epochs": 13,
             "batch_size": 128, "channels_last": True}),
     Preset("cpu-vgg16-std", "the shipped cifar10-vgg16-std recipe: the paper's VGG-16-BN, standard training on CIFAR-10, batch 128, "
-           "SGD momentum 0.9 wd 5e-4, 7 epochs: lr one-cycle 0 → 0.1 at epoch 2 → 0 at 7; channels-last; the per-epoch check's "
+           "SGD momentum 0.9 wd 5e-4, 6 epochs: lr one-cycle 0 → 0.1 at epoch 1.5 → 0 at 6; channels-last; the per-epoch check's "
            "PGD has 1 step (a standard model has no robustness to track)",
-           {"arch": "vgg16", "data": "cifar10", "method": "standard", **_MADRY_SGD, "schedule": "piecewise:0=0,2=1,7=0", "epochs": 7,
+           {"arch": "vgg16", "data": "cifar10", "method": "standard", **_MADRY_SGD, "schedule": "piecewise:0=0,1.5=1,6=0", "epochs": 6,
             "batch_size": 128, "channels_last": True, "eval_pgd_steps": 1}),
     Preset("standard", "standard training: SGD 0.1 momentum 0.9 wd 5e-4, cosine, 30 epochs, batch 128",
            {"method": "standard", **_MADRY_SGD, "schedule": "cosine", "epochs": 30, "batch_size": 128}),
