@@ -1,15 +1,27 @@
-"""Check a shipped VGG-16's figures with code that shares nothing with nonrobust but the weights file.
+"""Check a shipped model's figures with code that shares nothing with nonrobust but the weights file.
 
     python scripts/independent_check.py --data-dir DIR [--weights src/nonrobust/assets/cifar10-vgg16-at.safetensors] [--pgd-n 1000]
 
 Everything here is written again from the definitions: the CIFAR-10 reader (the official pickled
 batches; a copy whose test labels are stored sorted by class is read round-robin over the classes,
-which is the order nonrobust documents for such copies), the VGG-16-BN (13 convolutions with bias,
-BatchNorm and ReLU, max-pools after convolutions 2, 4, 7, 10 and 13, global average pooling, one linear
-layer; normalisation by the mean and std stored in the file), and PGD (L∞ 8/255, step 2/255, 20
-steps of the sign of the cross-entropy gradient from a uniform random start, projected and clipped
-to [0,1]). It prints clean accuracy on the whole test set and PGD-20 accuracy (correct both clean
-and attacked) on the first ``--pgd-n`` images, with the figures nonrobust recorded beside them.
+which is the order nonrobust documents for such copies), the networks, and PGD (L∞ 8/255, step
+2/255, 20 steps of the sign of the cross-entropy gradient from a uniform random start, projected
+and clipped to [0,1]). The network is the one the file's metadata names, built here from its
+published definition with the options the metadata gives:
+
+- ``vgg16``: VGG-16-BN, 13 convolutions with BatchNorm and ReLU, max-pools after convolutions 2, 4,
+  7, 10 and 13, global average pooling, one linear layer;
+- ``small_cnn``: the same kind of stack with widths ``w, M, 2w, 2w, M, 4w, 4w, M, 8w, M, 8w``;
+- ``wrn28_10`` (any depth 6n+4 and widen k): the pre-activation WideResNet of Zagoruyko & Komodakis
+  (2016) as RobustBench writes it: a 3×3 convolution to 16 channels, three groups of n blocks
+  (``BN-ReLU-conv3×3-BN-ReLU-conv3×3`` plus the input, or a 1×1 convolution of the activated input
+  where the shape changes) of widths 16k, 32k, 64k and strides 1, 2, 2, a final BN-ReLU, global
+  average pooling and one linear layer.
+
+Whether a convolution has a bias is read from the weights, and they are loaded strictly; the input
+is normalised by the mean and std stored in the file. It prints clean accuracy on the whole test
+set and PGD-20 accuracy (correct both clean and attacked) on the first ``--pgd-n`` images, with the
+figures nonrobust recorded beside them.
 """
 
 from __future__ import annotations
@@ -26,39 +38,92 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-class VGG(nn.Module):
-    def __init__(self, classes: int = 10) -> None:
+def small_cnn_layout(width: int) -> list:
+    w = width
+    return [w, "M", 2 * w, 2 * w, "M", 4 * w, 4 * w, "M", 8 * w, "M", 8 * w]
+
+
+class Normalised(nn.Module):
+    """``(x - mean) / std`` with the file's statistics, then the network."""
+
+    def __init__(self) -> None:
         super().__init__()
-        layers, width = [], 3
-        for item in LAYOUT:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(width, item, 3, padding=1, bias=True), nn.BatchNorm2d(item), nn.ReLU()]
-                width = item
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(width, classes)
         self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
         self.register_buffer("std", torch.ones(1, 3, 1, 1))
 
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class VGG(Normalised):
+    def __init__(self, layout: list, bias: bool, classes: int = 10) -> None:
+        super().__init__()
+        layers, width = [], 3
+        for item in layout:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(width, item, 3, padding=1, bias=bias), nn.BatchNorm2d(item), nn.ReLU()]
+                width = item
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, classes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features((x - self.mean) / self.std)
-        return self.classifier(h.mean((2, 3)))
+        return self.classifier(self.features(self.scale(x)).mean((2, 3)))
 
 
-def load(weights: Path) -> tuple[VGG, dict]:
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.bn1(x))
+        out = self.conv2(torch.relu(self.bn2(self.conv1(a))))
+        return out + (x if self.shortcut is None else self.shortcut(a))
+
+
+class WRN(Normalised):
+    def __init__(self, depth: int, widen: int, classes: int = 10) -> None:
+        super().__init__()
+        n, widths = (depth - 4) // 6, [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        for g, stride in enumerate((1, 2, 2), start=1):
+            setattr(self, f"block{g}", nn.Sequential(*(Block(widths[g - 1] if i == 0 else widths[g], widths[g], stride if i == 0 else 1)
+                                                       for i in range(n))))
+        self.bn1, self.fc = nn.BatchNorm2d(widths[3]), nn.Linear(widths[3], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.block3(self.block2(self.block1(self.conv1(self.scale(x)))))
+        return self.fc(torch.relu(self.bn1(h)).mean((2, 3)))
+
+
+def build(meta: dict, state: dict) -> nn.Module:
+    """The network the metadata names, with the options it records."""
+    arch, options, classes = meta["arch"], meta.get("arch_options", {}), meta["num_classes"]
+    if arch == "vgg16":
+        return VGG(VGG16, "features.0.bias" in state, classes)
+    if arch == "small_cnn":
+        return VGG(small_cnn_layout(options.get("width", 32)), "features.0.bias" in state, classes)
+    if arch == "wrn28_10":
+        return WRN(options.get("depth", 28), options.get("widen", 10), classes)
+    raise SystemExit(f"no independent definition of architecture {arch!r} here")
+
+
+def load(weights: Path) -> tuple[nn.Module, dict]:
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-    model = VGG()
-    model.mean.copy_(state.pop("normalize.mean").view(1, 3, 1, 1))
-    model.std.copy_(state.pop("normalize.std").view(1, 3, 1, 1))
-    model.load_state_dict(state, strict=False)
-    missing = set(model.state_dict()) - set(state) - {"mean", "std"}
-    assert not missing, f"weights lack {sorted(missing)[:3]}"
     with safe_open(str(weights), "pt") as fh:
         meta = json.loads(fh.metadata()["nonrobust"])
+    model = build(meta, state)
+    model.mean.copy_(state.pop("normalize.mean").view(1, 3, 1, 1))
+    model.std.copy_(state.pop("normalize.std").view(1, 3, 1, 1))
+    state.update(mean=model.mean, std=model.std)
+    model.load_state_dict(state, strict=True)
     return model.eval(), meta
 
 
@@ -74,7 +139,7 @@ def cifar10_test(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x).float() / 255, torch.from_numpy(y)
 
 
-def pgd(model: VGG, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 20) -> torch.Tensor:
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 20) -> torch.Tensor:
     adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
     for _ in range(steps):
         adv.requires_grad_(True)

@@ -2,6 +2,8 @@
 
     python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-small-at [--pgd-n 10000] [--aa-n 1000]
     python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-vgg16-at --dtype float16 --pgd-n 0 --aa-n 0
+    python scripts/ship_pretrained.py --run RUN_DIR --name cifar10-vgg16-std --dtype float16 --pgd-n 1000 --apgd-n 1000 --aa-n 0 \
+        --machine "2-core AMD EPYC, no GPU"
     python scripts/ship_pretrained.py --name cifar10-vgg16-at --add-to-shipped --pgd-n 10000 --apgd-n 1000
     python scripts/ship_pretrained.py --name cifar10-vgg16-at --add-to-shipped --pgd-n 10000 --apgd-from-report RESULTS_JSON
 
@@ -60,6 +62,8 @@ def main() -> None:
     ap.add_argument("--aa-n", type=int, default=1000, help="AutoAttack (standard) on the first N (0: skip)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="precision of the stored weights")
+    ap.add_argument("--machine", help="the machine the run was trained on, kept in the recipe (e.g. '2-core AMD EPYC, no GPU'; "
+                    "default: the training environment's device, threads and processor)")
     ap.add_argument("--recipe-note", help="a sentence on how the run was trained, kept in the recipe (e.g. a run resumed with more epochs)")
     ap.add_argument("--add-to-shipped", action="store_true", help="measure the shipped asset NAME and add to its metadata")
     args = ap.parse_args()
@@ -86,7 +90,7 @@ def main() -> None:
         measured.update(selected_epoch=meta.metrics.get("epoch"), training_history=history,
                         training_seconds=round(sum(h.get("seconds", 0) for h in history), 1))
         meta.recipe = {**meta.recipe, "shipped_by": shlex.join(["python", "scripts/ship_pretrained.py", *sys.argv[1:]]),
-                       **({"note": args.recipe_note} if args.recipe_note else {})}
+                       **({"note": args.recipe_note} if args.recipe_note else {}), **({"machine": args.machine} if args.machine else {})}
     for option, key, attack, label, note in MEASUREMENTS:
         n = getattr(args, option)
         if n:

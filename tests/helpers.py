@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
+from types import ModuleType
 
 from nonrobust.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 ERROR_LINE = re.compile(r"^(nonrobust[\w ]*: )?error: ")  # argparse prefixes its own errors with the program name
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` of this checkout, imported as a module (its ``main`` is not run)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

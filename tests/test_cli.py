@@ -36,8 +36,10 @@ def test_models_list_and_layers(capsys, files):
     code, out, _ = cli(capsys, "models", "list")
     assert code == 0 and "vgg16" in out and "features.41" in out and "wrn28_10" in out
     assert "cifar10-vgg16-at" in out and "not shipped" not in out
-    listed = out[out.index("cifar10-vgg16-at"):].splitlines()
-    assert listed[1].strip().startswith("measured: clean") and "(n=10000)" in listed[1]
+    for name, spec in models.PRETRAINED.items():  # each shipped model: how it was trained, then what it measured
+        listed = out[out.index(f"  {name} "):].splitlines()
+        assert listed[1].strip() == f"trained: {models.training_summary(spec.meta())}" and " epochs" in listed[1]
+        assert listed[2].strip().startswith("measured: clean") and "(n=10000)" in listed[2]
     code, out, _ = cli(capsys, "models", "layers", "--model", files / "tiny.safetensors")
     default = next(line for line in out.splitlines() if "<- default split layer" in line).split()
     assert code == 0 and default[:3] == ["features.5", "BatchNorm2d", "16×16×16"]

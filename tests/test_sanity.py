@@ -223,14 +223,10 @@ FINDINGS = ("cifar10-vgg16-at", "cifar10-small-at", "cifar10-small-std")
 
 def test_readme_sanity_table_is_the_committed_results():
     """README's controls table is scripts/sanity_table.py of the committed docs/findings/*-sanity.results.json."""
-    import importlib.util
-    from pathlib import Path
+    from helpers import ROOT as root
+    from helpers import load_script
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("sanity_table", root / "scripts" / "sanity_table.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("sanity_table")
     paths = [root / "docs" / "findings" / f"{name}-sanity.results.json" for name in FINDINGS]
     assert script.table(paths) in (root / "README.md").read_text(encoding="utf-8"), "README's sanity table is stale: rerun it"
     for path in paths:  # every check, on the model it names

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("weight_parts", ROOT / "scripts" / "weight_parts.py")
-wp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wp)
+from helpers import load_script
+
+wp = load_script("weight_parts")
 
 
 @settings(max_examples=30, deadline=None)

@@ -228,9 +228,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     print("pretrained models (--model NAME):")
     for name, pre in models.PRETRAINED.items():
         print(f"  {name:<20} {pre.description}{'' if pre.available() else '  (not shipped in this build)'}")
-        measured = models.headline(pre.meta()) if pre.available() else ""
-        if measured:
-            print(f"  {'':<20} measured: {measured}")
+        if pre.available():
+            meta = pre.meta()
+            for label, line in (("trained", models.training_summary(meta)), ("measured", models.headline(meta))):
+                if line:
+                    print(f"  {'':<20} {label}: {line}")
     return 0
 
 

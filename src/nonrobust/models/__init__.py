@@ -40,7 +40,7 @@ from .checkpoints import (
     weight_mismatch,
 )
 from .registry import ARCHITECTURES, ArchSpec, BuildRecord, arch_spec, build
-from .shipped import PRETRAINED, PretrainedSpec, headline, pretrained, pretrained_with_meta
+from .shipped import PRETRAINED, PretrainedSpec, headline, pretrained, pretrained_with_meta, training_summary
 
 __all__ = [
     "ArchSpec",
@@ -59,6 +59,7 @@ __all__ = [
     "PRETRAINED",
     "pretrained",
     "headline",
+    "training_summary",
     "pretrained_with_meta",
     "attach",
     "weight_mismatch",

@@ -68,6 +68,36 @@ def headline(meta: CheckpointMeta) -> str:
     return ", ".join(parts)
 
 
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def training_summary(meta: CheckpointMeta) -> str:
+    """One line on how a checkpoint was trained, from its metadata: method, epochs, preset, wall time and machine.
+
+    E.g. ``fast, 25 epochs (preset cpu-small), 1 h 09 min on cpu, 2 threads (x86_64)``; ``""`` without a recipe.
+    The machine is ``recipe["machine"]`` where the shipping script recorded one, else the training environment's
+    device, threads and processor.
+    """
+    config = meta.recipe.get("config")
+    if not isinstance(config, Mapping):
+        return ""
+    parts = [f"{config.get('method', '?')}, {config.get('epochs', '?')} epochs"]
+    command = meta.recipe.get("command")
+    if isinstance(command, list) and "--preset" in command[:-1]:
+        parts[0] += f" (preset {command[command.index('--preset') + 1]})"
+    seconds = meta.metrics.get("training_seconds")
+    env = meta.recipe.get("environment")
+    machine = meta.recipe.get("machine") or (
+        f"{env.get('device', '?')}, {env.get('torch_threads', '?')} threads ({env.get('processor', '?')})" if isinstance(env, Mapping) else None)
+    if isinstance(seconds, (int, float)) and seconds > 0:
+        parts.append(_duration(seconds) + (f" on {machine}" if machine else ""))
+    elif machine:
+        parts.append(f"on {machine}")
+    return ", ".join(parts)
+
+
 PRETRAINED: dict[str, PretrainedSpec] = {
     spec.name: spec
     for spec in (
