@@ -105,6 +105,8 @@ PRETRAINED: dict[str, PretrainedSpec] = {
         PretrainedSpec("cifar10-small-std", "cifar10-small-std.safetensors", "small_cnn on CIFAR-10, standard training"),
         PretrainedSpec("cifar10-vgg16-at", "cifar10-vgg16-at.safetensors",
                        "the paper's VGG-16-BN on CIFAR-10, fast adversarial training (L-inf, eps 8/255); float16 weights"),
+        PretrainedSpec("cifar10-vgg16-std", "cifar10-vgg16-std.safetensors",
+                       "the paper's VGG-16-BN on CIFAR-10, standard training (the paper's Appendix F); float16 weights"),
     )
 }
 

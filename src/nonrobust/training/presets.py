@@ -62,7 +62,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "batch_size": 128, "channels_last": True}),
     Preset("cpu-vgg16-std", "the shipped cifar10-vgg16-std recipe: the paper's VGG-16-BN, standard training on CIFAR-10, batch 128, "
            "SGD momentum 0.9 wd 5e-4, 6 epochs: lr one-cycle 0 → 0.1 at epoch 1.5 → 0 at 6; channels-last; the per-epoch check's "
-           "PGD has 1 step (a standard model has no robustness to track)",
+           "PGD has 1 step (a standard model has no robustness to track): 1 h 44 min measured on 2 CPU cores for the shipped model "
+           "(its metadata's training_seconds, 6262 s)",
            {"arch": "vgg16", "data": "cifar10", "method": "standard", **_MADRY_SGD, "schedule": "piecewise:0=0,1.5=1,6=0", "epochs": 6,
             "batch_size": 128, "channels_last": True, "eval_pgd_steps": 1}),
     Preset("standard", "standard training: SGD 0.1 momentum 0.9 wd 5e-4, cosine, 30 epochs, batch 128",
