@@ -21,10 +21,12 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nonrobust.data import ImageDataset
+from nonrobust.foreign import parse_arch_options
 from nonrobust.runtime import environment
 from nonrobust.training import make_config, train
 
@@ -34,14 +36,10 @@ METHODS = {"standard": ("standard", {"method": "standard"}), "fast": ("fast AT",
 """``--methods`` keys: (label, training settings)."""
 
 
-def parse_arch(text: str) -> tuple[str, dict[str, int | float | str]]:
-    """``wrn28_10:depth=16:widen=2`` as ``("wrn28_10", {"depth": 16, "widen": 2})``."""
-    name, *pairs = text.split(":")
-    options: dict[str, int | float | str] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        options[key] = int(value) if value.lstrip("-").isdigit() else value
-    return name, options
+def parse_arch(text: str) -> tuple[str, dict[str, Any]]:
+    """``wrn28_10:depth=16:widen=2`` as ``("wrn28_10", {"depth": 16, "widen": 2})`` (values read as ``--arch-option`` reads them)."""
+    name, _, options = text.partition(":")
+    return name, parse_arch_options(options.replace(":", ","))
 
 
 def synthetic(n: int, side: int = 32) -> ImageDataset:
@@ -64,7 +62,7 @@ def measure(arch: str, method: str, amp: str, images: int, batch: int, device: s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", default="vgg16,wrn28_10", help="comma-separated NAME or NAME:KEY=VALUE:...")
     ap.add_argument("--methods", default="fast,pgd", help=f"comma-separated, of {', '.join(METHODS)}")
@@ -75,6 +73,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny_cnn, 32 images, batch 16 (a smoke test)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS)) + sorted(set(args.amps.split(",")) - {"none", "bf16"})
+    if unknown:
+        ap.error(f"unknown method or amp {unknown[0]!r}: methods are {', '.join(METHODS)}; amps none, bf16")
     archs, images, batch = (["tiny_cnn"], 32, 16) if args.quick else (args.archs.split(","), args.images, args.batch)
     t0 = time.perf_counter()
     rows, skipped = [], []

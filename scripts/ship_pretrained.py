@@ -52,7 +52,7 @@ NOTES = {key: note for _, key, _, _, note in MEASUREMENTS if note}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--run", type=Path, help="training run folder (not needed with --add-to-shipped)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--checkpoint", default="best.safetensors")
@@ -83,17 +83,16 @@ def main() -> None:
         measured = {"data": "CIFAR-10 test set, JPEG-re-encoded copy (shared/data/cifar10_from_jpeg.py), class-balanced order",
                     "environment": environment(torch.device("cpu"))}
         if dtype != torch.float32:
-            rounded, rounding = round_weights(model, meta, test, dtype, args.batch_size)
+            rounded, rounding, clean = round_weights(model, meta, test, dtype, args.batch_size)
             if abs(rounding["change_points"]) <= MAX_ROUNDING_POINTS:
-                model = rounded
+                model, measured["clean_accuracy"] = rounded, clean["rounded"]
             else:  # half precision would change what the model is: ship it as trained
-                dtype = torch.float32
+                dtype, measured["clean_accuracy"] = torch.float32, clean["float32"]
                 print(f"rounding to {rounding['dtype']} changed clean accuracy by {rounding['change_points']} points "
                       f"(> {MAX_ROUNDING_POINTS}): shipping float32", flush=True)
             measured["weight_rounding"] = {**rounding, "shipped": str(dtype).removeprefix("torch.")}
-        t0 = time.perf_counter()
-        res = evaluate_attacks(model, test.batches(args.batch_size), {}, seed=0)
-        measured["clean_accuracy"] = {"n": res["n"], "value": res["clean_accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
+        else:
+            measured["clean_accuracy"] = clean_accuracy(model, test, args.batch_size)
         history = meta.metrics.get("history", [])
         measured.update(selected_epoch=meta.metrics.get("epoch"), training_history=history,
                         training_seconds=round(sum(h.get("seconds", 0) for h in history), 1))
@@ -119,18 +118,25 @@ def main() -> None:
     print(json.dumps({k: v for k, v in measured.items() if k not in ("environment", "training_history")}, indent=2))
 
 
+def clean_accuracy(model: torch.nn.Module, test: data.ImageDataset, batch_size: int) -> dict:
+    """``{"n", "value", "seconds"}``: clean accuracy on all of ``test``."""
+    t0 = time.perf_counter()
+    res = evaluate_attacks(model, test.batches(batch_size), {}, seed=0)
+    return {"n": res["n"], "value": res["clean_accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def round_weights(model: torch.nn.Module, meta: models.CheckpointMeta, test: data.ImageDataset, dtype: torch.dtype,
-                  batch_size: int) -> tuple[torch.nn.Module, dict]:
-    """The model as it loads from a file saved with ``dtype``, and clean accuracy on ``test`` before and after the rounding."""
+                  batch_size: int) -> tuple[torch.nn.Module, dict, dict]:
+    """The model as it loads from a file saved with ``dtype``, the rounding record, and clean accuracy on ``test``
+    (:func:`clean_accuracy`) of each, under ``"float32"`` and ``"rounded"``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rounded.safetensors"
         models.save(model, path, meta, dtype=dtype)
         rounded = models.load(path)
-    before = evaluate_attacks(model, test.batches(batch_size), {}, seed=0)
-    after = evaluate_attacks(rounded, test.batches(batch_size), {}, seed=0)
-    return rounded, {"dtype": str(dtype).removeprefix("torch."), "n": before["n"], "clean_accuracy_float32": before["clean_accuracy"],
-                     "clean_accuracy_rounded": after["clean_accuracy"],
-                     "change_points": round(100 * (after["clean_accuracy"] - before["clean_accuracy"]), 3)}
+    clean = {"float32": clean_accuracy(model, test, batch_size), "rounded": clean_accuracy(rounded, test, batch_size)}
+    before, after = clean["float32"]["value"], clean["rounded"]["value"]
+    return rounded, {"dtype": str(dtype).removeprefix("torch."), "n": clean["float32"]["n"], "clean_accuracy_float32": before,
+                     "clean_accuracy_rounded": after, "change_points": round(100 * (after - before), 3)}, clean
 
 
 def measure(model: torch.nn.Module, test: data.ImageDataset, attack: str, label: str, n: int, batch_size: int) -> dict:
