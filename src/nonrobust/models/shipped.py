@@ -107,6 +107,9 @@ PRETRAINED: dict[str, PretrainedSpec] = {
                        "the paper's VGG-16-BN on CIFAR-10, fast adversarial training (L-inf, eps 8/255); float16 weights"),
         PretrainedSpec("cifar10-vgg16-std", "cifar10-vgg16-std.safetensors",
                        "the paper's VGG-16-BN on CIFAR-10, standard training (the paper's Appendix F); float16 weights"),
+        PretrainedSpec("cifar10-wrn16-at", "cifar10-wrn16-at.safetensors",
+                       "WideResNet-16-2 on CIFAR-10, fast adversarial training (L-inf, eps 8/255), split at its final BatchNorm (8x8); "
+                       "float16 weights"),
     )
 }
 
