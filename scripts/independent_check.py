@@ -149,6 +149,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255
     return adv
 
 
+def _figure(entry: object) -> object:
+    """nonrobust's recorded figure, for comparison: its value, images and attack (its provenance stays in the metadata)."""
+    return {k: entry[k] for k in ("n", "value", "description") if k in entry} if isinstance(entry, dict) else entry
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True, type=Path)
@@ -172,7 +177,7 @@ def main() -> None:
         with torch.no_grad():
             robust.append(model(adv).argmax(1) == yb)
     robust = torch.cat(robust) & clean[:args.pgd_n]
-    recorded = meta.get("metrics", {})
+    recorded = {k: _figure(v) for k, v in meta.get("metrics", {}).items()}
     result = {"clean_accuracy": {"n": len(y), "value": clean.float().mean().item(),
                                  "nonrobust": recorded.get("clean_accuracy")},
               "pgd20_accuracy": {"n": args.pgd_n, "value": robust.float().mean().item(),
