@@ -1,12 +1,14 @@
-"""README's side-by-side table: the paper's VGG-16 against our models, each figure read from a results.json.
+"""README's side-by-side table: the paper's VGG-16 and WRN-28-10 against our models, each figure read from a results.json.
 
     python scripts/findings_table.py \
-        --model "our VGG-16=docs/findings/cifar10-vgg16-at-test1k.results.json:cifar10-vgg16-at" \
-        --model "our small_cnn=docs/findings/cifar10-small-at-test10k.results.json:cifar10-small-at"
+        --model "our VGG-16 (1,000 images)=docs/findings/cifar10-vgg16-at-test1k.results.json:cifar10-vgg16-at" \
+        --model "our small_cnn (1,000 images)=docs/findings/cifar10-small-at-test1k.results.json:cifar10-small-at" \
+        --model "our WRN-16-2 (1,000 images)=docs/findings/cifar10-wrn16-at-test1k.results.json:cifar10-wrn16-at"
 
 Each ``--model LABEL=RESULTS[:PRETRAINED]`` is one column: the report's results.json, and optionally
-a shipped model whose metadata holds its AutoAttack / APGD-CE measurement. The paper's column is
-:data:`nonrobust.paper.VGG16_CIFAR10` (CIFAR-10, VGG-16, PGD-AT at γ = 0.03), each entry with where it comes from.
+a shipped model whose metadata holds its AutoAttack / APGD-CE measurement. The paper's columns are
+:data:`nonrobust.paper.VGG16_CIFAR10` and :data:`nonrobust.paper.WRN28_10_CIFAR10` (CIFAR-10, PGD-AT at γ = 0.03),
+each entry with where it comes from.
 Prints a Markdown table; every figure of ours is given with the number of images it was measured on.
 """
 
@@ -17,10 +19,10 @@ import json
 from pathlib import Path
 
 from nonrobust import models
-from nonrobust.paper import VGG16_CIFAR10
+from nonrobust.paper import VGG16_CIFAR10, WRN28_10_CIFAR10, Figure
 
-PAPER = {key: tuple(figure) for key, figure in VGG16_CIFAR10.items()}
-"""The paper's figures for CIFAR-10 VGG-16 (PGD-AT, γ = 0.03): value and source (:mod:`nonrobust.paper`)."""
+PAPER: dict[str, dict[str, Figure]] = {"the paper's VGG-16": VGG16_CIFAR10, "the paper's WRN-28-10": WRN28_10_CIFAR10}
+"""The paper's columns (CIFAR-10, PGD-AT, γ = 0.03): value and source of each figure (:mod:`nonrobust.paper`)."""
 
 ROWS = (
     ("clean", "clean accuracy"),
@@ -28,6 +30,8 @@ ROWS = (
     ("aa", "AutoAttack (or APGD-CE) accuracy"),
     ("t1_clean", "Table 1, clean: Int / R / NR (%)"),
     ("t1_pgd", "Table 1, under PGD: Int / R / NR (%)"),
+    ("t1_pop_clean", "Table 1, label-free population split, clean: Int / R / NR (%)"),
+    ("t1_pop_pgd", "Table 1, label-free population split, under PGD: Int / R / NR (%)"),
     ("t2_pgd", "Table 2: NR features predict PGD's label on the images misclassified under it"),
     ("nrf_vs_pgd", "NRF-L∞ vs PGD-20 accuracy (same budget)"),
     ("channels", "robust channels per image (paper protocol)"),
@@ -47,13 +51,20 @@ def column(results_path: Path, pretrained: str | None) -> dict[str, str]:
     rows = {row["attack"]: row for row in r["table3"]["rows"]}
     t1 = r["table1"]["paper"]
     ref = r["reference_attack"]
+
+    def int_r_nr(rows: dict, key: str) -> str:
+        return " / ".join(f"{100 * rows[key][k]:.1f}" for k in ("int", "robust", "nonrobust"))
+
+    population = r["table1"].get("population")
     out = {
         "clean": f"{_pct(r['table3']['clean_accuracy'])} (n={n})",
         "pgd": f"{_pct(rows['pgd-20']['robust_accuracy'])} (n={n})" if "pgd-20" in rows else "—",
-        "t1_clean": " / ".join(f"{100 * t1['rows']['clean'][k]:.1f}" for k in ("int", "robust", "nonrobust")),
-        "t1_pgd": " / ".join(f"{100 * t1['rows'][ref][k]:.1f}" for k in ("int", "robust", "nonrobust")),
+        "t1_clean": int_r_nr(t1["rows"], "clean"),
+        "t1_pgd": int_r_nr(t1["rows"], ref),
         "channels": f"{t1['channels']['robust']:.1f} of {t1['channels']['total']}",
     }
+    if population:
+        out["t1_pop_clean"], out["t1_pop_pgd"] = int_r_nr(population["rows"], "clean"), int_r_nr(population["rows"], ref)
     st = t1.get("stability")
     if st and st.get("jaccard_nonempty_pairs") is not None:
         out["stability"] = f"{st['jaccard_nonempty_pairs']:.2f} ({st['seeds']} seeds; empty pairs {100 * st['pairs_both_empty']:.0f}%)"
@@ -80,21 +91,28 @@ def column(results_path: Path, pretrained: str | None) -> dict[str, str]:
     return out
 
 
+def table(columns: dict[str, tuple[Path, str | None]]) -> str:
+    """The Markdown table and its notes on the paper's figures: one column per ``label: (results.json, shipped model or None)``."""
+    ours = {label: column(path, pretrained) for label, (path, pretrained) in columns.items()}
+    heads = [*PAPER, *ours]
+    lines = ["| | " + " | ".join(heads) + " |", "| --- | " + " | ".join("---" for _ in heads) + " |"]
+    for key, label in ROWS:
+        lines.append(f"| {label} | " + " | ".join([*(paper[key].value for paper in PAPER.values()), *(c.get(key, "—") for c in ours.values())]) + " |")
+    for name, paper in PAPER.items():
+        lines += ["", f"Figures of {name}: " + "; ".join(f"{label.split(':')[0]}: {paper[key].source}" for key, label in ROWS) + "."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, metavar="LABEL=RESULTS[:PRETRAINED]")
     args = ap.parse_args()
-    columns = {}
+    columns: dict[str, tuple[Path, str | None]] = {}
     for item in args.model:
         label, _, rest = item.partition("=")
         path, _, name = rest.partition(":")
-        columns[label] = column(Path(path), name or None)
-    print("| | the paper's VGG-16 | " + " | ".join(columns) + " |")
-    print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
-    for key, label in ROWS:
-        print(f"| {label} | {PAPER[key][0]} | " + " | ".join(c.get(key, "—") for c in columns.values()) + " |")
-    print()
-    print("Paper figures: " + "; ".join(f"{label.split(':')[0]}: {PAPER[key][1]}" for key, label in ROWS) + ".")
+        columns[label] = (Path(path), name or None)
+    print(table(columns))
 
 
 if __name__ == "__main__":

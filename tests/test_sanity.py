@@ -218,17 +218,37 @@ def test_split_prints_the_controls_next_to_z_r(capsys, tmp_path):
     assert "label oracle" in lines[z_r + 1] and "the model itself" in lines[z_r + 1]
 
 
-FINDINGS = ("cifar10-vgg16-at", "cifar10-small-at", "cifar10-small-std")
+FINDINGS = {"cifar10-vgg16-at": "cifar10-vgg16-at-sanity", "cifar10-small-at": "cifar10-small-at-sanity",
+            "cifar10-small-std": "cifar10-small-std-sanity", "cifar10-wrn16-at": "cifar10-wrn16-at-test1k"}
+"""README's sanity table: each model's committed results (docs/findings/STEM.results.json), an ``evaluate sanity`` run's or a report's."""
 
 
 def test_readme_sanity_table_is_the_committed_results():
-    """README's controls table is scripts/sanity_table.py of the committed docs/findings/*-sanity.results.json."""
+    """README's controls table is scripts/sanity_table.py of the committed results, each holding every check on the model it names."""
     from helpers import ROOT as root
     from helpers import load_script
 
     script = load_script("sanity_table")
-    paths = [root / "docs" / "findings" / f"{name}-sanity.results.json" for name in FINDINGS]
-    assert script.table(paths) in (root / "README.md").read_text(encoding="utf-8"), "README's sanity table is stale: rerun it"
-    for path in paths:  # every check, on the model it names
+    paths = {name: root / "docs" / "findings" / f"{stem}.results.json" for name, stem in FINDINGS.items()}
+    assert script.table(list(paths.values())) in (root / "README.md").read_text(encoding="utf-8"), "README's sanity table is stale: rerun it"
+    for name, path in paths.items():
         results = json.loads(path.read_text(encoding="utf-8"))
-        assert set(sanity.CHECKS) <= set(results["sanity"]) and results["settings"]["model"] == path.name.removesuffix("-sanity.results.json")
+        assert set(sanity.CHECKS) <= set(results["sanity"]) and results["settings"]["model"] == name
+
+
+REPORTS = {"our VGG-16 (1,000 images)": "cifar10-vgg16-at", "our small_cnn (1,000 images)": "cifar10-small-at",
+           "our WRN-16-2 (1,000 images)": "cifar10-wrn16-at"}
+"""README's findings table: column label → the shipped model whose committed report (docs/findings/NAME-test1k.results.json) fills it."""
+
+
+def test_readme_findings_table_is_the_committed_reports():
+    """README's side-by-side table with the paper is scripts/findings_table.py of the committed 1,000-image reports."""
+    from helpers import ROOT as root
+    from helpers import load_script
+
+    columns = {label: (root / "docs" / "findings" / f"{name}-test1k.results.json", name) for label, name in REPORTS.items()}
+    text = load_script("findings_table").table(columns)
+    assert text in (root / "README.md").read_text(encoding="utf-8"), "README's findings table is stale: rerun scripts/findings_table.py"
+    for (path, name) in columns.values():
+        results = json.loads(path.read_text(encoding="utf-8"))
+        assert results["settings"]["model"] == name and results["n"] == 1000
