@@ -10,6 +10,13 @@ a shipped model whose metadata holds its AutoAttack / APGD-CE measurement. The p
 :data:`nonrobust.paper.VGG16_CIFAR10` and :data:`nonrobust.paper.WRN28_10_CIFAR10` (CIFAR-10, PGD-AT at γ = 0.03),
 each entry with where it comes from.
 Prints a Markdown table; every figure of ours is given with the number of images it was measured on.
+
+    python scripts/findings_table.py --table3 \
+        --model "ADV (fast AT)=DIR_AT/results.json" --model "TRADES=DIR_TRADES/results.json" --model "MART=DIR_MART/results.json"
+
+prints the Table 3 block instead: one row per model (training method), its clean accuracy and each attack's
+accuracy from the results' Table 3 (the same attacks on the same images in every row), and the per-image
+worst case over the L∞ attacks.
 """
 
 from __future__ import annotations
@@ -103,10 +110,31 @@ def table(columns: dict[str, tuple[Path, str | None]]) -> str:
     return "\n".join(lines)
 
 
+def table3(rows: dict[str, Path]) -> str:
+    """The Table 3 block: one row per ``label: results.json``, whose Table 3s must share their images and attacks."""
+    results = {label: json.loads(path.read_text()) for label, path in rows.items()}
+    first = next(iter(results.values()))["table3"]
+    attacks = [row["label"] for row in first["rows"]]
+    for label, r in results.items():
+        got = [row["label"] for row in r["table3"]["rows"]]
+        if got != attacks or r["table3"]["n"] != first["n"]:
+            raise SystemExit(f"{label}: Table 3 has {got} on {r['table3']['n']} images, not {attacks} on {first['n']}: run the same attacks")
+    lines = ["| training | clean | " + " | ".join(attacks) + " | worst case (L∞) |", "| --- |" + " --- |" * (len(attacks) + 2)]
+    for label, r in results.items():
+        t3 = r["table3"]
+        lines.append(f"| {label} | {_pct(t3['clean_accuracy'])} | " + " | ".join(_pct(row["robust_accuracy"]) for row in t3["rows"])
+                     + f" | {_pct(t3.get('worst_case_linf'))} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, metavar="LABEL=RESULTS[:PRETRAINED]")
+    ap.add_argument("--table3", action="store_true", help="print the Table 3 block (one row per model) instead")
     args = ap.parse_args()
+    if args.table3:
+        print(table3({label: Path(rest.partition(":")[0]) for label, _, rest in (item.partition("=") for item in args.model)}))
+        return
     columns: dict[str, tuple[Path, str | None]] = {}
     for item in args.model:
         label, _, rest = item.partition("=")
