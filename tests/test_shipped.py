@@ -72,7 +72,8 @@ def test_the_training_presets_state_the_shipped_models_measured_training_time():
     from nonrobust.training import PRESETS
 
     for preset, name in (("cpu-small", "cifar10-small-at"), ("cpu-vgg16", "cifar10-vgg16-at"), ("cpu-vgg16-std", "cifar10-vgg16-std"),
-                         ("cpu-wrn16", "cifar10-wrn16-at")):
+                         ("cpu-wrn16", "cifar10-wrn16-at"), ("cpu-small-trades", "cifar10-small-trades"),
+                         ("cpu-small-mart", "cifar10-small-mart")):
         seconds = models.PRETRAINED[name].meta().metrics["training_seconds"]
         assert f"training_seconds, {round(seconds)} s" in PRESETS[preset].description, preset
         assert f"{preset}-cifar10" not in REPRODUCE_PRESETS or PRESETS[preset].description in REPRODUCE_PRESETS[f"{preset}-cifar10"].description

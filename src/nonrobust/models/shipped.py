@@ -110,6 +110,10 @@ PRETRAINED: dict[str, PretrainedSpec] = {
         PretrainedSpec("cifar10-wrn16-at", "cifar10-wrn16-at.safetensors",
                        "WideResNet-16-2 on CIFAR-10, fast adversarial training (L-inf, eps 8/255), split at its final BatchNorm (8x8); "
                        "float16 weights"),
+        PretrainedSpec("cifar10-small-trades", "cifar10-small-trades.safetensors",
+                       "small_cnn on CIFAR-10, TRADES (beta 6, L-inf, eps 8/255); float16 weights"),
+        PretrainedSpec("cifar10-small-mart", "cifar10-small-mart.safetensors",
+                       "small_cnn on CIFAR-10, MART (beta 6, L-inf, eps 8/255); float16 weights"),
     )
 }
 
