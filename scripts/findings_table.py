@@ -5,6 +5,9 @@
         --model "our small_cnn (1,000 images)=docs/findings/cifar10-small-at-test1k.results.json:cifar10-small-at" \
         --model "our WRN-16-2 (1,000 images)=docs/findings/cifar10-wrn16-at-test1k.results.json:cifar10-wrn16-at"
 
+``--no-paper`` leaves the paper's columns out (README's table of training methods: the standard VGG-16 and
+small_cnn under fast AT, TRADES and MART).
+
 Each ``--model LABEL=RESULTS[:PRETRAINED]`` is one column: the report's results.json, and optionally
 a shipped model whose metadata holds its AutoAttack / APGD-CE measurement. The paper's columns are
 :data:`nonrobust.paper.VGG16_CIFAR10` and :data:`nonrobust.paper.WRN28_10_CIFAR10` (CIFAR-10, PGD-AT at γ = 0.03),
@@ -98,14 +101,15 @@ def column(results_path: Path, pretrained: str | None) -> dict[str, str]:
     return out
 
 
-def table(columns: dict[str, tuple[Path, str | None]]) -> str:
-    """The Markdown table and its notes on the paper's figures: one column per ``label: (results.json, shipped model or None)``."""
+def table(columns: dict[str, tuple[Path, str | None]], papers: dict[str, dict[str, Figure]] = PAPER) -> str:
+    """The Markdown table and its notes on the paper's figures: one column per ``label: (results.json, shipped model or None)``,
+    after the columns of ``papers`` (default :data:`PAPER`; ``{}`` for ours alone)."""
     ours = {label: column(path, pretrained) for label, (path, pretrained) in columns.items()}
-    heads = [*PAPER, *ours]
+    heads = [*papers, *ours]
     lines = ["| | " + " | ".join(heads) + " |", "| --- | " + " | ".join("---" for _ in heads) + " |"]
     for key, label in ROWS:
-        lines.append(f"| {label} | " + " | ".join([*(paper[key].value for paper in PAPER.values()), *(c.get(key, "—") for c in ours.values())]) + " |")
-    for name, paper in PAPER.items():
+        lines.append(f"| {label} | " + " | ".join([*(paper[key].value for paper in papers.values()), *(c.get(key, "—") for c in ours.values())]) + " |")
+    for name, paper in papers.items():
         lines += ["", f"Figures of {name}: " + "; ".join(f"{label.split(':')[0]}: {paper[key].source}" for key, label in ROWS) + "."]
     return "\n".join(lines)
 
@@ -131,6 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, metavar="LABEL=RESULTS[:PRETRAINED]")
     ap.add_argument("--table3", action="store_true", help="print the Table 3 block (one row per model) instead")
+    ap.add_argument("--no-paper", action="store_true", help="leave out the paper's columns")
     args = ap.parse_args()
     if args.table3:
         print(table3({label: Path(rest.partition(":")[0]) for label, _, rest in (item.partition("=") for item in args.model)}))
@@ -140,7 +145,7 @@ def main() -> None:
         label, _, rest = item.partition("=")
         path, _, name = rest.partition(":")
         columns[label] = (Path(path), name or None)
-    print(table(columns))
+    print(table(columns, {} if args.no_paper else PAPER))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -77,3 +79,21 @@ def test_the_training_presets_state_the_shipped_models_measured_training_time():
         seconds = models.PRETRAINED[name].meta().metrics["training_seconds"]
         assert f"training_seconds, {round(seconds)} s" in PRESETS[preset].description, preset
         assert f"{preset}-cifar10" not in REPRODUCE_PRESETS or PRESETS[preset].description in REPRODUCE_PRESETS[f"{preset}-cifar10"].description
+
+
+def test_the_committed_independent_checks_reproduce_the_shipped_figures_within_a_point():
+    """docs/findings/NAME-independent-check.json (scripts/independent_check.py: its own reader, network and PGD) agrees with
+    NAME's metadata: clean accuracy on the same 10,000 images, and PGD-20 where both counted the same images."""
+    from helpers import ROOT
+
+    checks = {path.name.removesuffix("-independent-check.json"): json.loads(path.read_text(encoding="utf-8"))
+              for path in (ROOT / "docs" / "findings").glob("*-independent-check.json")}
+    assert {"cifar10-wrn16-at", "cifar10-small-trades", "cifar10-small-mart"} <= set(checks)
+    for name, check in checks.items():
+        metrics = models.PRETRAINED[name].meta().metrics
+        assert check["clean_accuracy"]["nonrobust"]["value"] == metrics["clean_accuracy"]["value"], name
+        assert abs(check["clean_accuracy"]["value"] - metrics["clean_accuracy"]["value"]) <= 0.01, name
+        pgd, ours = check["pgd20_accuracy"], metrics["pgd20_accuracy"]
+        assert pgd["nonrobust"]["value"] == ours["value"], name
+        if pgd["n"] == ours["n"]:
+            assert abs(pgd["value"] - ours["value"]) <= 0.01, name
