@@ -119,10 +119,14 @@ def table3(rows: dict[str, Path]) -> str:
     results = {label: json.loads(path.read_text()) for label, path in rows.items()}
     first = next(iter(results.values()))["table3"]
     attacks = [row["label"] for row in first["rows"]]
+    images = next(iter(results.values()))["provenance"]["data"]["digest"]
     for label, r in results.items():
         got = [row["label"] for row in r["table3"]["rows"]]
         if got != attacks or r["table3"]["n"] != first["n"]:
             raise SystemExit(f"{label}: Table 3 has {got} on {r['table3']['n']} images, not {attacks} on {first['n']}: run the same attacks")
+        if r["provenance"]["data"]["digest"] != images:
+            raise SystemExit(f"{label}: its images (data digest {r['provenance']['data']['digest'][:12]}) are not the first row's: "
+                             "run every report on the same images")
     lines = ["| training | clean | " + " | ".join(attacks) + " | worst case (L∞) |", "| --- |" + " --- |" * (len(attacks) + 2)]
     for label, r in results.items():
         t3 = r["table3"]

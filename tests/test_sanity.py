@@ -218,37 +218,89 @@ def test_split_prints_the_controls_next_to_z_r(capsys, tmp_path):
     assert "label oracle" in lines[z_r + 1] and "the model itself" in lines[z_r + 1]
 
 
-FINDINGS = {"cifar10-vgg16-at": "cifar10-vgg16-at-sanity", "cifar10-small-at": "cifar10-small-at-sanity",
-            "cifar10-small-std": "cifar10-small-std-sanity", "cifar10-wrn16-at": "cifar10-wrn16-at-test1k"}
-"""README's sanity table: each model's committed results (docs/findings/STEM.results.json), an ``evaluate sanity`` run's or a report's."""
+SANITY_TABLES = (
+    {"cifar10-vgg16-at": "cifar10-vgg16-at-sanity", "cifar10-small-at": "cifar10-small-at-sanity", "cifar10-wrn16-at": "cifar10-wrn16-at-test1k"},
+    {"cifar10-small-std": "cifar10-small-std-sanity", "cifar10-small-trades": "cifar10-small-trades-test1k",
+     "cifar10-small-mart": "cifar10-small-mart-test1k", "cifar10-vgg16-std": "cifar10-vgg16-std-test1k"},
+)
+"""README's two sanity tables (robust architectures; other training): each model's committed results
+(docs/findings/STEM.results.json), an ``evaluate sanity`` run's or a report's."""
 
 
-def test_readme_sanity_table_is_the_committed_results():
-    """README's controls table is scripts/sanity_table.py of the committed results, each holding every check on the model it names."""
+@pytest.mark.parametrize("findings", SANITY_TABLES)
+def test_readme_sanity_tables_are_the_committed_results(findings):
+    """README's controls tables are scripts/sanity_table.py of the committed results, each holding every check on the model it names."""
     from helpers import ROOT as root
     from helpers import load_script
 
     script = load_script("sanity_table")
-    paths = {name: root / "docs" / "findings" / f"{stem}.results.json" for name, stem in FINDINGS.items()}
+    paths = {name: root / "docs" / "findings" / f"{stem}.results.json" for name, stem in findings.items()}
     assert script.table(list(paths.values())) in (root / "README.md").read_text(encoding="utf-8"), "README's sanity table is stale: rerun it"
     for name, path in paths.items():
         results = json.loads(path.read_text(encoding="utf-8"))
         assert set(sanity.CHECKS) <= set(results["sanity"]) and results["settings"]["model"] == name
 
 
-REPORTS = {"our VGG-16 (1,000 images)": "cifar10-vgg16-at", "our small_cnn (1,000 images)": "cifar10-small-at",
-           "our WRN-16-2 (1,000 images)": "cifar10-wrn16-at"}
-"""README's findings table: column label → the shipped model whose committed report (docs/findings/NAME-test1k.results.json) fills it."""
+FINDINGS_TABLES = (
+    ({"our VGG-16 (1,000 images)": "cifar10-vgg16-at", "our small_cnn (1,000 images)": "cifar10-small-at",
+      "our WRN-16-2 (1,000 images)": "cifar10-wrn16-at"}, True),
+    ({"small_cnn, TRADES (1,000 images)": "cifar10-small-trades", "small_cnn, MART (1,000 images)": "cifar10-small-mart",
+      "VGG-16, standard training (1,000 images)": "cifar10-vgg16-std"}, False),
+)
+"""README's findings tables: column label → the shipped model whose committed report (docs/findings/NAME-test1k.results.json)
+fills it, and whether the paper's columns lead the table."""
 
 
-def test_readme_findings_table_is_the_committed_reports():
-    """README's side-by-side table with the paper is scripts/findings_table.py of the committed 1,000-image reports."""
+@pytest.mark.parametrize("reports, with_paper", FINDINGS_TABLES)
+def test_readme_findings_tables_are_the_committed_reports(reports, with_paper):
+    """README's findings tables (the first beside the paper's) are scripts/findings_table.py of the committed 1,000-image reports."""
     from helpers import ROOT as root
     from helpers import load_script
 
-    columns = {label: (root / "docs" / "findings" / f"{name}-test1k.results.json", name) for label, name in REPORTS.items()}
-    text = load_script("findings_table").table(columns)
+    script = load_script("findings_table")
+    columns = {label: (root / "docs" / "findings" / f"{name}-test1k.results.json", name) for label, name in reports.items()}
+    text = script.table(columns, script.PAPER if with_paper else {})
     assert text in (root / "README.md").read_text(encoding="utf-8"), "README's findings table is stale: rerun scripts/findings_table.py"
     for (path, name) in columns.values():
         results = json.loads(path.read_text(encoding="utf-8"))
         assert results["settings"]["model"] == name and results["n"] == 1000
+
+
+TABLE3_ROWS = {"ADV (fast AT, 25 epochs)": "cifar10-small-at", "TRADES (β 6, 12 epochs)": "cifar10-small-trades",
+               "MART (β 6, 15 epochs)": "cifar10-small-mart"}
+"""README's Table 3 block on small_cnn: row label → the shipped model whose committed 1,000-image report fills it."""
+
+
+def test_readme_table3_block_is_the_committed_reports():
+    """README's Table 3 block is scripts/findings_table.py --table3 of the committed reports: the same attacks on the same images."""
+    from helpers import ROOT as root
+    from helpers import load_script
+
+    rows = {label: root / "docs" / "findings" / f"{name}-test1k.results.json" for label, name in TABLE3_ROWS.items()}
+    assert load_script("findings_table").table3(rows) in (root / "README.md").read_text(encoding="utf-8"), \
+        "README's Table 3 block is stale: rerun scripts/findings_table.py --table3"
+    seen = [json.loads(path.read_text(encoding="utf-8")) for path in rows.values()]
+    assert [r["settings"]["model"] for r in seen] == list(TABLE3_ROWS.values())
+    assert len({r["provenance"]["data"]["digest"] for r in seen}) == 1  # table3 refuses otherwise; the committed rows share images
+
+
+def test_table3_block_refuses_rows_of_other_images_or_attacks(tmp_path):
+    """findings_table.table3 compares rows only on the same images (data digest) and the same attacks, else it says which row differs."""
+    from helpers import ROOT as root
+    from helpers import load_script
+
+    script = load_script("findings_table")
+    base = json.loads((root / "docs" / "findings" / "cifar10-small-at-test1k.results.json").read_text(encoding="utf-8"))
+    other_images = json.loads(json.dumps(base))
+    other_images["provenance"]["data"]["digest"] = "0" * 64
+    fewer_attacks = json.loads(json.dumps(base))
+    fewer_attacks["table3"]["rows"] = fewer_attacks["table3"]["rows"][:-1]
+    paths = {}
+    for name, r in (("a", base), ("images", other_images), ("attacks", fewer_attacks)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(r), encoding="utf-8")
+    assert len(script.table3({"x": paths["a"], "y": paths["a"]}).splitlines()) == 4  # header, rule, two rows
+    with pytest.raises(SystemExit, match="y: its images"):
+        script.table3({"x": paths["a"], "y": paths["images"]})
+    with pytest.raises(SystemExit, match="y: Table 3 has"):
+        script.table3({"x": paths["a"], "y": paths["attacks"]})
