@@ -5,8 +5,8 @@
         --model "our small_cnn (1,000 images)=docs/findings/cifar10-small-at-test1k.results.json:cifar10-small-at" \
         --model "our WRN-16-2 (1,000 images)=docs/findings/cifar10-wrn16-at-test1k.results.json:cifar10-wrn16-at"
 
-``--no-paper`` leaves the paper's columns out (README's table of training methods: the standard VGG-16 and
-small_cnn under fast AT, TRADES and MART).
+``--no-paper`` leaves the paper's columns out (README's table of the other training methods: small_cnn under
+TRADES and MART, and the paper's VGG-16 under standard training).
 
 Each ``--model LABEL=RESULTS[:PRETRAINED]`` is one column: the report's results.json, and optionally
 a shipped model whose metadata holds its AutoAttack / APGD-CE measurement. The paper's columns are
