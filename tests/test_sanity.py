@@ -221,7 +221,7 @@ def test_split_prints_the_controls_next_to_z_r(capsys, tmp_path):
 SANITY_TABLES = (
     {"cifar10-vgg16-at": "cifar10-vgg16-at-sanity", "cifar10-small-at": "cifar10-small-at-sanity", "cifar10-wrn16-at": "cifar10-wrn16-at-test1k"},
     {"cifar10-small-std": "cifar10-small-std-sanity", "cifar10-small-trades": "cifar10-small-trades-test1k",
-     "cifar10-small-mart": "cifar10-small-mart-test1k"},
+     "cifar10-small-mart": "cifar10-small-mart-test1k", "cifar10-vgg16-std": "cifar10-vgg16-std-test1k"},
 )
 """README's two sanity tables (robust architectures; other training): each model's committed results
 (docs/findings/STEM.results.json), an ``evaluate sanity`` run's or a report's."""
@@ -244,7 +244,8 @@ def test_readme_sanity_tables_are_the_committed_results(findings):
 FINDINGS_TABLES = (
     ({"our VGG-16 (1,000 images)": "cifar10-vgg16-at", "our small_cnn (1,000 images)": "cifar10-small-at",
       "our WRN-16-2 (1,000 images)": "cifar10-wrn16-at"}, True),
-    ({"small_cnn, TRADES (1,000 images)": "cifar10-small-trades", "small_cnn, MART (1,000 images)": "cifar10-small-mart"}, False),
+    ({"small_cnn, TRADES (1,000 images)": "cifar10-small-trades", "small_cnn, MART (1,000 images)": "cifar10-small-mart",
+      "VGG-16, standard training (1,000 images)": "cifar10-vgg16-std"}, False),
 )
 """README's findings tables: column label → the shipped model whose committed report (docs/findings/NAME-test1k.results.json)
 fills it, and whether the paper's columns lead the table."""
