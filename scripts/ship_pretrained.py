@@ -8,7 +8,7 @@
     python scripts/ship_pretrained.py --name cifar10-vgg16-at --add-to-shipped --pgd-n 10000 --apgd-from-report RESULTS_JSON
 
 Clean accuracy on the whole CIFAR-10 test set, PGD-20 (L∞ 8/255, α = eps/4, random start) on the
-first ``--pgd-n`` test images, APGD-CE on the first ``--apgd-n`` and AutoAttack (standard, L∞
+first ``--pgd-n`` test images, APGD-CE on the first ``--apgd-n``, APGD-T on the first ``--apgd-t-n`` and AutoAttack (standard, L∞
 8/255) on the first ``--aa-n`` (0 skips a measurement) are measured with nonrobust's own evaluation
 code and written into the checkpoint's metadata, which is then saved to
 ``src/nonrobust/assets/NAME.safetensors``. With ``--dtype float16`` the weights are stored in half
@@ -45,6 +45,8 @@ EPS = 8 / 255  # L∞ budget of every measurement here
 MEASUREMENTS = (  # (option, metadata key, registered attack, label, note)
     ("pgd_n", "pgd20_accuracy", "pgd-20", "PGD-20", None),
     ("apgd_n", "apgd_ce_accuracy", "apgd-ce", "APGD-CE", "AutoAttack's first component alone: an upper bound on AutoAttack accuracy"),
+    ("apgd_t_n", "apgd_t_accuracy", "apgd-t", "APGD-T",
+     "AutoAttack's second component alone (targeted DLR loss, 9 target classes): an upper bound on AutoAttack accuracy"),
     ("aa_n", "autoattack_accuracy", "autoattack", "AutoAttack", None),
 )
 MAX_ROUNDING_POINTS = 0.2  # --dtype float16 ships half precision only where it changes clean accuracy by at most this many points
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="best.safetensors")
     ap.add_argument("--pgd-n", type=int, default=10000, help="PGD-20 on the first N test images (0: skip)")
     ap.add_argument("--apgd-n", type=int, default=0, help="APGD-CE alone on the first N (an upper bound on AutoAttack accuracy)")
+    ap.add_argument("--apgd-t-n", type=int, default=0, help="APGD-T alone on the first N (an upper bound on AutoAttack accuracy)")
     ap.add_argument("--apgd-from-report", type=Path, metavar="RESULTS_JSON",
                     help="take APGD-CE from this report of the shipped NAME (its first N test images) instead of measuring it")
     ap.add_argument("--aa-n", type=int, default=1000, help="AutoAttack (standard) on the first N (0: skip)")

@@ -54,7 +54,7 @@ class PretrainedSpec:
 
 
 _HEADLINE_METRICS = (("clean_accuracy", "clean"), ("pgd20_accuracy", "PGD-20"), ("autoattack_accuracy", "AutoAttack"),
-                     ("apgd_ce_accuracy", "APGD-CE"))
+                     ("apgd_ce_accuracy", "APGD-CE"), ("apgd_t_accuracy", "APGD-T"))
 """The measured accuracies :func:`headline` names, as (metadata key, label); each entry is ``{"n": images, "value": accuracy}``."""
 
 
