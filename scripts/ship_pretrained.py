@@ -24,6 +24,7 @@ JPEG-re-encoded copy of CIFAR-10 prepared from ``shared/data`` (recorded in the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -35,6 +36,7 @@ import torch
 
 from nonrobust import data, models
 from nonrobust.attacks import make_attack
+from nonrobust.errors import UserError
 from nonrobust.evaluation import evaluate_attacks
 from nonrobust.identity import COMMAND, model_digest, provenance
 from nonrobust.io import write_json
@@ -101,6 +103,9 @@ def main() -> None:
                         training_seconds=round(sum(h.get("seconds", 0) for h in history), 1))
         meta.recipe = {**meta.recipe, "shipped_by": shlex.join(["python", "scripts/ship_pretrained.py", *sys.argv[1:]]),
                        **({"note": args.recipe_note} if args.recipe_note else {}), **({"machine": args.machine} if args.machine else {})}
+        init = meta.recipe.get("config", {}).get("init")
+        if init:  # fine-tuned: keep how the weights it started from were made
+            meta.recipe["previous"] = previous_run(Path(init))
     for option, key, attack, label, note in MEASUREMENTS:
         n = getattr(args, option)
         if n:
@@ -119,6 +124,20 @@ def main() -> None:
     if args.run is not None:
         write_json(args.run / f"{args.name}.measured.json", measured)
     print(json.dumps({k: v for k, v in measured.items() if k not in ("environment", "training_history")}, indent=2))
+
+
+def previous_run(path: Path) -> dict:
+    """What a fine-tuned run started from (its ``--init`` file): that checkpoint's recipe, training time and history, clean
+    accuracy and weight digest where it is a nonrobust checkpoint, else the file's weight digest alone."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: the run's --init weights are gone; put them back to record what the run started from")
+    try:
+        model, meta = models.load_with_meta(path)
+    except UserError:  # a plain state dict: no recipe to keep
+        return {"weights": path.name, "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    metrics = meta.metrics
+    return {"weights": path.name, "model_digest": model_digest(model), "recipe": meta.recipe,
+            **{k: metrics[k] for k in ("training_seconds", "selected_epoch", "training_history", "clean_accuracy", "weight_rounding") if k in metrics}}
 
 
 def clean_accuracy(model: torch.nn.Module, test: data.ImageDataset, batch_size: int) -> dict:

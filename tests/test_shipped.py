@@ -97,3 +97,37 @@ def test_the_committed_independent_checks_reproduce_the_shipped_figures_within_a
         assert pgd["nonrobust"]["value"] == ours["value"], name
         if pgd["n"] == ours["n"]:
             assert abs(pgd["value"] - ours["value"]) <= 0.01, name
+
+
+def test_training_summary_names_changed_flags_and_the_run_a_fine_tune_started_from():
+    """A fine-tuned model's line: its own flags beside the preset (where it ran is left out), then the run it started from."""
+    import dataclasses
+
+    meta = models.PRETRAINED["cifar10-small-at"].meta()
+    first = {"config": {"method": "standard", "epochs": 6}, "command": ["nonrobust", "train", "--preset", "p1", "--out", "/r/a"],
+             "machine": "M1"}
+    second = {"config": {"method": "standard", "epochs": 4, "init": "/r/a/best.safetensors"}, "machine": "M2",
+              "command": ["nonrobust", "train", "--preset", "p1", "--init", "/r/a/best.safetensors", "--data-dir=/d", "--resume",
+                          "--schedule", "cosine", "--epochs", "4", "--out", "/r/b"],
+              "previous": {"recipe": first, "training_seconds": 6262}}
+    tuned = dataclasses.replace(meta, recipe=second, metrics={**meta.metrics, "training_seconds": 2400})
+    assert models.training_summary(tuned) == ("standard, 4 epochs (preset p1 with --schedule cosine --epochs 4), 40 min on M2, "
+                                              "from the weights of: standard, 6 epochs (preset p1), 1 h 44 min on M1")
+
+
+def test_shipping_a_fine_tuned_run_keeps_the_recipe_of_the_weights_it_started_from(tmp_path):
+    from helpers import load_script
+
+    ship = load_script("ship_pretrained")
+    torch.manual_seed(0)
+    model = models.build("tiny_cnn", num_classes=10)
+    recipe = {"config": {"method": "standard", "epochs": 6}, "command": ["nonrobust", "train", "--preset", "p1"]}
+    models.save(model, tmp_path / "first.safetensors", models.make_meta(model, dataset="synthetic", recipe=recipe,
+                                                                      metrics={"training_seconds": 60.0, "selected_epoch": 6}))
+    kept = ship.previous_run(tmp_path / "first.safetensors")
+    assert kept["recipe"] == recipe and kept["training_seconds"] == 60.0 and kept["selected_epoch"] == 6
+    assert kept["model_digest"] == ship.model_digest(model) and kept["weights"] == "first.safetensors"
+    torch.save(model.state_dict(), tmp_path / "plain.pt")  # a plain state dict: only its bytes can be named
+    assert set(ship.previous_run(tmp_path / "plain.pt")) == {"weights", "weights_sha256"}
+    with pytest.raises(SystemExit, match="gone"):
+        ship.previous_run(tmp_path / "missing.safetensors")

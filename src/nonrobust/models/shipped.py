@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -73,29 +73,57 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+_NOT_RECIPE_FLAGS = {"--data-dir": 1, "--out": 1, "--init": 1, "--device": 1, "--resume": 0}
+"""Flags of a training command that say where it ran, not how it trained (name: how many values follow)."""
+
+
 def training_summary(meta: CheckpointMeta) -> str:
     """One line on how a checkpoint was trained, from its metadata: method, epochs, preset, wall time and machine.
 
     E.g. ``fast, 25 epochs (preset cpu-small), 1 h 09 min on cpu, 2 threads (x86_64)``; ``""`` without a recipe.
     The machine is ``recipe["machine"]`` where the shipping script recorded one, else the training environment's
-    device, threads and processor.
+    device, threads and processor. Flags that changed the preset are named after it. A run that started from the
+    weights of an earlier one (``--init``; its recipe kept under ``recipe["previous"]`` by the shipping script) ends
+    with ``, from the weights of: `` and that run's own line.
     """
-    config = meta.recipe.get("config")
+    return _stage_summary(meta.recipe, meta.metrics.get("training_seconds"))
+
+
+def _stage_summary(recipe: Mapping[str, Any], seconds: object) -> str:
+    config = recipe.get("config")
     if not isinstance(config, Mapping):
         return ""
     parts = [f"{config.get('method', '?')}, {config.get('epochs', '?')} epochs"]
-    command = meta.recipe.get("command")
+    command = recipe.get("command")
     if isinstance(command, list) and "--preset" in command[:-1]:
-        parts[0] += f" (preset {command[command.index('--preset') + 1]})"
-    seconds = meta.metrics.get("training_seconds")
-    env = meta.recipe.get("environment")
-    machine = meta.recipe.get("machine") or (
+        changed = _recipe_flags(command[command.index("--preset") + 2:])
+        parts[0] += f" (preset {command[command.index('--preset') + 1]}" + (f" with {' '.join(changed)})" if changed else ")")
+    env = recipe.get("environment")
+    machine = recipe.get("machine") or (
         f"{env.get('device', '?')}, {env.get('torch_threads', '?')} threads ({env.get('processor', '?')})" if isinstance(env, Mapping) else None)
     if isinstance(seconds, (int, float)) and seconds > 0:
         parts.append(_duration(seconds) + (f" on {machine}" if machine else ""))
     elif machine:
         parts.append(f"on {machine}")
+    previous = recipe.get("previous")
+    if isinstance(previous, Mapping) and isinstance(previous.get("recipe"), Mapping):
+        before = _stage_summary(previous["recipe"], previous.get("training_seconds"))
+        parts.append(f"from the weights of: {before or 'an earlier run'}")
     return ", ".join(parts)
+
+
+def _recipe_flags(tokens: list[Any]) -> list[str]:
+    """The tokens of a training command (after its preset) that change the recipe: every flag but ``_NOT_RECIPE_FLAGS``."""
+    kept: list[str] = []
+    i = 0
+    while i < len(tokens):
+        skip = _NOT_RECIPE_FLAGS.get(str(tokens[i]).split("=", 1)[0])
+        if skip is None:
+            kept.append(str(tokens[i]))
+            i += 1
+        else:
+            i += 1 + (skip if "=" not in str(tokens[i]) else 0)
+    return kept
 
 
 PRETRAINED: dict[str, PretrainedSpec] = {
