@@ -115,14 +115,17 @@ def _stage_summary(recipe: Mapping[str, Any], seconds: object) -> str:
 def _recipe_flags(tokens: list[Any]) -> list[str]:
     """The tokens of a training command (after its preset) that change the recipe: every flag but ``_NOT_RECIPE_FLAGS``."""
     kept: list[str] = []
-    i = 0
-    while i < len(tokens):
-        skip = _NOT_RECIPE_FLAGS.get(str(tokens[i]).split("=", 1)[0])
+    values_left = 0  # values of a skipped flag still to pass over
+    for token in map(str, tokens):
+        if values_left:
+            values_left -= 1
+            continue
+        flag, inline, _ = token.partition("=")
+        skip = _NOT_RECIPE_FLAGS.get(flag)
         if skip is None:
-            kept.append(str(tokens[i]))
-            i += 1
-        else:
-            i += 1 + (skip if "=" not in str(tokens[i]) else 0)
+            kept.append(token)
+        elif not inline:  # --out DIR, not --out=DIR
+            values_left = skip
     return kept
 
 
