@@ -83,7 +83,7 @@ def bench_nrf(arch: str, batch: int, steps: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", default="small_cnn,vgg16", help="registered architectures to measure, comma-separated")

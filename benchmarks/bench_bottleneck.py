@@ -103,7 +103,7 @@ def bench(arch: str, batch: int, iterations: int, rounds: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--quick", action="store_true", help="batch 16, 20 steps, 2 rounds (a smoke test)")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--device", default="cpu")

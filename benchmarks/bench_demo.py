@@ -45,7 +45,7 @@ def run_demo(src: Path, out: Path, threads: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--old", default="4d3b2fe", help="git revision of the older version (default: 0.1.3's last commit)")
     ap.add_argument("--order", default="old,new,new,old", help="the runs, in order")
     ap.add_argument("--threads", type=int, default=2)

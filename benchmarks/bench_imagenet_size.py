@@ -95,7 +95,7 @@ def measure(kind: str, settings: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--quick", action="store_true", help="batch 2 at 64 px, 3 steps (a smoke test)")
     ap.add_argument("--out")
     args = ap.parse_args()

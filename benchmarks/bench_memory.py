@@ -72,7 +72,7 @@ def measure(kind: str, n: int, device: str = "cpu") -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--quick", action="store_true", help="300 and 1,000 images")
     ap.add_argument("--sizes", type=int, nargs="+", help="numbers of images (default 1000 10000; --quick 300 1000)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU peak is torch.cuda.max_memory_allocated)")

@@ -98,7 +98,7 @@ def over_table1(passes: dict[str, float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--model", default="cifar10-vgg16-at")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--layers", help="layers of the sweep, comma-separated (default: sanity.sweep_layers)")

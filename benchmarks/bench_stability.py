@@ -90,7 +90,7 @@ def _line(row: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--models", default="cifar10-small-at,cifar10-vgg16-at")
     ap.add_argument("--n", type=int, default=256, help="first N CIFAR-10 test images")
     ap.add_argument("--seeds", type=int, default=3)

@@ -112,7 +112,7 @@ def _smoke_npz(path: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--time-limit", type=float, default=480.0, help="seconds for the whole check (default 480)")
     ap.add_argument("--dry-run", action="store_true", help="check the script on the CPU: smallest forms, GPU steps skipped")

@@ -136,7 +136,7 @@ def table3(rows: dict[str, Path]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--model", action="append", required=True, metavar="LABEL=RESULTS[:PRETRAINED]")
     ap.add_argument("--table3", action="store_true", help="print the Table 3 block (one row per model) instead")
     ap.add_argument("--no-paper", action="store_true", help="leave out the paper's columns")

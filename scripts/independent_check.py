@@ -155,7 +155,7 @@ def _figure(entry: object) -> object:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--data-dir", required=True, type=Path)
     ap.add_argument("--weights", type=Path, default=Path(__file__).resolve().parents[1] / "src/nonrobust/assets/cifar10-vgg16-at.safetensors")
     ap.add_argument("--pgd-n", type=int, default=1000)

@@ -27,7 +27,7 @@ from nonrobust.streams import StoredAdversarial
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("report", type=Path)
     ap.add_argument("--rules", nargs="+", default=["max", "channel", "quantile:0.5", "quantile:0.9"])
     ap.add_argument("--out", type=Path)

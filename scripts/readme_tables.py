@@ -27,7 +27,7 @@ def regenerate(text: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     args = ap.parse_args()
     text = README.read_text(encoding="utf-8")

@@ -87,7 +87,7 @@ def table(paths: list[Path]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("results", nargs="+", type=Path)
     ap.add_argument("--check", type=Path, metavar="README", help="exit 1 unless this file holds exactly the table")
     args = ap.parse_args()

@@ -1,4 +1,5 @@
-"""The shape of the code: no import cycles among nonrobust's modules, and no long module without a stated reason."""
+"""The shape of the code: no import cycles among nonrobust's modules, no long module without a stated reason, no script that guesses
+at an abbreviated option."""
 
 from __future__ import annotations
 
@@ -101,3 +102,13 @@ def test_readme_names_every_module():
            if (p.suffix == ".py" or (p / "__init__.py").is_file()) and not p.name.startswith("_")}
     assert top - named == set(), f"README's module table lacks {sorted(top - named)}"
     assert named - top == set(), f"README's module table names {sorted(named - top)}, which do not exist"
+
+
+def test_every_script_and_benchmark_refuses_abbreviated_options():
+    """As the CLI's parser does: ``--pgd`` is an error, not a guess at ``--pgd-n`` (argparse's default allows the guess)."""
+    root = SRC.parents[1]
+    for path in sorted([*(root / "scripts").glob("*.py"), *(root / "benchmarks").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(("ArgumentParser", "add_parser")):
+                given = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert given.get("allow_abbrev") == "False", f"{path.name}:{node.lineno}: pass allow_abbrev=False"
